@@ -1,0 +1,59 @@
+"""batchkit: durable batch generation with per-item progress, errors and retries.
+
+A host app submits a batch of items, a generator runs on each, and every item's state,
+progress, error and result is kept in the store the host already has.
+"""
+
+from __future__ import annotations
+
+from .context import ItemContext as ItemContext
+from .exceptions import BatchkitError as BatchkitError
+from .exceptions import BatchNotFound as BatchNotFound
+from .exceptions import InvalidBatch as InvalidBatch
+from .exceptions import InvalidStorageURL as InvalidStorageURL
+from .exceptions import ItemNotFound as ItemNotFound
+from .exceptions import MissingDependency as MissingDependency
+from .exceptions import SchemaVersionMismatch as SchemaVersionMismatch
+from .exceptions import StorageError as StorageError
+from .models import Batch as Batch
+from .models import BatchState as BatchState
+from .models import BatchStatus as BatchStatus
+from .models import Item as Item
+from .models import ItemError as ItemError
+from .models import ItemSpec as ItemSpec
+from .models import ItemState as ItemState
+from .models import Limits as Limits
+from .protocols import Generator as Generator
+from .protocols import Storage as Storage
+from .protocols import SyncGenerator as SyncGenerator
+from .runner import BatchRunner as BatchRunner
+from .storage import MemoryStorage as MemoryStorage
+from .storage import open_storage as open_storage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "BatchNotFound",
+    "BatchRunner",
+    "BatchState",
+    "BatchStatus",
+    "BatchkitError",
+    "Generator",
+    "InvalidBatch",
+    "InvalidStorageURL",
+    "Item",
+    "ItemContext",
+    "ItemError",
+    "ItemNotFound",
+    "ItemSpec",
+    "ItemState",
+    "Limits",
+    "MemoryStorage",
+    "MissingDependency",
+    "SchemaVersionMismatch",
+    "Storage",
+    "StorageError",
+    "SyncGenerator",
+    "__version__",
+]

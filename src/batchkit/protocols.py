@@ -1,0 +1,392 @@
+"""The Storage contract and the Generator protocol.
+
+A storage adapter persists; the core decides. Everything that crosses this boundary has
+already been validated and encoded by the core: payloads and results arrive as JSON text,
+ids are ones batchkit generated or checked. Durations are relative (``lease_seconds``,
+``delay``) and measured by the store's own clock, so that runners on machines whose
+clocks disagree still agree on who holds a lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self, runtime_checkable
+
+from .models import ItemError, ItemState
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+    from types import TracebackType
+
+    from .context import ItemContext
+    from .models import Item
+
+__all__ = [
+    "BatchRecord",
+    "Claim",
+    "ClaimRequest",
+    "FinishResult",
+    "FinishedBatch",
+    "Generator",
+    "Lease",
+    "LeaseStatus",
+    "NewBatch",
+    "NewItem",
+    "Outcome",
+    "Storage",
+    "Subscription",
+    "SyncGenerator",
+]
+
+MetadataFilter = Mapping[str, str | int | float | bool | None]
+
+
+class NewItem(NamedTuple):
+    """An item to create: its key and its payload as JSON text."""
+
+    key: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewBatch:
+    """A batch to create, with all its items, in one atomic step."""
+
+    id: str
+    items: Sequence[NewItem]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """What a storage knows of a batch; the core derives `BatchStatus` from it.
+
+    Reading it must cost O(1) in the batch's size: ``counts`` are counters kept in step
+    with every transition, and ``running_progress`` is the sum of the progress of the
+    items now ``running`` (at most as many as there are runners).
+    """
+
+    id: str
+    total: int
+    counts: Mapping[ItemState, int]
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+    idempotency_key: str | None = None
+    running_progress: float = 0.0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Which items a claim may take and for how long.
+
+    Attributes:
+        lease_seconds: how long the claim holds before another runner may take the item.
+        batch_ids: only items of these batches; `None` for any batch.
+        metadata: only items of batches whose metadata has these top-level values.
+    """
+
+    lease_seconds: float
+    batch_ids: tuple[str, ...] | None = None
+    metadata: MetadataFilter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The claim a runner holds on a running item; every transition out of running names it."""
+
+    batch_id: str
+    key: str
+    token: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed item: the lease and what the generator needs."""
+
+    lease: Lease
+    position: int
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseStatus:
+    """The answer to a heartbeat or a progress write."""
+
+    #: The lease is still current; `False` means another runner took the item over.
+    held: bool
+    #: The batch's cancel was requested: stop and finish the item as cancelled.
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a running item ends its attempt. Build one with the class methods."""
+
+    state: ItemState
+    result: str | None = None
+    error: ItemError | None = None
+    delay: float = 0.0
+
+    @classmethod
+    def succeeded(cls, result: str) -> Outcome:
+        """The generator returned; ``result`` is JSON text."""
+        return cls(ItemState.SUCCEEDED, result=result)
+
+    @classmethod
+    def failed(cls, error: ItemError) -> Outcome:
+        """The attempt failed for good."""
+        return cls(ItemState.FAILED, error=error)
+
+    @classmethod
+    def cancelled(cls, error: ItemError | None = None) -> Outcome:
+        """The batch's cancel reached the running item."""
+        return cls(ItemState.CANCELLED, error=error)
+
+    @classmethod
+    def released(cls, *, delay: float = 0.0, error: ItemError | None = None) -> Outcome:
+        """Back to queued, claimable after ``delay`` seconds (a retry keeps its ``error``).
+
+        In a batch whose cancel was requested, a released item becomes cancelled instead.
+        """
+        return cls(ItemState.QUEUED, error=error, delay=delay)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishResult:
+    """The answer to `Storage.finish`."""
+
+    #: The lease was current and the outcome was written; `False` means nothing changed.
+    accepted: bool
+    #: The next item, when ``then_claim`` was given and one was claimable.
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedBatch:
+    """A finished batch whose completion hook is due, claimed under ``token``."""
+
+    record: BatchRecord
+    token: str
+
+
+class Subscription(Protocol):
+    """A reader's wait for the next change of one batch."""
+
+    async def wait(self, timeout: float) -> None:
+        """Return when the batch may have changed since the previous wait, or after ``timeout``.
+
+        A change that happened between two waits (or since the subscription began) makes
+        the next wait return at once, so a reader that reads and then waits misses nothing.
+        """
+        ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where batches and items live. Every adapter passes `batchkit.testing.StorageContract`.
+
+    Rules every method keeps:
+
+    * Terminal items (`succeeded`, `failed`, `cancelled`) never change.
+    * Counters change in the same atomic step as the item they count, so counts always
+      sum to the total and equal a recount.
+    * A transition out of `running` names its `Lease`; when the lease is no longer
+      current (another runner claimed the item after it expired) it changes nothing.
+    * In a batch whose cancel was requested nothing becomes `queued` again.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def aclose(self) -> None:
+        """Release connections this storage opened. A closed storage is not used again."""
+        ...
+
+    async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
+        """Create a batch with all its items, atomically: all are written or none.
+
+        Args:
+            batch: the batch, its validated items (keys unique) in submission order.
+
+        Returns:
+            The batch's record and `True`; or, when ``batch.idempotency_key`` was already
+            used, the existing batch's record and `False` (nothing is written).
+        """
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        """Read a batch and its counts in O(1).
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        ...
+
+    async def get_item(self, batch_id: str, key: str) -> Item:
+        """Read one item.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+            ItemNotFound: the batch has no item with this key.
+        """
+        ...
+
+    async def list_items(
+        self,
+        batch_id: str,
+        *,
+        states: Collection[ItemState] | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[Item]:
+        """List a batch's items in submission order.
+
+        Args:
+            batch_id: the batch.
+            states: only items in one of these states; `None` for all.
+            after: only items whose ``position`` is greater (the last position of the
+                previous page).
+            limit: at most this many items.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        ...
+
+    async def list_batches(
+        self,
+        *,
+        metadata: MetadataFilter | None = None,
+        parent_id: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> list[BatchRecord]:
+        """List batches newest first (batch ids sort by creation time).
+
+        Args:
+            metadata: only batches whose metadata has these top-level values.
+            parent_id: only batches that retry this batch.
+            before: only batches whose id sorts before this one (the last id of the
+                previous page).
+            limit: at most this many batches.
+        """
+        ...
+
+    async def claim(self, request: ClaimRequest) -> Claim | None:
+        """Take the oldest claimable item and make it `running` under a new lease.
+
+        Claimable: `queued` with no retry time or one that has passed, or `running` with an
+        expired lease. Oldest: the earliest batch first, then the lowest position. The
+        item's ``attempt`` grows by one, its progress and message are cleared. Items of a
+        batch whose cancel was requested are never claimed; such an item found `running`
+        with an expired lease is made `cancelled`.
+
+        Returns:
+            The claim, or `None` when nothing is claimable now.
+        """
+        ...
+
+    async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
+        """Extend a lease to ``lease_seconds`` from now, if it is still current."""
+        ...
+
+    async def record_progress(
+        self,
+        lease: Lease,
+        progress: float,
+        message: str | None,
+        *,
+        lease_seconds: float | None = None,
+    ) -> LeaseStatus:
+        """Record a running item's progress (0..1) and message; optionally extend the lease."""
+        ...
+
+    async def finish(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        *,
+        then_claim: ClaimRequest | None = None,
+    ) -> FinishResult:
+        """End the leased attempt with ``outcome``, fenced by the lease.
+
+        Args:
+            lease: the lease the item was claimed under.
+            outcome: succeeded, failed, cancelled, or released back to queued.
+            then_claim: also claim the next item, in the same step where the store can.
+
+        Returns:
+            Whether the outcome was written, and the next claim if one was asked for.
+        """
+        ...
+
+    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+        """Request the batch's cancel: queued items become `cancelled` at once.
+
+        Running items keep running until their runner sees the request (its next
+        heartbeat or progress write answers ``cancel_requested``) and finishes them as
+        cancelled; a running item whose lease has already expired is cancelled at once.
+        Cancelling a finished batch changes nothing.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        ...
+
+    async def claim_finished_batch(
+        self, *, lease_seconds: float, batch_id: str | None = None
+    ) -> FinishedBatch | None:
+        """Claim a finished batch whose completion hook has not been acknowledged.
+
+        A claim not acknowledged within ``lease_seconds`` may be taken again, so a hook
+        whose runner died still fires.
+        """
+        ...
+
+    async def ack_finished_batch(self, batch_id: str, token: str) -> bool:
+        """Record that the completion hook ran; `False` when ``token`` is not current."""
+        ...
+
+    def subscribe(self, batch_id: str) -> AbstractAsyncContextManager[Subscription]:
+        """Begin waiting for changes of one batch (see `Subscription`)."""
+        ...
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        """Delete a batch and its items; `False` when there was none."""
+        ...
+
+    async def delete_finished_batches(self, *, older_than: float) -> int:
+        """Delete batches that finished more than ``older_than`` seconds ago (retention).
+
+        Returns:
+            How many batches were deleted.
+        """
+        ...
+
+
+class Generator(Protocol):
+    """The host's function that does one item's work and returns a JSON result."""
+
+    async def __call__(self, ctx: ItemContext, /) -> Any: ...
+
+
+class SyncGenerator(Protocol):
+    """A plain function doing one item's work; it runs in a worker thread."""
+
+    def __call__(self, ctx: ItemContext, /) -> Any: ...

@@ -1,0 +1,502 @@
+"""BatchRunner: submit batches, run their items, report status, retry and cancel."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._execution import Executor
+from .codec import JSONError, check_json, encode, loads
+from .exceptions import BatchNotFound, InvalidBatch
+from .ids import is_batch_id, new_batch_id
+from .models import Batch, BatchStatus, Item, ItemSpec, ItemState, Limits
+from .protocols import ClaimRequest, MetadataFilter, NewBatch, NewItem
+from .status import batch_from_record, status_from_record
+
+if TYPE_CHECKING:
+    from .protocols import Generator, Storage, SyncGenerator
+
+__all__ = ["BatchRunner", "BatchFinishedHook"]
+
+logger = logging.getLogger("batchkit.runner")
+
+#: Called once when a batch becomes terminal; sync or async.
+BatchFinishedHook = Callable[[BatchStatus], Awaitable[None] | None]
+
+_ITEMS_PAGE_MAX = 1_000
+_METADATA_CACHE_MAX = 1_024
+
+
+def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+class BatchRunner:
+    """Submits batches and executes their items with one generator.
+
+    Args:
+        storage: where batches live (`MemoryStorage`, `SQLStorage`, `RedisStorage`, ...).
+        generator: ``async def generate(ctx) -> result`` doing one item's work; a plain
+            function is accepted too and runs in a worker thread.
+        concurrency: how many items of a batch run at once (1: one after the other, in
+            submission order).
+        item_timeout: seconds after which an item's attempt fails with ``TimeoutError``;
+            `None` for no limit.
+        lease_seconds: how long a claim on a running item holds without a heartbeat;
+            heartbeats renew it every third of this while the generator works, so only a
+            crashed runner lets it lapse.
+        progress_interval: at most one progress write per item per this many seconds.
+        poll_interval: how often a waiting reader or runner looks again when the storage
+            cannot notify it of changes.
+        limits: size limits on keys, payloads, results and messages.
+        on_batch_finished: called once per batch when it becomes terminal, with its final
+            status; with many runners and crashes it still fires once.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        generator: Generator | SyncGenerator,
+        *,
+        concurrency: int = 1,
+        item_timeout: float | None = None,
+        lease_seconds: float = 30.0,
+        progress_interval: float = 0.5,
+        poll_interval: float = 1.0,
+        limits: Limits | None = None,
+        on_batch_finished: BatchFinishedHook | None = None,
+    ) -> None:
+        if not callable(generator):
+            raise TypeError(f"generator must be callable, got {generator!r}")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError(f"concurrency must be an integer of at least 1, got {concurrency!r}")
+        _positive("item_timeout", item_timeout, allow_none=True)
+        _positive("lease_seconds", lease_seconds)
+        _positive("progress_interval", progress_interval)
+        _positive("poll_interval", poll_interval)
+        self.storage = storage
+        self.generator = generator
+        self.concurrency = concurrency
+        self.item_timeout = item_timeout
+        self.lease_seconds = float(lease_seconds)
+        self.progress_interval = float(progress_interval)
+        self.poll_interval = float(poll_interval)
+        self.limits = limits or Limits()
+        self.on_batch_finished = on_batch_finished
+        self._metadata: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"BatchRunner(storage={self.storage!r}, concurrency={self.concurrency})"
+
+    # -- submitting ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        items: Iterable[ItemSpec | Mapping[str, Any] | str],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """Validate and persist a batch; return at once without running anything.
+
+        Args:
+            items: `ItemSpec`s, mappings with ``key`` and ``payload``, or plain string keys.
+            metadata: a JSON object kept with the batch (an owner, options); batches can
+                be listed by its top-level values.
+            idempotency_key: submitting the same key again returns the batch it made the
+                first time and writes nothing (the items of the second call are ignored).
+
+        Raises:
+            InvalidBatch: the batch is empty, too large, has a duplicate or invalid key, a
+                payload that is not JSON or over the size limit, or invalid metadata. The
+                message names the offending item; nothing is written.
+        """
+        new = self._validate(items, metadata, idempotency_key)
+        return await self._create(new)
+
+    def _validate(
+        self,
+        items: Iterable[ItemSpec | Mapping[str, Any] | str],
+        metadata: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        parent_id: str | None = None,
+    ) -> NewBatch:
+        limits = self.limits
+        if isinstance(items, str | bytes | Mapping):
+            raise InvalidBatch(
+                "items must be an iterable of items (ItemSpec, mappings or string keys), "
+                f"not a single {type(items).__name__}"
+            )
+        meta = self._validate_metadata(metadata)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not idempotency_key
+            or len(idempotency_key) > limits.max_idempotency_key_length
+            or "\x00" in idempotency_key
+        ):
+            raise InvalidBatch(
+                "idempotency_key must be a non-empty string of at most "
+                f"{limits.max_idempotency_key_length} characters without NUL"
+            )
+        max_items = limits.max_items
+        max_key = limits.max_key_length
+        max_payload = limits.max_payload_bytes
+        max_depth = limits.max_json_depth
+        seen: dict[str, int] = {}
+        out: list[NewItem] = []
+        null = "null"
+        for index, raw in enumerate(items):
+            if index >= max_items:
+                raise InvalidBatch(f"a batch holds at most {max_items} items (Limits.max_items)")
+            if type(raw) is str:
+                key, payload, has_payload = raw, None, False
+            elif isinstance(raw, ItemSpec):
+                key, payload, has_payload = raw.key, raw.payload, True
+            elif isinstance(raw, Mapping):
+                extra = set(raw) - {"key", "payload"}
+                if "key" not in raw or extra:
+                    what = f"unknown fields {sorted(map(str, extra))}" if extra else "no 'key'"
+                    raise InvalidBatch(f"item #{index}: {what}; expected {{'key', 'payload'}}")
+                key, payload, has_payload = raw["key"], raw.get("payload"), True
+            else:
+                raise InvalidBatch(
+                    f"item #{index}: {type(raw).__name__} is not an item; "
+                    "use ItemSpec(key=..., payload=...), a mapping or a string key"
+                )
+            if type(key) is not str:
+                raise InvalidBatch(f"item #{index}: key must be a string, got {key!r}")
+            if not key or len(key) > max_key or "\x00" in key:
+                shown = key if len(key) <= 80 else key[:77] + "..."
+                raise InvalidBatch(
+                    f"item #{index} (key {shown!r}): a key must be 1 to {max_key} characters "
+                    "without NUL"
+                )
+            if not key.isascii():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidBatch(
+                        f"item #{index} (key {key!r}): key is not valid Unicode"
+                    ) from None
+            first = seen.setdefault(key, index)
+            if first != index:
+                raise InvalidBatch(f"item #{index} (key {key!r}): duplicate of item #{first}")
+            if not has_payload or payload is None:
+                text = null
+            else:
+                try:
+                    text = encode(payload, max_bytes=max_payload, max_depth=max_depth, what="payload")
+                except JSONError as exc:
+                    raise InvalidBatch(f"item #{index} (key {key!r}): {exc}") from None
+            out.append(NewItem(key, text))
+        if not out:
+            raise InvalidBatch("a batch needs at least one item")
+        return NewBatch(
+            id=new_batch_id(),
+            items=out,
+            metadata=meta,
+            parent_id=parent_id,
+            idempotency_key=idempotency_key,
+        )
+
+    def _validate_metadata(self, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        if metadata is None:
+            return {}
+        if not isinstance(metadata, Mapping):
+            raise InvalidBatch(f"metadata must be a mapping, got {type(metadata).__name__}")
+        meta = dict(metadata)
+        try:
+            check_json(meta, max_depth=self.limits.max_json_depth)
+            encode(meta, max_bytes=self.limits.max_metadata_bytes, what="metadata")
+        except JSONError as exc:
+            raise InvalidBatch(f"metadata: {exc}") from None
+        return loads(encode(meta, max_bytes=self.limits.max_metadata_bytes))  # type: ignore[return-value]
+
+    async def _create(self, new: NewBatch) -> Batch:
+        record, created = await self.storage.create_batch(new)
+        if created:
+            logger.info(
+                "batch submitted", extra={"batch_id": record.id, "total": record.total}
+            )
+        return batch_from_record(record)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, batch_id: str) -> BatchStatus:
+        """Run the batch's claimable items until the batch is terminal; return its status.
+
+        Items are claimed in submission order, ``concurrency`` at a time. An item whose
+        generator raises or times out is marked failed and the next one starts; nothing
+        raised by a generator escapes, except `KeyboardInterrupt` and `SystemExit`. When
+        items are held by other runners, `run` waits for them. Cancelling the task that
+        runs it puts its running items back to `queued` (ready for the next `run`) and
+        propagates the cancellation.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        self._check_id(batch_id)
+        await self._metadata_of(batch_id)  # fails early on an unknown batch
+        request = ClaimRequest(lease_seconds=self.lease_seconds, batch_ids=(batch_id,))
+        executor = self._executor()
+        try:
+            async with self.storage.subscribe(batch_id) as changes:
+                while True:
+                    await self._run_slots(executor, request)
+                    status = await self.status(batch_id)
+                    if status.is_terminal:
+                        break
+                    # Items are running elsewhere or waiting for their retry time.
+                    await changes.wait(self.poll_interval)
+        except BaseExceptionGroup as group:
+            _reraise_single(group)
+            raise
+        await self._fire_hook(batch_id)
+        return status
+
+    async def _run_slots(self, executor: Executor, request: ClaimRequest) -> None:
+        if self.concurrency == 1:
+            await executor.run_slot(request)
+            return
+        first = await self.storage.claim(request)
+        if first is None:
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(executor.run_slot, request, first)
+            for _ in range(self.concurrency - 1):
+                tg.start_soon(executor.run_slot, request)
+
+    def _executor(self) -> Executor:
+        return Executor(
+            storage=self.storage,
+            generator=self.generator,
+            limits=self.limits,
+            item_timeout=self.item_timeout,
+            lease_seconds=self.lease_seconds,
+            progress_interval=self.progress_interval,
+            metadata_of=self._metadata_of,
+            thread_limiter=anyio.CapacityLimiter(self.concurrency),
+        )
+
+    async def _metadata_of(self, batch_id: str) -> dict[str, Any]:
+        # Metadata never changes after submission, so one read per batch is enough.
+        metadata = self._metadata.get(batch_id)
+        if metadata is None:
+            metadata = (await self.storage.get_batch(batch_id)).metadata
+            if len(self._metadata) >= _METADATA_CACHE_MAX:
+                self._metadata.pop(next(iter(self._metadata)))
+            self._metadata[batch_id] = metadata
+        return metadata
+
+    async def _fire_hook(self, batch_id: str) -> None:
+        hook = self.on_batch_finished
+        if hook is None:
+            return
+        claimed = await self.storage.claim_finished_batch(
+            batch_id=batch_id, lease_seconds=self.lease_seconds
+        )
+        if claimed is None:
+            return
+        status = status_from_record(claimed.record)
+        try:
+            result = hook(status)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_batch_finished hook raised", extra={"batch_id": batch_id})
+        await self.storage.ack_finished_batch(batch_id, claimed.token)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        """The batch's derived state, counts and progress (one O(1) read).
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        self._check_id(batch_id)
+        return status_from_record(await self.storage.get_batch(batch_id))
+
+    async def items(
+        self,
+        batch_id: str,
+        *,
+        state: ItemState | str | Collection[ItemState | str] | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> list[Item]:
+        """A page of the batch's items in submission order.
+
+        Args:
+            batch_id: the batch.
+            state: only items in this state (or these states).
+            limit: page size, 1 to 1000.
+            after: the ``position`` of the last item of the previous page.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+            ValueError: an unknown state or a bad ``limit``/``after``.
+        """
+        self._check_id(batch_id)
+        states: frozenset[ItemState] | None
+        if state is None:
+            states = None
+        elif isinstance(state, str):
+            states = frozenset({ItemState(state)})
+        else:
+            states = frozenset(ItemState(s) for s in state)
+        if not isinstance(limit, int) or not 1 <= limit <= _ITEMS_PAGE_MAX:
+            raise ValueError(f"limit must be from 1 to {_ITEMS_PAGE_MAX}, got {limit!r}")
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
+            raise ValueError(f"after must be an item position (int), got {after!r}")
+        return await self.storage.list_items(batch_id, states=states, after=after, limit=limit)
+
+    async def item(self, batch_id: str, key: str) -> Item:
+        """One item of a batch, by key.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+            ItemNotFound: the batch has no such key.
+        """
+        self._check_id(batch_id)
+        return await self.storage.get_item(batch_id, key)
+
+    async def batches(
+        self,
+        *,
+        metadata: MetadataFilter | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[BatchStatus]:
+        """Batches newest first, with their derived status.
+
+        Args:
+            metadata: only batches whose metadata has these top-level values
+                (``{"owner": "ada"}``).
+            limit: page size, 1 to 1000.
+            before: the id of the last batch of the previous page.
+        """
+        if not isinstance(limit, int) or not 1 <= limit <= _ITEMS_PAGE_MAX:
+            raise ValueError(f"limit must be from 1 to {_ITEMS_PAGE_MAX}, got {limit!r}")
+        if before is not None and not is_batch_id(before):
+            raise ValueError(f"before must be a batch id, got {before!r}")
+        records = await self.storage.list_batches(metadata=metadata, before=before, limit=limit)
+        return [status_from_record(r) for r in records]
+
+    async def watch(
+        self, batch_id: str, *, poll_interval: float | None = None
+    ) -> AsyncIterator[BatchStatus]:
+        """Yield the batch's status now and after every change, ending at a terminal state.
+
+        It waits on the storage's change notification where there is one (MemoryStorage,
+        PostgreSQL, Redis) and polls every ``poll_interval`` seconds otherwise. Statuses
+        equal to the one before are not repeated.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        self._check_id(batch_id)
+        interval = self.poll_interval if poll_interval is None else poll_interval
+        _positive("poll_interval", interval)
+        last: BatchStatus | None = None
+        async with self.storage.subscribe(batch_id) as changes:
+            while True:
+                status = await self.status(batch_id)
+                if status != last:
+                    yield status
+                    last = status
+                if status.is_terminal:
+                    return
+                await changes.wait(interval)
+
+    # -- acting on a batch -------------------------------------------------------------
+
+    async def cancel(self, batch_id: str) -> BatchStatus:
+        """Cancel a batch: queued items end `cancelled` at once, running ones at their next
+        heartbeat or progress call. Cancelling a finished batch changes nothing.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        self._check_id(batch_id)
+        status = status_from_record(await self.storage.cancel_batch(batch_id))
+        logger.info("batch cancel requested", extra={"batch_id": batch_id})
+        if status.is_terminal:
+            await self._fire_hook(batch_id)
+        return status
+
+    async def retry_failed(self, batch_id: str, *, idempotency_key: str | None = None) -> Batch:
+        """Submit a new batch of exactly the failed items' keys and payloads.
+
+        The new batch has ``parent_id == batch_id`` and the old batch's metadata. Calling
+        it twice returns the same new batch (the default idempotency key is derived from
+        ``batch_id``), so a double click never runs the retry twice.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+            InvalidBatch: the batch is still running, or nothing in it failed.
+        """
+        status = await self.status(batch_id)
+        if not status.is_terminal:
+            raise InvalidBatch(
+                f"batch {batch_id} is still {status.state.value}; retry its failed items "
+                "once it has finished"
+            )
+        if not status.counts[ItemState.FAILED]:
+            raise InvalidBatch(f"batch {batch_id} has no failed items to retry")
+        failed: list[ItemSpec] = []
+        after: int | None = None
+        while True:
+            page = await self.storage.list_items(
+                batch_id, states=(ItemState.FAILED,), after=after, limit=_ITEMS_PAGE_MAX
+            )
+            failed.extend(ItemSpec(key=item.key, payload=item.payload) for item in page)
+            if len(page) < _ITEMS_PAGE_MAX:
+                break
+            after = page[-1].position
+        key = idempotency_key if idempotency_key is not None else f"batchkit:retry-failed:{batch_id}"
+        new = self._validate(failed, status.metadata, key, parent_id=batch_id)
+        return await self._create(new)
+
+    async def delete(self, batch_id: str) -> bool:
+        """Delete a batch and its items; `False` when there was none."""
+        self._check_id(batch_id)
+        self._metadata.pop(batch_id, None)
+        return await self.storage.delete_batch(batch_id)
+
+    @staticmethod
+    def _check_id(batch_id: str) -> None:
+        # Only ids batchkit made reach a storage: they become SQL values and Redis keys.
+        if not is_batch_id(batch_id):
+            raise BatchNotFound(batch_id)
+
+
+def _reraise_single(group: BaseExceptionGroup[BaseException]) -> None:
+    """Raise the one real error of a task group instead of the group that wraps it."""
+    cancelled = anyio.get_cancelled_exc_class()
+    real = [e for e in _leaves(group) if not isinstance(e, cancelled)]
+    if len(real) == 1:
+        raise real[0] from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out

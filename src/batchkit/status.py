@@ -1,0 +1,121 @@
+"""The aggregator: a batch's state and progress, derived from its items' counts.
+
+Pure functions, no I/O. Every reader (status calls, lists, watch streams, the example
+apps) goes through `derive_state`, so a stored status can never disagree with the items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from .models import TERMINAL_BATCH_STATES, Batch, BatchState, BatchStatus, ItemState
+
+if TYPE_CHECKING:
+    from .protocols import BatchRecord
+
+__all__ = [
+    "batch_from_record",
+    "derive_progress",
+    "derive_state",
+    "empty_counts",
+    "recount",
+    "status_from_record",
+]
+
+
+def empty_counts() -> dict[ItemState, int]:
+    """A counts mapping with every `ItemState` at zero."""
+    return dict.fromkeys(ItemState, 0)
+
+
+def recount(states: Iterable[ItemState]) -> dict[ItemState, int]:
+    """Count item states from scratch (what the stored counters must always equal)."""
+    counts = empty_counts()
+    for state in states:
+        counts[state] += 1
+    return counts
+
+
+def derive_state(
+    counts: Mapping[ItemState, int], *, started: bool, cancel_requested: bool
+) -> BatchState:
+    """Derive a batch's state from its items' counts.
+
+    Args:
+        counts: how many items are in each state (missing states count zero).
+        started: whether any item of the batch was ever claimed.
+        cancel_requested: whether the batch's cancel was requested.
+
+    Returns:
+        ``queued`` while items wait and none ever started and no cancel was requested;
+        ``running`` while any other item is queued or running; once every item is
+        terminal: ``cancelled`` if any was cancelled, else ``completed`` if none failed,
+        else ``failed`` if every item failed, else ``completed_with_errors``.
+    """
+    active = counts.get(ItemState.QUEUED, 0) + counts.get(ItemState.RUNNING, 0)
+    if active:
+        if not started and not cancel_requested:
+            return BatchState.QUEUED
+        return BatchState.RUNNING
+    if counts.get(ItemState.CANCELLED, 0):
+        return BatchState.CANCELLED
+    failed = counts.get(ItemState.FAILED, 0)
+    if not failed:
+        return BatchState.COMPLETED
+    if not counts.get(ItemState.SUCCEEDED, 0):
+        return BatchState.FAILED
+    return BatchState.COMPLETED_WITH_ERRORS
+
+
+def derive_progress(
+    counts: Mapping[ItemState, int], total: int, running_progress: float = 0.0
+) -> float:
+    """Fraction of the batch done: finished items count whole, running ones by their progress."""
+    if total <= 0:
+        return 1.0
+    done = (
+        counts.get(ItemState.SUCCEEDED, 0)
+        + counts.get(ItemState.FAILED, 0)
+        + counts.get(ItemState.CANCELLED, 0)
+    )
+    fraction = (done + max(0.0, running_progress)) / total
+    return min(1.0, max(0.0, fraction))
+
+
+def status_from_record(record: BatchRecord) -> BatchStatus:
+    """Build the public `BatchStatus` of a stored batch record."""
+    counts = empty_counts()
+    counts.update(record.counts)
+    state = derive_state(
+        counts,
+        started=record.started_at is not None,
+        cancel_requested=record.cancel_requested_at is not None,
+    )
+    return BatchStatus(
+        batch_id=record.id,
+        state=state,
+        total=record.total,
+        counts=counts,
+        progress=derive_progress(counts, record.total, record.running_progress),
+        is_terminal=state in TERMINAL_BATCH_STATES,
+        parent_id=record.parent_id,
+        metadata=record.metadata,
+        cancel_requested=record.cancel_requested_at is not None,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+    )
+
+
+def batch_from_record(record: BatchRecord) -> Batch:
+    """Build the public `Batch` of a stored batch record."""
+    return Batch(
+        id=record.id,
+        parent_id=record.parent_id,
+        metadata=record.metadata,
+        idempotency_key=record.idempotency_key,
+        total=record.total,
+        created_at=record.created_at,
+    )

@@ -1,0 +1,103 @@
+"""open_storage(url): the storage a URL names, its adapter imported only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..exceptions import InvalidStorageURL, MissingDependency
+
+if TYPE_CHECKING:
+    from ..protocols import Storage
+
+__all__ = ["open_storage", "require"]
+
+
+class _Adapter(NamedTuple):
+    module: str
+    factory: str
+    extra: str
+    drivers: tuple[str, ...]
+
+
+_ADAPTERS: dict[str, _Adapter] = {
+    "sqlite+aiosqlite": _Adapter("batchkit.storage.sql", "SQLStorage", "sql", ("sqlalchemy", "aiosqlite")),
+    "postgresql+asyncpg": _Adapter("batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "asyncpg")),
+    "postgresql+psycopg": _Adapter("batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "psycopg")),
+    "mysql+asyncmy": _Adapter("batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")),
+    "mariadb+asyncmy": _Adapter("batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")),
+    "redis": _Adapter("batchkit.storage.redis", "RedisStorage", "redis", ("redis",)),
+    "rediss": _Adapter("batchkit.storage.redis", "RedisStorage", "redis", ("redis",)),
+}
+
+#: Synchronous spellings people paste from elsewhere, and the async one to use instead.
+_SYNC_SPELLINGS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "mysql": "mysql+asyncmy",
+    "mysql+pymysql": "mysql+asyncmy",
+    "mysql+mysqldb": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
+}
+
+
+def require(module: str, extra: str) -> None:
+    """Import ``module`` or raise `MissingDependency` naming the extra that provides it.
+
+    Only the ImportError of ``module`` itself is translated; an error inside an
+    installed package propagates as it is.
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == module.split(".")[0]:
+            raise MissingDependency(module, extra) from exc
+        raise
+
+
+def open_storage(url: str) -> Storage:
+    """Build the storage a URL names; use it as an async context manager.
+
+    ``memory://`` gives a `MemoryStorage`. The SQL and Redis schemes
+    (``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://...``, ``mysql+asyncmy://...``,
+    ``redis://...``) load their adapter only when asked for.
+
+    Raises:
+        InvalidStorageURL: the URL names no storage batchkit knows, or a synchronous
+            driver (the message gives the async spelling to use).
+        MissingDependency: the adapter's extra is not installed (the message gives the
+            ``pip install`` line).
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise InvalidStorageURL(f"{url!r} is not a storage URL (expected e.g. 'memory://')")
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        if rest.strip("/"):
+            raise InvalidStorageURL(f"'memory://' takes no host or path, got {url!r}")
+        from .memory import MemoryStorage
+
+        return MemoryStorage()
+    if scheme in _SYNC_SPELLINGS:
+        fixed = _SYNC_SPELLINGS[scheme]
+        raise InvalidStorageURL(
+            f"{scheme}:// names a synchronous driver; batchkit is async: use {fixed}://{rest}"
+        )
+    adapter = _ADAPTERS.get(scheme)
+    if adapter is None:
+        known = ", ".join(["memory", *sorted(_ADAPTERS)])
+        raise InvalidStorageURL(f"unknown storage scheme {scheme!r}; known schemes: {known}")
+    for driver in adapter.drivers:
+        require(driver, adapter.extra)
+    try:
+        module = importlib.import_module(adapter.module)
+    except ModuleNotFoundError as exc:
+        if exc.name != adapter.module:
+            raise
+        raise InvalidStorageURL(
+            f"{scheme}:// needs {adapter.factory}, which this version of batchkit does not include"
+        ) from None
+    storage: Storage = getattr(module, adapter.factory).from_url(url)
+    return storage
