@@ -56,4 +56,5 @@ __all__ = [
     "StorageError",
     "SyncGenerator",
     "__version__",
+    "open_storage",
 ]

@@ -5,12 +5,12 @@ Shared by `BatchRunner.run` (items of one batch) and workers (items of any batch
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 import re
 import traceback
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,6 +22,8 @@ from .models import ItemError, Limits
 from .protocols import Claim, ClaimRequest, Lease, LeaseStatus, Outcome, Storage
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .protocols import Generator, SyncGenerator
 
 __all__ = ["Executor", "error_from_exception", "is_async_callable", "redact"]
@@ -29,7 +31,12 @@ __all__ = ["Executor", "error_from_exception", "is_async_callable", "redact"]
 logger = logging.getLogger("batchkit.runner")
 
 # user:password@ in URLs (database DSNs, API endpoints) never reaches storage or logs.
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s:/@]*):[^\s@/]+@")
+# The scheme is bounded so that a long run of letters costs linear time, not quadratic
+# (messages are redacted whole, before being cut). The password is greedy to the last
+# "@" of the authority: one written with a raw "@" is hidden whole, not just its head.
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,39}://)(?P<user>[^\s:/@]*):[^\s/]+@"
+)
 
 
 def redact(text: str) -> str:
@@ -49,8 +56,16 @@ def _cut(text: str, limit: int, *, keep_end: bool = False) -> str:
 
 def error_from_exception(exc: BaseException, *, attempt: int, limits: Limits) -> ItemError:
     """The bounded, redacted record of why an attempt failed."""
-    message = str(exc) or repr(exc)
-    formatted = "".join(traceback.format_exception(exc))
+    # The generator's exception is foreign code: its __str__ may itself raise, and that
+    # must fail the item, not escape the runner.
+    try:
+        message = str(exc) or repr(exc)
+    except Exception:
+        message = f"<{type(exc).__name__}: str() failed>"
+    try:
+        formatted = "".join(traceback.format_exception(exc))
+    except Exception:
+        formatted = message
     return ItemError(
         type=type(exc).__name__,
         message=_cut(redact(message), limits.max_error_length),
@@ -61,12 +76,31 @@ def error_from_exception(exc: BaseException, *, attempt: int, limits: Limits) ->
 
 def is_async_callable(fn: object) -> bool:
     """Whether calling ``fn`` returns an awaitable (async function, partial, or object)."""
-    while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial
+    while isinstance(fn, functools.partial):
         fn = fn.func
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+_FORGOT_ASYNC = object()
+
+
+def _close(value: object) -> None:
+    close = getattr(value, "close", None)
+    if callable(close):
+        close()  # silence "coroutine was never awaited"
+
+
+def _call_sync(generator: Callable[[ItemContext], Any], ctx: ItemContext) -> Any:
+    # A sync function that returns a coroutine forgot `async`; trio's to_thread would
+    # refuse it with its own TypeError, so recognise it here, the same on every backend.
+    value = generator(ctx)
+    if inspect.isawaitable(value):
+        _close(value)
+        return _FORGOT_ASYNC
+    return value
 
 
 class _Keeper:
@@ -192,7 +226,12 @@ class Executor:
                 if outcome is None:  # lease lost: another runner owns the item now
                     claim = await self.storage.claim(request)
                     continue
-                result = await self.storage.finish(claim.lease, outcome, then_claim=request)
+                # Shielded: the work is done and its outcome must not be lost to a
+                # cancellation arriving mid-write (the item would stay running until
+                # its lease lapsed). A claim made here is released by _execute if the
+                # cancellation is still pending.
+                with anyio.CancelScope(shield=True):
+                    result = await self.storage.finish(claim.lease, outcome, then_claim=request)
                 if not result.accepted:
                     logger.warning(
                         "outcome refused: the lease was no longer current",
@@ -205,17 +244,17 @@ class Executor:
     async def _execute(self, claim: Claim, keeper: _Keeper) -> Outcome | None:
         lease = claim.lease
         reporter = _Reporter(self.limits.max_message_length)
-        ctx = ItemContext(
-            batch_id=lease.batch_id,
-            key=lease.key,
-            payload=claim.payload,
-            attempt=lease.attempt,
-            position=claim.position,
-            metadata=await self.metadata_of(lease.batch_id),
-            reporter=reporter,
-        )
         outcome: Outcome | None = None
         try:
+            ctx = ItemContext(
+                batch_id=lease.batch_id,
+                key=lease.key,
+                payload=claim.payload,
+                attempt=lease.attempt,
+                position=claim.position,
+                metadata=await self.metadata_of(lease.batch_id),
+                reporter=reporter,
+            )
             with anyio.CancelScope() as control:
                 keeper.begin(lease, reporter, control)
                 outcome = await self._invoke(ctx)
@@ -239,6 +278,7 @@ class Executor:
                     value = await self.generator(ctx)
                 else:
                     value = await anyio.to_thread.run_sync(
+                        _call_sync,
                         self.generator,
                         ctx,
                         abandon_on_cancel=True,
@@ -253,11 +293,11 @@ class Executor:
                     )
                 )
         except Exception as exc:
-            return Outcome.failed(error_from_exception(exc, attempt=ctx.attempt, limits=self.limits))
-        if inspect.isawaitable(value):
-            close = getattr(value, "close", None)
-            if close is not None:
-                close()  # silence "never awaited"
+            return Outcome.failed(
+                error_from_exception(exc, attempt=ctx.attempt, limits=self.limits)
+            )
+        if value is _FORGOT_ASYNC or inspect.isawaitable(value):
+            _close(value)
             return Outcome.failed(
                 ItemError(
                     type="InvalidResult",
@@ -274,5 +314,7 @@ class Executor:
                 what="result",
             )
         except JSONError as exc:
-            return Outcome.failed(ItemError(type="InvalidResult", message=str(exc), attempt=ctx.attempt))
+            return Outcome.failed(
+                ItemError(type="InvalidResult", message=str(exc), attempt=ctx.attempt)
+            )
         return Outcome.succeeded(text)

@@ -23,7 +23,7 @@ __all__ = [
 
 #: A value that JSON can carry: `None`, `bool`, `int`, finite `float`, `str`, a `list` of
 #: JSON values, or a `dict` with `str` keys and JSON values.
-JSONValue: TypeAlias = "None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]"
+JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _DECODER = json.JSONDecoder()

@@ -86,9 +86,13 @@ class ItemContext:
         Raises:
             ValueError: ``fraction`` is not between 0 and 1.
         """
-        self._reporter.set(fraction, message)
-        wake = self._reporter.wake
-        if wake is not None:
+        reporter = self._reporter
+        idle = reporter.pending is None
+        reporter.set(fraction, message)
+        # Only the first report since the last write wakes the keeper: it then sleeps
+        # until the write is due, so a tight loop of reports costs no extra wake-ups.
+        wake = reporter.wake
+        if idle and wake is not None:
             wake.set()
         await anyio.lowlevel.checkpoint()
 

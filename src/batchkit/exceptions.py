@@ -18,6 +18,8 @@ cannot be reached.
 
 from __future__ import annotations
 
+from typing import Self
+
 __all__ = [
     "BatchNotFound",
     "BatchkitError",
@@ -44,6 +46,10 @@ class BatchNotFound(BatchkitError, LookupError):
         self.batch_id = batch_id
         super().__init__(f"no batch has the id {batch_id!r}")
 
+    def __reduce__(self) -> tuple[type[Self], tuple[str]]:
+        # Rebuild from the id, not the message, so the error survives pickling (processes).
+        return (type(self), (self.batch_id,))
+
 
 class InvalidBatch(BatchkitError, ValueError):
     """The batch or the request about it is not valid; nothing was written."""
@@ -56,6 +62,9 @@ class ItemNotFound(BatchkitError, LookupError):
         self.batch_id = batch_id
         self.key = key
         super().__init__(f"batch {batch_id!r} has no item with the key {key!r}")
+
+    def __reduce__(self) -> tuple[type[Self], tuple[str, str]]:
+        return (type(self), (self.batch_id, self.key))
 
 
 class InvalidStorageURL(BatchkitError, ValueError):
@@ -72,6 +81,9 @@ class MissingDependency(BatchkitError, ImportError):
             f"{package!r} is not installed; it comes with the {extra!r} extra: "
             f"pip install 'batchkit[{extra}]'"
         )
+
+    def __reduce__(self) -> tuple[type[Self], tuple[str, str]]:
+        return (type(self), (self.package, self.extra))
 
 
 class SchemaVersionMismatch(BatchkitError):

@@ -111,7 +111,8 @@ class ItemSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     #: Unique within the batch; how the host finds the item again (a product id, a path).
-    key: str
+    #: Strict: bytes are not silently decoded (a mapping's key must be a `str` too).
+    key: str = Field(strict=True)
     #: Any JSON value the generator needs; `None` when the key says it all.
     payload: Any = None
 

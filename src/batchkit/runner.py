@@ -21,7 +21,7 @@ from .status import batch_from_record, status_from_record
 if TYPE_CHECKING:
     from .protocols import Generator, Storage, SyncGenerator
 
-__all__ = ["BatchRunner", "BatchFinishedHook"]
+__all__ = ["BatchFinishedHook", "BatchRunner"]
 
 logger = logging.getLogger("batchkit.runner")
 
@@ -198,7 +198,9 @@ class BatchRunner:
                 text = null
             else:
                 try:
-                    text = encode(payload, max_bytes=max_payload, max_depth=max_depth, what="payload")
+                    text = encode(
+                        payload, max_bytes=max_payload, max_depth=max_depth, what="payload"
+                    )
                 except JSONError as exc:
                     raise InvalidBatch(f"item #{index} (key {key!r}): {exc}") from None
             out.append(NewItem(key, text))
@@ -228,9 +230,7 @@ class BatchRunner:
     async def _create(self, new: NewBatch) -> Batch:
         record, created = await self.storage.create_batch(new)
         if created:
-            logger.info(
-                "batch submitted", extra={"batch_id": record.id, "total": record.total}
-            )
+            logger.info("batch submitted", extra={"batch_id": record.id, "total": record.total})
         return batch_from_record(record)
 
     # -- running -----------------------------------------------------------------------
@@ -275,9 +275,11 @@ class BatchRunner:
         if first is None:
             return
         async with anyio.create_task_group() as tg:
-            tg.start_soon(executor.run_slot, request, first)
             for _ in range(self.concurrency - 1):
                 tg.start_soon(executor.run_slot, request)
+            # The claimed item runs in this task, at once: a new task cancelled before
+            # its first step would leave the claim running until its lease lapsed.
+            await executor.run_slot(request, first)
 
     def _executor(self) -> Executor:
         return Executor(
@@ -358,7 +360,11 @@ class BatchRunner:
             states = frozenset({ItemState(state)})
         else:
             states = frozenset(ItemState(s) for s in state)
-        if not isinstance(limit, int) or not 1 <= limit <= _ITEMS_PAGE_MAX:
+        if (
+            not isinstance(limit, int)
+            or isinstance(limit, bool)
+            or not 1 <= limit <= _ITEMS_PAGE_MAX
+        ):
             raise ValueError(f"limit must be from 1 to {_ITEMS_PAGE_MAX}, got {limit!r}")
         if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
             raise ValueError(f"after must be an item position (int), got {after!r}")
@@ -389,7 +395,11 @@ class BatchRunner:
             limit: page size, 1 to 1000.
             before: the id of the last batch of the previous page.
         """
-        if not isinstance(limit, int) or not 1 <= limit <= _ITEMS_PAGE_MAX:
+        if (
+            not isinstance(limit, int)
+            or isinstance(limit, bool)
+            or not 1 <= limit <= _ITEMS_PAGE_MAX
+        ):
             raise ValueError(f"limit must be from 1 to {_ITEMS_PAGE_MAX}, got {limit!r}")
         if before is not None and not is_batch_id(before):
             raise ValueError(f"before must be a batch id, got {before!r}")
@@ -467,7 +477,9 @@ class BatchRunner:
             if len(page) < _ITEMS_PAGE_MAX:
                 break
             after = page[-1].position
-        key = idempotency_key if idempotency_key is not None else f"batchkit:retry-failed:{batch_id}"
+        key = (
+            idempotency_key if idempotency_key is not None else f"batchkit:retry-failed:{batch_id}"
+        )
         new = self._validate(failed, status.metadata, key, parent_id=batch_id)
         return await self._create(new)
 

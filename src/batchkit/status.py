@@ -6,12 +6,13 @@ apps) goes through `derive_state`, so a stored status can never disagree with th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from .models import TERMINAL_BATCH_STATES, Batch, BatchState, BatchStatus, ItemState
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from .protocols import BatchRecord
 
 __all__ = [

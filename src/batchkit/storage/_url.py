@@ -21,11 +21,21 @@ class _Adapter(NamedTuple):
 
 
 _ADAPTERS: dict[str, _Adapter] = {
-    "sqlite+aiosqlite": _Adapter("batchkit.storage.sql", "SQLStorage", "sql", ("sqlalchemy", "aiosqlite")),
-    "postgresql+asyncpg": _Adapter("batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "asyncpg")),
-    "postgresql+psycopg": _Adapter("batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "psycopg")),
-    "mysql+asyncmy": _Adapter("batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")),
-    "mariadb+asyncmy": _Adapter("batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")),
+    "sqlite+aiosqlite": _Adapter(
+        "batchkit.storage.sql", "SQLStorage", "sql", ("sqlalchemy", "aiosqlite")
+    ),
+    "postgresql+asyncpg": _Adapter(
+        "batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "asyncpg")
+    ),
+    "postgresql+psycopg": _Adapter(
+        "batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "psycopg")
+    ),
+    "mysql+asyncmy": _Adapter(
+        "batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")
+    ),
+    "mariadb+asyncmy": _Adapter(
+        "batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")
+    ),
     "redis": _Adapter("batchkit.storage.redis", "RedisStorage", "redis", ("redis",)),
     "rediss": _Adapter("batchkit.storage.redis", "RedisStorage", "redis", ("redis",)),
 }

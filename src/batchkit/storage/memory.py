@@ -5,7 +5,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from ..protocols import (
 from ..status import empty_counts
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Collection
     from types import TracebackType
 
 __all__ = ["MemoryStorage"]
