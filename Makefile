@@ -1,5 +1,7 @@
 # batchkit: developer commands. `make test` and `make demo` work from a fresh clone.
 PYTHON ?= python3
+# mkdocs-material prints a notice about MkDocs 2 on every build; it is not a warning of ours.
+export NO_MKDOCS_2_WARNING := 1
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

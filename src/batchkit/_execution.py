@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from .codec import JSONError, encode
+from .codec import JSONError, clean_text, encode
 from .context import ItemContext, _Reporter
 from .models import ItemError, Limits
 from .protocols import Claim, ClaimRequest, Lease, LeaseStatus, Outcome, Storage
@@ -68,8 +68,8 @@ def error_from_exception(exc: BaseException, *, attempt: int, limits: Limits) ->
         formatted = message
     return ItemError(
         type=type(exc).__name__,
-        message=_cut(redact(message), limits.max_error_length),
-        traceback=_cut(redact(formatted), limits.max_traceback_length, keep_end=True),
+        message=_cut(clean_text(redact(message)), limits.max_error_length),
+        traceback=_cut(clean_text(redact(formatted)), limits.max_traceback_length, keep_end=True),
         attempt=attempt,
     )
 
@@ -226,12 +226,15 @@ class Executor:
                 if outcome is None:  # lease lost: another runner owns the item now
                     claim = await self.storage.claim(request)
                     continue
-                # Shielded: the work is done and its outcome must not be lost to a
-                # cancellation arriving mid-write (the item would stay running until
-                # its lease lapsed). A claim made here is released by _execute if the
-                # cancellation is still pending.
-                with anyio.CancelScope(shield=True):
+                try:
                     result = await self.storage.finish(claim.lease, outcome, then_claim=request)
+                except BaseException:
+                    # The work is done: a cancellation arriving mid-write must not lose its
+                    # outcome (the item would stay running until its lease lapsed). Write
+                    # it again, shielded; fencing refuses it if the first write landed.
+                    with anyio.CancelScope(shield=True):
+                        await self.storage.finish(claim.lease, outcome)
+                    raise
                 if not result.accepted:
                     logger.warning(
                         "outcome refused: the lease was no longer current",
@@ -244,6 +247,7 @@ class Executor:
     async def _execute(self, claim: Claim, keeper: _Keeper) -> Outcome | None:
         lease = claim.lease
         reporter = _Reporter(self.limits.max_message_length)
+        timeout = self.item_timeout
         outcome: Outcome | None = None
         try:
             ctx = ItemContext(
@@ -255,7 +259,10 @@ class Executor:
                 metadata=await self.metadata_of(lease.batch_id),
                 reporter=reporter,
             )
-            with anyio.CancelScope() as control:
+            # One scope serves the item timeout (its deadline) and the keeper (which
+            # cancels it when the batch is cancelled or the lease is lost).
+            deadline = math.inf if timeout is None else anyio.current_time() + timeout
+            with anyio.CancelScope(deadline=deadline) as control:
                 keeper.begin(lease, reporter, control)
                 outcome = await self._invoke(ctx)
         except BaseException:
@@ -266,31 +273,29 @@ class Executor:
         keeper.end()
         if keeper.lost:
             return None
-        if outcome is None:  # the keeper stopped the generator: the batch was cancelled
+        if outcome is not None:
+            return outcome
+        if keeper.cancelled:
             return Outcome.cancelled()
-        return outcome
+        return Outcome.failed(
+            ItemError(
+                type="TimeoutError",
+                message=f"the item did not finish within item_timeout={timeout:g}s",
+                attempt=lease.attempt,
+            )
+        )
 
     async def _invoke(self, ctx: ItemContext) -> Outcome:
-        timeout = self.item_timeout
         try:
-            with anyio.move_on_after(timeout if timeout is not None else math.inf) as timer:
-                if self.generator_is_async:
-                    value = await self.generator(ctx)
-                else:
-                    value = await anyio.to_thread.run_sync(
-                        _call_sync,
-                        self.generator,
-                        ctx,
-                        abandon_on_cancel=True,
-                        limiter=self.thread_limiter,
-                    )
-            if timer.cancelled_caught:
-                return Outcome.failed(
-                    ItemError(
-                        type="TimeoutError",
-                        message=f"the item did not finish within item_timeout={timeout:g}s",
-                        attempt=ctx.attempt,
-                    )
+            if self.generator_is_async:
+                value = await self.generator(ctx)
+            else:
+                value = await anyio.to_thread.run_sync(
+                    _call_sync,
+                    self.generator,
+                    ctx,
+                    abandon_on_cancel=True,
+                    limiter=self.thread_limiter,
                 )
         except Exception as exc:
             return Outcome.failed(

@@ -16,9 +16,11 @@ __all__ = [
     "JSONError",
     "JSONValue",
     "check_json",
+    "clean_text",
     "dumps",
     "encode",
     "loads",
+    "same_json",
 ]
 
 #: A value that JSON can carry: `None`, `bool`, `int`, finite `float`, `str`, a `list` of
@@ -84,8 +86,26 @@ def _check_text(text: str, path: str) -> None:
             raise JSONError("string is not valid Unicode (lone surrogate)", path) from None
 
 
+def _not_json(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+# The C encoder, made once: JSONEncoder.encode builds it anew on every call, which is
+# most of the cost of encoding a small payload (submit encodes one per item).
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_FAST_ENCODE = (
+    None
+    if _C_MAKE_ENCODER is None
+    else _C_MAKE_ENCODER(
+        None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+)
+
+
 def dumps(value: JSONValue) -> str:
     """Encode a checked JSON value as compact text (UTF-8 as is, no NaN)."""
+    if _FAST_ENCODE is not None:
+        return "".join(_FAST_ENCODE(value, 0))
     return _ENCODER.encode(value)
 
 
@@ -121,3 +141,27 @@ def encode(value: object, *, max_bytes: int, max_depth: int = 64, what: str = "v
         if size > max_bytes:
             raise JSONError(f"{what} is {size} bytes, over the limit of {max_bytes} bytes")
     return text
+
+
+def clean_text(text: str) -> str:
+    """Make free text (progress and error messages) storable in every store.
+
+    NUL becomes U+FFFD (PostgreSQL text cannot hold it) and lone surrogates become "?"
+    (no UTF-8 store can hold them).
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def same_json(a: object, b: object) -> bool:
+    """Whether two JSON values are the same JSON: ``True`` is not ``1``, ``1`` is not ``1.0``.
+
+    This is how metadata filters compare, in every store: by canonical JSON text.
+    """
+    try:
+        return dumps(a) == dumps(b)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False

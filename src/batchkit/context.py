@@ -8,6 +8,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from .codec import clean_text
+
 __all__ = ["ItemContext"]
 
 
@@ -34,6 +36,7 @@ class _Reporter:
         if message is not None:
             if not isinstance(message, str):
                 raise TypeError(f"progress message must be a string, got {message!r}")
+            message = clean_text(message)
             if len(message) > self.max_message:
                 message = message[: self.max_message - 1] + "…"
         self.pending = (float(fraction), message)

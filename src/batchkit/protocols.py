@@ -91,7 +91,8 @@ class ClaimRequest:
     Attributes:
         lease_seconds: how long the claim holds before another runner may take the item.
         batch_ids: only items of these batches; `None` for any batch.
-        metadata: only items of batches whose metadata has these top-level values.
+        metadata: only items of batches whose metadata has these top-level values
+            (compared as JSON, see `list_batches`).
     """
 
     lease_seconds: float
@@ -165,9 +166,11 @@ class Outcome:
 class FinishResult:
     """The answer to `Storage.finish`."""
 
-    #: The lease was current and the outcome was written; `False` means nothing changed.
+    #: The lease was current and the outcome was written; `False` means the outcome
+    #: changed nothing.
     accepted: bool
-    #: The next item, when ``then_claim`` was given and one was claimable.
+    #: The next item, when ``then_claim`` was given and one was claimable (the claim is
+    #: made whether or not the outcome was accepted).
     claim: Claim | None = None
 
 
@@ -280,7 +283,9 @@ class Storage(Protocol):
         """List batches newest first (batch ids sort by creation time).
 
         Args:
-            metadata: only batches whose metadata has these top-level values.
+            metadata: only batches whose metadata has these top-level keys with these
+                scalar values, compared as JSON (``True`` does not match ``1``, ``1`` does
+                not match ``1.0``; a missing key matches nothing, not even ``None``).
             parent_id: only batches that retry this batch.
             before: only batches whose id sorts before this one (the last id of the
                 previous page).
@@ -356,6 +361,9 @@ class Storage(Protocol):
 
         A claim not acknowledged within ``lease_seconds`` may be taken again, so a hook
         whose runner died still fires.
+
+        Raises:
+            BatchNotFound: ``batch_id`` was given and no batch has it.
         """
         ...
 
@@ -373,6 +381,8 @@ class Storage(Protocol):
 
     async def delete_finished_batches(self, *, older_than: float) -> int:
         """Delete batches that finished more than ``older_than`` seconds ago (retention).
+
+        A batch whose completion hook has not run yet is deleted too: retention wins.
 
         Returns:
             How many batches were deleted.

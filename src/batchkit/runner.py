@@ -29,6 +29,7 @@ logger = logging.getLogger("batchkit.runner")
 BatchFinishedHook = Callable[[BatchStatus], Awaitable[None] | None]
 
 _ITEMS_PAGE_MAX = 1_000
+_SCALARS = (str, int, float, bool, type(None))
 _METADATA_CACHE_MAX = 1_024
 
 
@@ -48,7 +49,7 @@ class BatchRunner:
     """Submits batches and executes their items with one generator.
 
     Args:
-        storage: where batches live (`MemoryStorage`, `SQLStorage`, `RedisStorage`, ...).
+        storage: where batches live: `MemoryStorage`, or any adapter of the `Storage` protocol.
         generator: ``async def generate(ctx) -> result`` doing one item's work; a plain
             function is accepted too and runs in a worker thread.
         concurrency: how many items of a batch run at once (1: one after the other, in
@@ -403,6 +404,13 @@ class BatchRunner:
             raise ValueError(f"limit must be from 1 to {_ITEMS_PAGE_MAX}, got {limit!r}")
         if before is not None and not is_batch_id(before):
             raise ValueError(f"before must be a batch id, got {before!r}")
+        if metadata is not None:
+            for name, value in metadata.items():
+                if not isinstance(name, str) or not isinstance(value, _SCALARS):
+                    raise ValueError(
+                        "metadata filters map top-level keys to str, int, float, bool or "
+                        f"None values; got {name!r}: {value!r}"
+                    )
         records = await self.storage.list_batches(metadata=metadata, before=before, limit=limit)
         return [status_from_record(r) for r in records]
 

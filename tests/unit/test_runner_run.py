@@ -557,6 +557,37 @@ async def test_long_progress_messages_are_cut(storage: MemoryStorage) -> None:
     assert len(message) == 50
 
 
+async def test_text_no_store_can_hold_is_cleaned(storage: MemoryStorage) -> None:
+    # NUL (PostgreSQL text refuses it) and lone surrogates (not UTF-8) in progress and
+    # error messages are replaced before they reach any store.
+    release = anyio.Event()
+
+    async def gen(ctx: ItemContext) -> None:
+        await ctx.progress(0.5, "step\x00one\ud800")
+        await release.wait()
+        raise ValueError("bad\x00value\udfff")
+
+    runner = BatchRunner(storage, gen)
+    batch = await runner.submit(["k"])
+
+    async def reported() -> bool:
+        return (await runner.item(batch.id, "k")).message is not None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run, batch.id)
+        await wait_until(reported)
+        message = (await runner.item(batch.id, "k")).message
+        release.set()
+
+    assert message == "step\ufffdone?"
+    error = (await runner.item(batch.id, "k")).error
+    assert error is not None
+    assert error.message == "bad\ufffdvalue?"
+    assert error.traceback is not None
+    assert "\x00" not in error.traceback
+    error.traceback.encode("utf-8")  # no lone surrogate left
+
+
 # -- leases ----------------------------------------------------------------------------
 
 

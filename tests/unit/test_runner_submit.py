@@ -329,3 +329,10 @@ def test_constructor_rejects_bad_options(kwargs: dict[str, Any]) -> None:
 def test_constructor_rejects_a_generator_that_is_not_callable() -> None:
     with pytest.raises(TypeError, match="generator must be callable"):
         BatchRunner(MemoryStorage(), "module:generate")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [{"owner": ["a"]}, {"owner": {"a": 1}}, {1: "a"}])
+async def test_batches_refuses_non_scalar_metadata_filters(bad: dict[Any, Any]) -> None:
+    runner = BatchRunner(MemoryStorage(), noop)
+    with pytest.raises(ValueError, match="metadata filters"):
+        await runner.batches(metadata=bad)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 import anyio.lowlevel
 
-from ..codec import dumps, loads
+from ..codec import dumps, loads, same_json
 from ..exceptions import BatchNotFound, ItemNotFound
 from ..ids import new_token
 from ..models import Item, ItemError, ItemState
@@ -107,7 +107,7 @@ def _ts(value: float | None) -> datetime | None:
 def _matches(metadata: dict[str, Any], wanted: MetadataFilter | None) -> bool:
     if not wanted:
         return True
-    return all(k in metadata and metadata[k] == v for k, v in wanted.items())
+    return all(k in metadata and same_json(metadata[k], v) for k, v in wanted.items())
 
 
 class MemoryStorage:

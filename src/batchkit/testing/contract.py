@@ -311,6 +311,22 @@ class StorageContract:
         assert len(await storage.list_batches(metadata={"team": 7})) == 2
         assert await storage.list_batches(metadata={"owner": "eve"}) == []
 
+    async def test_metadata_filter_compares_as_json(self, storage: Storage) -> None:
+        one = await _create(storage, 1, metadata={"v": 1})
+        flag = await _create(storage, 1, metadata={"v": True})
+        real = await _create(storage, 1, metadata={"v": 1.5})
+        null = await _create(storage, 1, metadata={"v": None})
+        await _create(storage, 1, metadata={})
+
+        async def ids(value: Any) -> list[str]:
+            return [b.id for b in await storage.list_batches(metadata={"v": value})]
+
+        assert await ids(1) == [one.id]
+        assert await ids(True) == [flag.id]
+        assert await ids(1.5) == [real.id]
+        assert await ids(None) == [null.id]  # a missing key does not match None
+        assert await ids("1") == []
+
     async def test_list_batches_filters_by_parent(self, storage: Storage) -> None:
         parent = await _create(storage, 1)
         first = await _create(storage, 1, parent_id=parent.id)
