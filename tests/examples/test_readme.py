@@ -22,7 +22,7 @@ def test_quickstart_runs_and_prints_what_the_readme_shows(tmp_path: Path) -> Non
     text = README.read_text(encoding="utf-8")
     code = _block(text, "python")
     shown = _block(text, "text", code.end()).group(1)
-    assert len([line for line in code.group(1).splitlines() if line.strip()]) <= 15
+    assert len(code.group(1).splitlines()) <= 15  # blank lines count too
 
     script = tmp_path / "quickstart.py"
     script.write_text(code.group(1), encoding="utf-8")
@@ -37,7 +37,7 @@ def test_quickstart_runs_and_prints_what_the_readme_shows(tmp_path: Path) -> Non
 
     assert done.returncode == 0, done.stderr
     assert done.stdout == shown
-    # What the quickstart is there to show: one failure does not stop the others, and the
-    # failed item keeps its error.
-    assert done.stdout.splitlines()[0] == "completed_with_errors 2 of 3 succeeded"
+    # What the quickstart is there to show: one failure does not stop the others (the
+    # derived state), and the failed item keeps its error.
+    assert done.stdout.splitlines()[0] == "completed_with_errors"
     assert "lamp ValueError no photos of this product" in done.stdout
