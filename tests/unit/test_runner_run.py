@@ -534,6 +534,22 @@ async def test_progress_rejects_values_outside_zero_to_one(storage: MemoryStorag
     assert "progress must be from 0 to 1" in careless.error.message
 
 
+async def _message_while_running(
+    runner: BatchRunner, batch_id: str, key: str, release: anyio.Event
+) -> str | None:
+    """Run the batch; once the item shows a progress message, read it and let it finish."""
+
+    async def reported() -> bool:
+        return (await runner.item(batch_id, key)).message is not None
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run, batch_id)
+        await wait_until(reported)
+        message = (await runner.item(batch_id, key)).message
+        release.set()
+    return message
+
+
 async def test_long_progress_messages_are_cut(storage: MemoryStorage) -> None:
     release = anyio.Event()
 
@@ -544,14 +560,7 @@ async def test_long_progress_messages_are_cut(storage: MemoryStorage) -> None:
     runner = BatchRunner(storage, gen, limits=Limits(max_message_length=50))
     batch = await runner.submit(["k"])
 
-    async def reported() -> bool:
-        return (await runner.item(batch.id, "k")).message is not None
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(runner.run, batch.id)
-        await wait_until(reported)
-        message = (await runner.item(batch.id, "k")).message
-        release.set()
+    message = await _message_while_running(runner, batch.id, "k", release)
 
     assert message is not None
     assert len(message) == 50
@@ -570,14 +579,7 @@ async def test_text_no_store_can_hold_is_cleaned(storage: MemoryStorage) -> None
     runner = BatchRunner(storage, gen)
     batch = await runner.submit(["k"])
 
-    async def reported() -> bool:
-        return (await runner.item(batch.id, "k")).message is not None
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(runner.run, batch.id)
-        await wait_until(reported)
-        message = (await runner.item(batch.id, "k")).message
-        release.set()
+    message = await _message_while_running(runner, batch.id, "k", release)
 
     assert message == "step\ufffdone?"
     error = (await runner.item(batch.id, "k")).error
