@@ -32,6 +32,17 @@ from .storage import open_storage as open_storage
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # Adapters with optional dependencies load on first use, so that `import batchkit`
+    # needs neither SQLAlchemy nor redis.
+    if name == "SQLStorage":
+        from .storage.sql import SQLStorage
+
+        return SQLStorage
+    raise AttributeError(f"module 'batchkit' has no attribute {name!r}")
+
+
 __all__ = [
     "Batch",
     "BatchNotFound",
@@ -51,6 +62,7 @@ __all__ = [
     "Limits",
     "MemoryStorage",
     "MissingDependency",
+    "SQLStorage",
     "SchemaVersionMismatch",
     "Storage",
     "StorageError",

@@ -7,14 +7,19 @@ empty, not yet entered storage.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 
 from batchkit import MemoryStorage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from batchkit.protocols import Storage
 
@@ -32,7 +37,96 @@ def memory_storage_factory() -> Callable[[], Storage]:
     return MemoryStorage
 
 
-@pytest.fixture(params=[pytest.param("memory", id="memory")])
+POSTGRES_URL = os.environ.get(
+    "BATCHKIT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("BATCHKIT_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
+
+
+def require_server(url: str, name: str) -> None:
+    """Skip when the server is unreachable; with CI=true, fail: CI never passes by skipping."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 2):
+            return
+    except OSError as exc:
+        reason = f"{name} is not reachable at {parts.hostname}:{parts.port} ({exc})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true requires it")
+    pytest.skip(reason)
+
+
+def _sql_factory(url: str) -> Iterator[Callable[[], Storage]]:
+    """A factory of empty SQLStorages on tables of their own, dropped after the test.
+
+    One test may make many (the state machine makes one per example): they share the
+    test's tables, emptied when each storage opens, so the schema is created once.
+    """
+    from batchkit.storage.sql import SQLStorage
+
+    prefix = f"t{secrets.token_hex(4)}_"
+
+    class EmptySQLStorage(SQLStorage):
+        async def open(self) -> None:
+            await super().open()
+            async with self.engine.begin() as conn:
+                for table in (self.tables.items, self.tables.tags, self.tables.batches):
+                    await conn.execute(table.delete())
+
+    def make() -> Storage:
+        return EmptySQLStorage(url, table_prefix=prefix)
+
+    yield make
+    import anyio
+
+    anyio.run(_drop_tables, url, [prefix])
+
+
+async def _drop_tables(url: str, prefixes: list[str]) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from batchkit.storage.sql import metadata_for
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for prefix in prefixes:
+                metadata, _ = metadata_for(prefix)
+                await conn.run_sync(metadata.drop_all, checkfirst=True)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def sqlite_storage_factory(tmp_path: Path) -> Iterator[Callable[[], Storage]]:
+    from batchkit.storage.sql import SQLStorage
+
+    def make() -> Storage:
+        return SQLStorage(f"sqlite+aiosqlite:///{tmp_path / secrets.token_hex(4)}.db")
+
+    return make
+
+
+@pytest.fixture
+def postgres_storage_factory() -> Iterator[Callable[[], Storage]]:
+    require_server(POSTGRES_URL, "PostgreSQL")
+    yield from _sql_factory(POSTGRES_URL)
+
+
+@pytest.fixture
+def mysql_storage_factory() -> Iterator[Callable[[], Storage]]:
+    require_server(MYSQL_URL, "MariaDB/MySQL")
+    yield from _sql_factory(MYSQL_URL)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres"),
+        pytest.param("mysql", id="mysql"),
+    ]
+)
 def storage_factory(request: pytest.FixtureRequest) -> Callable[[], Storage]:
     factory: Callable[[], Storage] = request.getfixturevalue(f"{request.param}_storage_factory")
     return factory

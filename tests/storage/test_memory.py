@@ -1,4 +1,4 @@
-"""MemoryStorage: the contract suite (on asyncio and trio) and what only memory does."""
+"""MemoryStorage: the contract suite on trio, and what only memory does."""
 
 from __future__ import annotations
 
@@ -17,10 +17,6 @@ if TYPE_CHECKING:
     from batchkit.protocols import Storage
 
 pytestmark = pytest.mark.anyio
-
-
-class TestStorageContract(StorageContract):
-    """Every adapter of ``storage_factory`` (see conftest.py) against the contract."""
 
 
 class TestMemoryOnTrio(StorageContract):

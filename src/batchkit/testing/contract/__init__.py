@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import hypothesis
 import pytest
 
 from ._helpers import LONG, all_items, counts_of, new_batch
@@ -73,8 +74,19 @@ class StorageContract(
 
     # -- the state machine ---------------------------------------------------------------
 
+    @pytest.fixture
+    def state_machine_settings(self) -> hypothesis.settings | None:
+        """Hypothesis settings for `test_state_machine`; `None` for the defaults.
+
+        Override it to run fewer examples on a slow store, or more in a soak run.
+        """
+        return None
+
     def test_state_machine(
-        self, storage_factory: Callable[[], Storage], anyio_backend: Any
+        self,
+        storage_factory: Callable[[], Storage],
+        anyio_backend: Any,
+        state_machine_settings: hypothesis.settings | None,
     ) -> None:
         """Random sequences of operations keep every rule (see `batchkit.testing.stateful`)."""
         from ..stateful import run_state_machine  # it builds on this package's helpers
@@ -83,4 +95,9 @@ class StorageContract(
             backend, options = anyio_backend
         else:
             backend, options = anyio_backend, None
-        run_state_machine(storage_factory, backend=backend, backend_options=options)
+        run_state_machine(
+            storage_factory,
+            backend=backend,
+            backend_options=options,
+            settings=state_machine_settings,
+        )

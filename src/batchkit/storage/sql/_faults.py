@@ -1,0 +1,46 @@
+"""Which SQL errors can pass (retry the transaction) and which cannot (StorageError)."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+__all__ = ["is_transient"]
+
+# PostgreSQL SQLSTATEs: serialization failure, deadlock, admin shutdown
+# (pg_terminate_backend), crash shutdown, cannot connect now, connection exceptions.
+_PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03"}
+# MySQL/MariaDB error numbers: deadlock, lock wait timeout, server gone away, lost
+# connection, connection killed (MariaDB KILL), client disconnected (MySQL 8).
+_MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 1927, 4031, 1053}
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    for attr in ("sqlstate", "pgcode"):
+        value = getattr(orig, attr, None)
+        if isinstance(value, str):
+            return value
+    cause = getattr(orig, "__cause__", None)
+    if cause is not None and cause is not orig:
+        value = getattr(cause, "sqlstate", None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the whole transaction may succeed (a dropped or busy connection)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        state = _sqlstate(orig)
+        if state is not None and (state in _PG_TRANSIENT or state.startswith("08")):
+            return True
+        args = getattr(orig, "args", ())
+        if args and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT:
+            return True
+        text = str(orig).lower()
+        if "database is locked" in text or "database is busy" in text:
+            return True  # SQLite past its busy timeout
+        return bool(isinstance(exc, OperationalError | InterfaceError) and ("connection" in text and ("closed" in text or "lost" in text or "reset" in text)))
+    return isinstance(exc, ConnectionError | TimeoutError)

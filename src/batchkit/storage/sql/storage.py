@@ -1,0 +1,990 @@
+"""SQLStorage: batches and items in SQLite, PostgreSQL or MySQL/MariaDB (SQLAlchemy 2 async)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+from sqlalchemy import Row, and_, case, event, func, literal, or_, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from ...codec import dumps, loads
+from ...exceptions import BatchNotFound, ItemNotFound, SchemaVersionMismatch, StorageError
+from ...ids import new_token
+from ...models import Item, ItemError, ItemState
+from ...protocols import (
+    BatchRecord,
+    Claim,
+    ClaimRequest,
+    FinishedBatch,
+    FinishResult,
+    Lease,
+    LeaseStatus,
+    MetadataFilter,
+    NewBatch,
+    Outcome,
+    Subscription,
+)
+from ._faults import is_transient
+from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+    from types import TracebackType
+
+    from sqlalchemy import MetaData
+    from sqlalchemy.sql.elements import ColumnElement
+
+__all__ = ["SQLStorage"]
+
+logger = logging.getLogger("batchkit.storage.sql")
+
+T = TypeVar("T")
+
+_Q, _R = ItemState.QUEUED.value, ItemState.RUNNING.value
+_S, _F, _C = ItemState.SUCCEEDED.value, ItemState.FAILED.value, ItemState.CANCELLED.value
+_COUNTER = {
+    _Q: "n_queued",
+    _R: "n_running",
+    _S: "n_succeeded",
+    _F: "n_failed",
+    _C: "n_cancelled",
+}
+_ACTIVE = {_Q, _R}
+_TAG_MAX = 191
+_SYNC_URLS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
+}
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def tag_value(value: object) -> str:
+    """How a metadata scalar is stored for filtering: its JSON text, hashed when long."""
+    encoded = dumps(value)  # type: ignore[arg-type]
+    if len(encoded) <= _TAG_MAX:
+        return encoded
+    return "#sha256:" + hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class SQLStorage:
+    """Batches and items in a SQL database, through SQLAlchemy 2's async engines.
+
+    Supported: ``sqlite+aiosqlite`` (the embedded default: WAL mode, a busy timeout and a
+    write transaction taken up front), ``postgresql+asyncpg`` and ``postgresql+psycopg``
+    (``FOR UPDATE SKIP LOCKED`` claims, ``LISTEN/NOTIFY`` for `watch`), ``mysql+asyncmy``
+    and ``mariadb+asyncmy`` (``SKIP LOCKED`` claims; MariaDB 10.6+, MySQL 8+).
+
+    Every transition updates the item and its batch's counters in one transaction, so a
+    status is one primary-key read. Transient faults (a dropped connection, a deadlock, a
+    busy SQLite file) are retried with backoff; others surface as `StorageError`.
+
+    Args:
+        url_or_engine: a database URL, or an `AsyncEngine` the host owns (left open by
+            `aclose`).
+        table_prefix: prefix of the table names (letters, digits, underscores).
+        create_schema: create the tables if they are missing when the storage opens;
+            with `False` they must exist (created by your migrations).
+        poll_interval: how often a waiting `watch` looks again on databases without
+            change notification (SQLite, MySQL/MariaDB).
+        retries: how many times a transaction hit by a transient fault is retried.
+        chunk_size: items per ``INSERT`` when creating a batch.
+        engine_options: extra keyword arguments for `create_async_engine` (URL only).
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | AsyncEngine,
+        *,
+        table_prefix: str = "batchkit_",
+        create_schema: bool = True,
+        poll_interval: float = 0.5,
+        retries: int = 6,
+        chunk_size: int = 1_000,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        validate_prefix(table_prefix)
+        if isinstance(url_or_engine, str):
+            scheme = url_or_engine.partition("://")[0].lower()
+            if scheme in _SYNC_URLS:
+                fixed = _SYNC_URLS[scheme]
+                raise ValueError(
+                    f"{scheme}:// names a synchronous driver; batchkit is async: use "
+                    f"{fixed}://{url_or_engine.partition('://')[2]}"
+                )
+            self._url: str | None = url_or_engine
+            self._engine: AsyncEngine | None = None
+            self._owns_engine = True
+        else:
+            self._url = None
+            self._engine = url_or_engine
+            self._owns_engine = False
+        self.table_prefix = table_prefix
+        self.create_schema = create_schema
+        self.poll_interval = poll_interval
+        self.retries = retries
+        self.chunk_size = chunk_size
+        self._engine_options = dict(engine_options or {})
+        from sqlalchemy import MetaData
+
+        self.metadata: MetaData = MetaData()
+        self.tables: Tables = build_tables(self.metadata, table_prefix)
+        self._channel = f"{table_prefix}changes"
+        self._offset = 0.0
+        self._opened = False
+        self._open_lock = anyio.Lock()
+        self._dialect = ""
+        self._returning = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLStorage:
+        """A storage for ``url`` that owns (and on close disposes) its engine."""
+        return cls(url, **options)
+
+    def __repr__(self) -> str:
+        where = self._url if self._url is not None else repr(self._engine)
+        if self._url is not None and self._engine is not None:
+            where = self._engine.url.render_as_string(hide_password=True)
+        return f"SQLStorage({where!s}, table_prefix={self.table_prefix!r})"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine (created on open when the storage was built from a URL)."""
+        if self._engine is None:
+            raise StorageError("the storage is not open: use `async with SQLStorage(...)`")
+        return self._engine
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Connect, set up the tables (or check their version) and measure the clock."""
+        async with self._open_lock:
+            if self._opened:
+                return
+            if self._engine is None:
+                assert self._url is not None
+                self._engine = self._create_engine(self._url)
+            engine = self._engine
+            self._dialect = engine.dialect.name
+            if self._dialect not in ("sqlite", "postgresql", "mysql", "mariadb"):
+                raise StorageError(f"SQLStorage does not support the {self._dialect!r} dialect")
+            if self._dialect == "sqlite":
+                _configure_sqlite(engine)
+            self._returning = bool(engine.dialect.update_returning)
+            try:
+                await self._setup_schema()
+                self._offset = await self._measure_offset()
+            except DBAPIError as exc:
+                raise StorageError(f"cannot open {self!r}: {exc.orig}") from exc
+            self._opened = True
+
+    def _create_engine(self, url: str) -> AsyncEngine:
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            path = url.partition("://")[2].lstrip("/")
+            if path in ("", ":memory:") or "mode=memory" in url:
+                options = {"poolclass": StaticPool}
+            else:
+                options = {}
+        options.update(self._engine_options)
+        return create_async_engine(url, **options)
+
+    async def aclose(self) -> None:
+        """Dispose the engine if this storage created it; a host's engine stays open."""
+        if self._engine is not None and self._owns_engine:
+            await self._engine.dispose()
+            self._engine = None
+        self._opened = False
+
+    async def _setup_schema(self) -> None:
+        meta = self.tables.meta
+        async with self.engine.begin() as conn:
+            if self.create_schema:
+                await conn.run_sync(self.metadata.create_all, checkfirst=True)
+            else:
+                exists = await conn.run_sync(lambda sync: sync.dialect.has_table(sync, meta.name))
+                if not exists:
+                    raise SchemaVersionMismatch(
+                        f"table {meta.name!r} is missing and create_schema=False: create "
+                        "batchkit's tables with your migrations (batchkit.storage.sql.schema)"
+                    )
+            row = (
+                await conn.execute(select(meta.c.value).where(meta.c.name == "schema_version"))
+            ).first()
+            if row is None and self.create_schema:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(
+                            meta.insert().values(name="schema_version", value=str(SCHEMA_VERSION))
+                        )
+                except IntegrityError:
+                    pass  # another process wrote it first
+                return
+            version = None if row is None else row[0]
+            if version != str(SCHEMA_VERSION):
+                raise SchemaVersionMismatch(
+                    f"the tables with prefix {self.table_prefix!r} have schema version "
+                    f"{version!r}; this batchkit reads version {SCHEMA_VERSION}"
+                )
+
+    async def _measure_offset(self) -> float:
+        # Leases are measured by the database's clock, so runners on machines whose
+        # clocks disagree still agree on who holds a lease.
+        if self._dialect == "postgresql":
+            query = text("SELECT extract(epoch FROM clock_timestamp())")
+        elif self._dialect in ("mysql", "mariadb"):
+            query = text("SELECT UNIX_TIMESTAMP(NOW(6))")
+        else:
+            return 0.0
+        async with self.engine.connect() as conn:
+            before = time.time()
+            server = float((await conn.execute(query)).scalar_one())
+            after = time.time()
+        return server - (before + after) / 2
+
+    def _now(self) -> float:
+        return time.time() + self._offset
+
+    # -- transactions ----------------------------------------------------------------------
+
+    async def _run(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, read: bool = False
+    ) -> T:
+        if not self._opened:
+            await self.open()
+        attempt = 0
+        while True:
+            try:
+                if read:
+                    async with self.engine.connect() as conn:
+                        conn = await conn.execution_options(batchkit_read=True)
+                        result = await work(conn)
+                        await conn.commit()
+                        return result
+                async with self.engine.begin() as conn:
+                    return await work(conn)
+            except DBAPIError as exc:
+                if attempt >= self.retries or not is_transient(exc):
+                    raise StorageError(f"{type(exc.orig).__name__}: {exc.orig}") from exc
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                if attempt >= self.retries:
+                    raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+            attempt += 1
+            delay = min(2.0, 0.05 * 2**attempt)
+            logger.warning(
+                "transient database fault, retrying", extra={"attempt": attempt, "delay": delay}
+            )
+            await anyio.sleep(delay)
+
+    # -- creating and reading --------------------------------------------------------------
+
+    async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
+        """Create a batch with all its items in one transaction (see `Storage.create_batch`)."""
+        t = self.tables
+        now = self._now()
+
+        async def work(conn: AsyncConnection) -> tuple[BatchRecord, bool]:
+            if batch.idempotency_key is not None:
+                existing = (
+                    await conn.execute(
+                        select(t.batches.c.id).where(
+                            t.batches.c.idempotency_key == batch.idempotency_key
+                        )
+                    )
+                ).scalar()
+                if existing is not None:
+                    return await self._record(conn, existing), False
+            total = len(batch.items)
+            await conn.execute(
+                t.batches.insert().values(
+                    id=batch.id,
+                    parent_id=batch.parent_id,
+                    idempotency_key=batch.idempotency_key,
+                    metadata=dumps(batch.metadata),
+                    total=total,
+                    n_queued=total,
+                    n_running=0,
+                    n_succeeded=0,
+                    n_failed=0,
+                    n_cancelled=0,
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=None if total else now,
+                    hook_done=False,
+                )
+            )
+            tags = [
+                {"name": name, "value": tag_value(value), "batch_id": batch.id}
+                for name, value in batch.metadata.items()
+                if isinstance(value, _SCALARS) and len(name) <= _TAG_MAX
+            ]
+            if tags:
+                await conn.execute(t.tags.insert(), tags)
+            insert = t.items.insert()
+            size = self.chunk_size
+            for start in range(0, total, size):
+                rows = [
+                    {
+                        "batch_id": batch.id,
+                        "position": start + offset,
+                        "key": key,
+                        "payload": payload,
+                        "state": _Q,
+                        "active": 1,
+                        "claimable_at": 0.0,
+                        "cancel_requested": False,
+                        "progress": 0.0,
+                        "attempt": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for offset, (key, payload) in enumerate(batch.items[start : start + size])
+                ]
+                await conn.execute(insert, rows)
+            return await self._record(conn, batch.id), True
+
+        try:
+            return await self._run(work)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+
+            # A concurrent submit with the same idempotency key won, or our own commit
+            # landed before a dropped connection made us try again.
+            async def lookup(conn: AsyncConnection) -> tuple[BatchRecord, bool] | None:
+                if batch.idempotency_key is not None:
+                    found = (
+                        await conn.execute(
+                            select(t.batches.c.id).where(
+                                t.batches.c.idempotency_key == batch.idempotency_key
+                            )
+                        )
+                    ).scalar()
+                    if found is not None:
+                        return await self._record(conn, found), found == batch.id
+                try:
+                    return await self._record(conn, batch.id), True
+                except BatchNotFound:
+                    return None
+
+            found = await self._run(lookup, read=True)
+            if found is None:
+                raise
+            return found
+
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        """Read a batch and its counters: one primary-key read (see `Storage.get_batch`)."""
+        return await self._run(lambda conn: self._record(conn, batch_id), read=True)
+
+    async def _record(self, conn: AsyncConnection, batch_id: str) -> BatchRecord:
+        row = (
+            await conn.execute(self._batch_query().where(self.tables.batches.c.id == batch_id))
+        ).first()
+        if row is None:
+            raise BatchNotFound(batch_id)
+        return self._to_record(row)
+
+    def _batch_query(self) -> Any:
+        b, i = self.tables.batches, self.tables.items
+        running = (
+            select(func.coalesce(func.sum(i.c.progress), 0.0))
+            .where(i.c.batch_id == b.c.id, i.c.state == _R)
+            .scalar_subquery()
+        )
+        return select(b, running.label("running_progress"))
+
+    @staticmethod
+    def _to_record(row: Row[Any]) -> BatchRecord:
+        m = row._mapping
+        return BatchRecord(
+            id=m["id"],
+            total=m["total"],
+            counts={
+                ItemState.QUEUED: m["n_queued"],
+                ItemState.RUNNING: m["n_running"],
+                ItemState.SUCCEEDED: m["n_succeeded"],
+                ItemState.FAILED: m["n_failed"],
+                ItemState.CANCELLED: m["n_cancelled"],
+            },
+            created_at=_ts(m["created_at"]),  # type: ignore[arg-type]
+            updated_at=_ts(m["updated_at"]),  # type: ignore[arg-type]
+            metadata=loads(m["metadata"]),  # type: ignore[arg-type]
+            parent_id=m["parent_id"],
+            idempotency_key=m["idempotency_key"],
+            running_progress=float(m["running_progress"] or 0.0),
+            started_at=_ts(m["started_at"]),
+            finished_at=_ts(m["finished_at"]),
+            cancel_requested_at=_ts(m["cancel_requested_at"]),
+        )
+
+    async def get_item(self, batch_id: str, key: str) -> Item:
+        """Read one item (see `Storage.get_item`)."""
+        i = self.tables.items
+
+        async def work(conn: AsyncConnection) -> Item:
+            row = (
+                await conn.execute(select(i).where(i.c.batch_id == batch_id, i.c.key == key))
+            ).first()
+            if row is None:
+                await self._require_batch(conn, batch_id)
+                raise ItemNotFound(batch_id, key)
+            return self._to_item(row)
+
+        return await self._run(work, read=True)
+
+    async def _require_batch(self, conn: AsyncConnection, batch_id: str) -> None:
+        b = self.tables.batches
+        if (await conn.execute(select(b.c.id).where(b.c.id == batch_id))).first() is None:
+            raise BatchNotFound(batch_id)
+
+    @staticmethod
+    def _to_item(row: Row[Any]) -> Item:
+        m = row._mapping
+        error = m["error"]
+        result = m["result"]
+        return Item(
+            batch_id=m["batch_id"],
+            key=m["key"],
+            position=m["position"],
+            payload=loads(m["payload"]),
+            state=ItemState(m["state"]),
+            progress=m["progress"],
+            message=m["message"],
+            attempt=m["attempt"],
+            error=None if error is None else ItemError.model_validate_json(error),
+            result=None if result is None else loads(result),
+            created_at=_ts(m["created_at"]),  # type: ignore[arg-type]
+            updated_at=_ts(m["updated_at"]),  # type: ignore[arg-type]
+            started_at=_ts(m["started_at"]),
+            finished_at=_ts(m["finished_at"]),
+        )
+
+    async def list_items(
+        self,
+        batch_id: str,
+        *,
+        states: Collection[ItemState] | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[Item]:
+        """List items in submission order (see `Storage.list_items`)."""
+        i = self.tables.items
+        query = select(i).where(i.c.batch_id == batch_id)
+        if states is not None:
+            values = sorted({ItemState(s).value for s in states})
+            if not values:
+                return []
+            query = query.where(i.c.state.in_(values))
+        if after is not None:
+            query = query.where(i.c.position > after)
+        query = query.order_by(i.c.position).limit(limit)
+
+        async def work(conn: AsyncConnection) -> list[Item]:
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                await self._require_batch(conn, batch_id)
+            return [self._to_item(row) for row in rows]
+
+        return await self._run(work, read=True)
+
+    async def list_batches(
+        self,
+        *,
+        metadata: MetadataFilter | None = None,
+        parent_id: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> list[BatchRecord]:
+        """List batches newest first (see `Storage.list_batches`)."""
+        b = self.tables.batches
+        query = self._batch_query()
+        if before is not None:
+            query = query.where(b.c.id < before)
+        if parent_id is not None:
+            query = query.where(b.c.parent_id == parent_id)
+        if metadata:
+            for condition in self._tag_conditions(metadata, b.c.id):
+                query = query.where(condition)
+        query = query.order_by(b.c.id.desc()).limit(limit)
+
+        async def work(conn: AsyncConnection) -> list[BatchRecord]:
+            return [self._to_record(row) for row in (await conn.execute(query)).all()]
+
+        return await self._run(work, read=True)
+
+    def _tag_conditions(
+        self, metadata: MetadataFilter, batch_id: ColumnElement[Any]
+    ) -> list[ColumnElement[bool]]:
+        tg = self.tables.tags
+        conditions: list[ColumnElement[bool]] = []
+        for name, value in metadata.items():
+            if not isinstance(value, _SCALARS):
+                conditions.append(literal(False))
+                continue
+            conditions.append(
+                batch_id.in_(
+                    select(tg.c.batch_id).where(tg.c.name == name, tg.c.value == tag_value(value))
+                )
+            )
+        return conditions
+
+    # -- claiming and finishing ------------------------------------------------------------
+
+    async def claim(self, request: ClaimRequest) -> Claim | None:
+        """Claim the oldest claimable item (see `Storage.claim`)."""
+        return await self._run(lambda conn: self._claim(conn, request))
+
+    async def _claim(self, conn: AsyncConnection, request: ClaimRequest) -> Claim | None:
+        i = self.tables.items
+        query = select(
+            i.c.batch_id,
+            i.c.position,
+            i.c.key,
+            i.c.payload,
+            i.c.state,
+            i.c.attempt,
+            i.c.cancel_requested,
+        )
+        if request.batch_ids is not None:
+            if not request.batch_ids:
+                return None
+            if len(request.batch_ids) == 1:
+                query = query.where(i.c.batch_id == request.batch_ids[0])
+            else:
+                query = query.where(i.c.batch_id.in_(request.batch_ids))
+        if request.metadata:
+            for condition in self._tag_conditions(request.metadata, i.c.batch_id):
+                query = query.where(condition)
+        for _ in range(64):
+            now = self._now()
+            candidate = query.where(i.c.active == 1, i.c.claimable_at <= now)
+            candidate = candidate.order_by(i.c.batch_id, i.c.position).limit(1)
+            row = (await conn.execute(candidate.with_for_update(skip_locked=True))).first()
+            if row is None:
+                return None
+            batch_id, position = row.batch_id, row.position
+            where = and_(i.c.batch_id == batch_id, i.c.position == position)
+            if row.cancel_requested:
+                # A crashed runner's item in a cancelled batch: it ends cancelled.
+                await conn.execute(i.update().where(where).values(**self._terminal_values(_C, now)))
+                await self._bump(conn, batch_id, _R, _C, now)
+                continue
+            token = new_token()
+            attempt = row.attempt + 1
+            await conn.execute(
+                i.update()
+                .where(where)
+                .values(
+                    state=_R,
+                    attempt=attempt,
+                    token=token,
+                    claimable_at=now + request.lease_seconds,
+                    progress=0.0,
+                    message=None,
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
+            if row.state == _Q:
+                await self._bump(conn, batch_id, _Q, _R, now, started=True)
+            else:
+                await self._touch(conn, batch_id, now)
+            return Claim(
+                lease=Lease(batch_id, row.key, token, attempt),
+                position=position,
+                payload=loads(row.payload),
+            )
+        return None
+
+    def _terminal_values(self, state: str, now: float) -> dict[str, Any]:
+        return {
+            "state": state,
+            "active": 0,
+            "claimable_at": None,
+            "token": None,
+            "finished_at": now,
+            "updated_at": now,
+        }
+
+    async def _bump(
+        self,
+        conn: AsyncConnection,
+        batch_id: str,
+        old: str,
+        new: str,
+        now: float,
+        *,
+        count: int = 1,
+        started: bool = False,
+    ) -> None:
+        """Move ``count`` items from ``old`` to ``new`` in the batch's counters."""
+        if count == 0:
+            return
+        b = self.tables.batches
+        finished_delta = count if (old in _ACTIVE and new not in _ACTIVE) else 0
+        # finished_at is assigned first: MySQL evaluates SET left to right, so it must see
+        # the counters before this update, as PostgreSQL and SQLite always do.
+        values: list[tuple[Any, Any]] = [
+            (
+                b.c.finished_at,
+                case(
+                    (
+                        and_(
+                            b.c.finished_at.is_(None),
+                            b.c.n_queued + b.c.n_running - finished_delta == 0,
+                        ),
+                        now,
+                    ),
+                    else_=b.c.finished_at,
+                ),
+            ),
+            (b.c[_COUNTER[old]], b.c[_COUNTER[old]] - count),
+            (b.c[_COUNTER[new]], b.c[_COUNTER[new]] + count),
+            (b.c.updated_at, now),
+        ]
+        if started:
+            values.append((b.c.started_at, func.coalesce(b.c.started_at, now)))
+        stmt = b.update().where(b.c.id == batch_id).ordered_values(*values)
+        await self._execute_notify(conn, stmt, b.c.id)
+
+    async def _touch(self, conn: AsyncConnection, batch_id: str, now: float) -> None:
+        b = self.tables.batches
+        stmt = b.update().where(b.c.id == batch_id).values(updated_at=now)
+        await self._execute_notify(conn, stmt, b.c.id)
+
+    async def _execute_notify(self, conn: AsyncConnection, stmt: Any, id_column: Any) -> Any:
+        # On PostgreSQL the change is announced by the same statement, at no extra round
+        # trip; the notification is delivered when the transaction commits.
+        if self._dialect == "postgresql":
+            stmt = stmt.returning(func.pg_notify(self._channel, id_column))
+        return await conn.execute(stmt)
+
+    def _leased(self, lease: Lease) -> ColumnElement[bool]:
+        i = self.tables.items
+        return and_(
+            i.c.batch_id == lease.batch_id,
+            i.c.key == lease.key,
+            i.c.token == lease.token,
+            i.c.state == _R,
+        )
+
+    async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
+        """Extend a current lease (see `Storage.heartbeat`)."""
+        return await self._run(
+            lambda conn: self._extend(conn, lease, {"claimable_at": self._now() + lease_seconds})
+        )
+
+    async def record_progress(
+        self,
+        lease: Lease,
+        progress: float,
+        message: str | None,
+        *,
+        lease_seconds: float | None = None,
+    ) -> LeaseStatus:
+        """Record progress of a running item: one statement (see `Storage.record_progress`)."""
+        now = self._now()
+        values: dict[str, Any] = {"progress": progress, "message": message, "updated_at": now}
+        if lease_seconds is not None:
+            values["claimable_at"] = now + lease_seconds
+        return await self._run(lambda conn: self._extend(conn, lease, values, notify=True))
+
+    async def _extend(
+        self,
+        conn: AsyncConnection,
+        lease: Lease,
+        values: dict[str, Any],
+        *,
+        notify: bool = False,
+    ) -> LeaseStatus:
+        i = self.tables.items
+        stmt = i.update().where(self._leased(lease)).values(**values)
+        if self._returning:
+            returning: list[Any] = [i.c.cancel_requested]
+            if notify and self._dialect == "postgresql":
+                returning.append(func.pg_notify(self._channel, i.c.batch_id))
+            row = (await conn.execute(stmt.returning(*returning))).first()
+            if row is None:
+                return LeaseStatus(held=False)
+            return LeaseStatus(held=True, cancel_requested=bool(row[0]))
+        if (await conn.execute(stmt)).rowcount != 1:
+            return LeaseStatus(held=False)
+        flag = (
+            await conn.execute(select(i.c.cancel_requested).where(self._leased(lease)))
+        ).scalar()
+        return LeaseStatus(held=True, cancel_requested=bool(flag))
+
+    async def finish(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        *,
+        then_claim: ClaimRequest | None = None,
+    ) -> FinishResult:
+        """End a leased attempt and claim the next item in one transaction."""
+
+        async def work(conn: AsyncConnection) -> FinishResult:
+            accepted = await self._finish(conn, lease, outcome)
+            claim = None if then_claim is None else await self._claim(conn, then_claim)
+            return FinishResult(accepted=accepted, claim=claim)
+
+        return await self._run(work)
+
+    async def _finish(self, conn: AsyncConnection, lease: Lease, outcome: Outcome) -> bool:
+        i = self.tables.items
+        now = self._now()
+        state = outcome.state.value
+        error = None if outcome.error is None else outcome.error.model_dump_json()
+        if state == _Q:
+            # A release in a cancelled batch ends the item instead: read the flag first.
+            flag = (
+                await conn.execute(
+                    select(i.c.cancel_requested).where(self._leased(lease)).with_for_update()
+                )
+            ).first()
+            if flag is None:
+                return False
+            if flag[0]:
+                state = _C
+        values: dict[str, Any]
+        if state == _Q:
+            values = {
+                "state": _Q,
+                "claimable_at": now + max(0.0, outcome.delay),
+                "token": None,
+                "progress": 0.0,
+                "message": None,
+                "updated_at": now,
+            }
+        else:
+            values = self._terminal_values(state, now)
+            if state == _S:
+                values.update(result=outcome.result, progress=1.0, error=None)
+        if error is not None and state != _S:
+            values["error"] = error
+        done = await conn.execute(i.update().where(self._leased(lease)).values(**values))
+        if done.rowcount != 1:
+            return False
+        if state == _Q:
+            await self._bump(conn, lease.batch_id, _R, _Q, now)
+        else:
+            await self._bump(conn, lease.batch_id, _R, state, now)
+        return True
+
+    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+        """Request a batch's cancel (see `Storage.cancel_batch`)."""
+        i, b = self.tables.items, self.tables.batches
+
+        async def work(conn: AsyncConnection) -> BatchRecord:
+            now = self._now()
+            row = (
+                await conn.execute(
+                    select(b.c.finished_at).where(b.c.id == batch_id).with_for_update()
+                )
+            ).first()
+            if row is None:
+                raise BatchNotFound(batch_id)
+            if row[0] is not None:
+                return await self._record(conn, batch_id)
+            await conn.execute(
+                b.update()
+                .where(b.c.id == batch_id, b.c.cancel_requested_at.is_(None))
+                .values(cancel_requested_at=now)
+            )
+            queued = await conn.execute(
+                i.update()
+                .where(i.c.batch_id == batch_id, i.c.state == _Q)
+                .values(**self._terminal_values(_C, now))
+            )
+            await self._bump(conn, batch_id, _Q, _C, now, count=queued.rowcount)
+            expired = await conn.execute(
+                i.update()
+                .where(i.c.batch_id == batch_id, i.c.state == _R, i.c.claimable_at <= now)
+                .values(**self._terminal_values(_C, now))
+            )
+            await self._bump(conn, batch_id, _R, _C, now, count=expired.rowcount)
+            await conn.execute(
+                i.update()
+                .where(i.c.batch_id == batch_id, i.c.state == _R)
+                .values(cancel_requested=True)
+            )
+            await self._touch(conn, batch_id, now)
+            return await self._record(conn, batch_id)
+
+        return await self._run(work)
+
+    # -- completion hooks, notification, retention -----------------------------------------
+
+    async def claim_finished_batch(
+        self, *, lease_seconds: float, batch_id: str | None = None
+    ) -> FinishedBatch | None:
+        """Claim a finished batch whose hook is due (see `Storage.claim_finished_batch`)."""
+        b = self.tables.batches
+
+        async def work(conn: AsyncConnection) -> FinishedBatch | None:
+            now = self._now()
+            query = select(b.c.id).where(
+                b.c.finished_at.is_not(None),
+                b.c.hook_done.is_(False),
+                or_(b.c.hook_token.is_(None), b.c.hook_deadline <= now),
+            )
+            if batch_id is not None:
+                await self._require_batch(conn, batch_id)
+                query = query.where(b.c.id == batch_id)
+            query = query.order_by(b.c.finished_at).limit(1)
+            found = (await conn.execute(query.with_for_update(skip_locked=True))).scalar()
+            if found is None:
+                return None
+            token = new_token()
+            await conn.execute(
+                b.update()
+                .where(b.c.id == found)
+                .values(hook_token=token, hook_deadline=now + lease_seconds)
+            )
+            return FinishedBatch(record=await self._record(conn, found), token=token)
+
+        return await self._run(work)
+
+    async def ack_finished_batch(self, batch_id: str, token: str) -> bool:
+        """Record that a batch's hook ran (see `Storage.ack_finished_batch`)."""
+        b = self.tables.batches
+
+        async def work(conn: AsyncConnection) -> bool:
+            done = await conn.execute(
+                b.update()
+                .where(b.c.id == batch_id, b.c.hook_token == token, b.c.hook_done.is_(False))
+                .values(hook_done=True, hook_token=None)
+            )
+            return bool(done.rowcount == 1)
+
+        return await self._run(work)
+
+    @asynccontextmanager
+    async def subscribe(self, batch_id: str) -> AsyncIterator[Subscription]:
+        """Wait for changes of one batch: LISTEN/NOTIFY on PostgreSQL, polling elsewhere."""
+        if not self._opened:
+            await self.open()
+        if self._dialect != "postgresql" or self.engine.dialect.driver != "asyncpg":
+            yield _PollingSubscription(self.poll_interval)
+            return
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            sub = _ListenSubscription(batch_id)
+            await driver.add_listener(self._channel, sub.on_notify)
+            try:
+                yield sub
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await driver.remove_listener(self._channel, sub.on_notify)
+                    except Exception:  # the connection is gone: nothing to remove
+                        logger.debug("could not remove a LISTEN callback", exc_info=True)
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        """Delete a batch and its items (see `Storage.delete_batch`)."""
+        return await self._run(lambda conn: self._delete(conn, batch_id))
+
+    async def _delete(self, conn: AsyncConnection, batch_id: str) -> bool:
+        t = self.tables
+        await conn.execute(t.items.delete().where(t.items.c.batch_id == batch_id))
+        await conn.execute(t.tags.delete().where(t.tags.c.batch_id == batch_id))
+        done = await conn.execute(t.batches.delete().where(t.batches.c.id == batch_id))
+        return bool(done.rowcount == 1)
+
+    async def delete_finished_batches(self, *, older_than: float) -> int:
+        """Delete batches finished more than ``older_than`` seconds ago (retention)."""
+        b = self.tables.batches
+        cutoff = self._now() - older_than
+
+        async def doomed(conn: AsyncConnection) -> list[str]:
+            query = select(b.c.id).where(b.c.finished_at.is_not(None), b.c.finished_at <= cutoff)
+            return list((await conn.execute(query)).scalars())
+
+        deleted = 0
+        for batch_id in await self._run(doomed, read=True):
+            deleted += await self.delete_batch(batch_id)
+        return deleted
+
+
+class _PollingSubscription:
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+
+    async def wait(self, timeout: float) -> None:
+        await anyio.sleep(min(timeout, self._interval))
+
+
+class _ListenSubscription:
+    def __init__(self, batch_id: str) -> None:
+        self._batch_id = batch_id
+        self._changed = False
+        self._event: anyio.Event | None = None
+
+    def on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        if payload == self._batch_id:
+            self._changed = True
+            if self._event is not None:
+                self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        if not self._changed:
+            self._event = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._event.wait()
+            self._event = None
+        else:
+            await anyio.lowlevel.checkpoint()
+        self._changed = False
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        # Writers take the write lock up front, so two transactions never both read and
+        # then fail to upgrade; readers take none.
+        if conn.get_execution_options().get("batchkit_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
