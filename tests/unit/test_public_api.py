@@ -34,6 +34,7 @@ EXPORTED = [
     "Limits",
     "MemoryStorage",
     "MissingDependency",
+    "SQLStorage",
     "SchemaVersionMismatch",
     "Storage",
     "StorageError",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import hypothesis
 import pytest
 
 from ._helpers import LONG, all_items, counts_of, new_batch
@@ -39,6 +38,8 @@ from .retention import RetentionContract
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+
+    import hypothesis
 
     from ...protocols import Storage
 
