@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
-from sqlalchemy import Row, and_, case, event, func, literal, or_, select, text
+from sqlalchemy import Row, Text, and_, bindparam, case, event, func, literal, or_, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -36,7 +36,7 @@ from ._faults import is_transient
 from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable
     from types import TracebackType
 
     from sqlalchemy import MetaData
@@ -151,6 +151,7 @@ class SQLStorage:
         self._open_lock = anyio.Lock()
         self._dialect = ""
         self._returning = False
+        self._stmts: dict[Hashable, Any] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStorage:
@@ -207,7 +208,7 @@ class SQLStorage:
             self._opened = True
 
     def _create_engine(self, url: str) -> AsyncEngine:
-        options: dict[str, Any] = {"pool_pre_ping": True}
+        options: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.partition("://")[2].lstrip("/")
             if path in ("", ":memory:") or "mode=memory" in url:
@@ -276,13 +277,21 @@ class SQLStorage:
     # -- transactions ----------------------------------------------------------------------
 
     async def _run(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], *, read: bool = False
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        read: bool = False,
+        autocommit: bool = False,
     ) -> T:
         if not self._opened:
             await self.open()
         attempt = 0
         while True:
             try:
+                if autocommit:
+                    async with self.engine.connect() as conn:
+                        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return await work(conn)
                 if read:
                     async with self.engine.connect() as conn:
                         conn = await conn.execution_options(batchkit_read=True)
@@ -557,61 +566,103 @@ class SQLStorage:
         return conditions
 
     # -- claiming and finishing ------------------------------------------------------------
+    # The hot path runs statements built once, with bound parameters: SQLAlchemy reuses
+    # their compiled form instead of building, keying and compiling a statement per call.
+
+    def _stmt(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        stmt = self._stmts.get(key)
+        if stmt is None:
+            stmt = self._stmts[key] = build()
+        return stmt
+
+    def _claim_query(self, request: ClaimRequest) -> tuple[Any, dict[str, Any]]:
+        """The SELECT that finds the next claimable item, and its parameters."""
+        i = self.tables.items
+        ids = request.batch_ids
+        kind = "any" if ids is None else ("one" if len(ids) == 1 else "many")
+
+        def build() -> Any:
+            query = select(
+                i.c.batch_id,
+                i.c.position,
+                i.c.key,
+                i.c.payload,
+                i.c.state,
+                i.c.attempt,
+                i.c.cancel_requested,
+            )
+            if kind == "one":
+                query = query.where(i.c.batch_id == bindparam("b_id"))
+            elif kind == "many":
+                query = query.where(i.c.batch_id.in_(bindparam("b_ids", expanding=True)))
+            query = query.where(i.c.active == 1, i.c.claimable_at <= bindparam("b_now"))
+            order = (i.c.position,) if kind == "one" else (i.c.batch_id, i.c.position)
+            return query.order_by(*order).limit(1)
+
+        if request.metadata:
+            query = build()
+            for condition in self._tag_conditions(request.metadata, i.c.batch_id):
+                query = query.where(condition)
+        else:
+            query = self._stmt(("claim", kind), build)
+        params: dict[str, Any] = {}
+        if kind == "one":
+            params["b_id"] = ids[0]  # type: ignore[index]
+        elif kind == "many":
+            params["b_ids"] = list(ids)  # type: ignore[arg-type]
+        return query.with_for_update(skip_locked=True), params
 
     async def claim(self, request: ClaimRequest) -> Claim | None:
         """Claim the oldest claimable item (see `Storage.claim`)."""
         return await self._run(lambda conn: self._claim(conn, request))
 
     async def _claim(self, conn: AsyncConnection, request: ClaimRequest) -> Claim | None:
+        if request.batch_ids is not None and not request.batch_ids:
+            return None
+        query, params = self._claim_query(request)
         i = self.tables.items
-        query = select(
-            i.c.batch_id,
-            i.c.position,
-            i.c.key,
-            i.c.payload,
-            i.c.state,
-            i.c.attempt,
-            i.c.cancel_requested,
+        update = self._stmt(
+            "claim_update",
+            lambda: (
+                i.update()
+                .where(i.c.batch_id == bindparam("b_id"), i.c.position == bindparam("b_pos"))
+                .values(
+                    state=_R,
+                    attempt=bindparam("b_attempt"),
+                    token=bindparam("b_token"),
+                    claimable_at=bindparam("b_deadline"),
+                    progress=0.0,
+                    message=None,
+                    started_at=bindparam("b_now"),
+                    updated_at=bindparam("b_now"),
+                )
+            ),
         )
-        if request.batch_ids is not None:
-            if not request.batch_ids:
-                return None
-            if len(request.batch_ids) == 1:
-                query = query.where(i.c.batch_id == request.batch_ids[0])
-            else:
-                query = query.where(i.c.batch_id.in_(request.batch_ids))
-        if request.metadata:
-            for condition in self._tag_conditions(request.metadata, i.c.batch_id):
-                query = query.where(condition)
         for _ in range(64):
             now = self._now()
-            candidate = query.where(i.c.active == 1, i.c.claimable_at <= now)
-            candidate = candidate.order_by(i.c.batch_id, i.c.position).limit(1)
-            row = (await conn.execute(candidate.with_for_update(skip_locked=True))).first()
+            row = (await conn.execute(query, {**params, "b_now": now})).first()
             if row is None:
                 return None
             batch_id, position = row.batch_id, row.position
-            where = and_(i.c.batch_id == batch_id, i.c.position == position)
             if row.cancel_requested:
                 # A crashed runner's item in a cancelled batch: it ends cancelled.
-                await conn.execute(i.update().where(where).values(**self._terminal_values(_C, now)))
+                await conn.execute(
+                    self._terminal_at(_C), {"b_id": batch_id, "b_pos": position, "b_now": now}
+                )
                 await self._bump(conn, batch_id, _R, _C, now)
                 continue
             token = new_token()
             attempt = row.attempt + 1
             await conn.execute(
-                i.update()
-                .where(where)
-                .values(
-                    state=_R,
-                    attempt=attempt,
-                    token=token,
-                    claimable_at=now + request.lease_seconds,
-                    progress=0.0,
-                    message=None,
-                    started_at=now,
-                    updated_at=now,
-                )
+                update,
+                {
+                    "b_id": batch_id,
+                    "b_pos": position,
+                    "b_attempt": attempt,
+                    "b_token": token,
+                    "b_deadline": now + request.lease_seconds,
+                    "b_now": now,
+                },
             )
             if row.state == _Q:
                 await self._bump(conn, batch_id, _Q, _R, now, started=True)
@@ -634,6 +685,25 @@ class SQLStorage:
             "updated_at": now,
         }
 
+    def _terminal_at(self, state: str) -> Any:
+        """UPDATE making the item at (b_id, b_pos) terminal at b_now."""
+        i = self.tables.items
+        return self._stmt(
+            ("terminal_at", state),
+            lambda: (
+                i.update()
+                .where(i.c.batch_id == bindparam("b_id"), i.c.position == bindparam("b_pos"))
+                .values(
+                    state=state,
+                    active=0,
+                    claimable_at=None,
+                    token=None,
+                    finished_at=bindparam("b_now"),
+                    updated_at=bindparam("b_now"),
+                )
+            ),
+        )
+
     async def _bump(
         self,
         conn: AsyncConnection,
@@ -648,8 +718,16 @@ class SQLStorage:
         """Move ``count`` items from ``old`` to ``new`` in the batch's counters."""
         if count == 0:
             return
+        stmt = self._stmt(("bump", old, new, started), lambda: self._build_bump(old, new, started))
+        finished = count if (old in _ACTIVE and new not in _ACTIVE) else 0
+        await conn.execute(
+            stmt, {"c_id": batch_id, "c_count": count, "c_finished": finished, "c_now": now}
+        )
+
+    def _build_bump(self, old: str, new: str, started: bool) -> Any:
         b = self.tables.batches
-        finished_delta = count if (old in _ACTIVE and new not in _ACTIVE) else 0
+        count: Any = bindparam("c_count")
+        now: Any = bindparam("c_now")
         # finished_at is assigned first: MySQL evaluates SET left to right, so it must see
         # the counters before this update, as PostgreSQL and SQLite always do.
         values: list[tuple[Any, Any]] = [
@@ -659,7 +737,7 @@ class SQLStorage:
                     (
                         and_(
                             b.c.finished_at.is_(None),
-                            b.c.n_queued + b.c.n_running - finished_delta == 0,
+                            b.c.n_queued + b.c.n_running - bindparam("c_finished") == 0,
                         ),
                         now,
                     ),
@@ -672,34 +750,45 @@ class SQLStorage:
         ]
         if started:
             values.append((b.c.started_at, func.coalesce(b.c.started_at, now)))
-        stmt = b.update().where(b.c.id == batch_id).ordered_values(*values)
-        await self._execute_notify(conn, stmt, b.c.id)
+        stmt = b.update().where(b.c.id == bindparam("c_id")).ordered_values(*values)
+        return self._with_notify(stmt, b.c.id)
 
     async def _touch(self, conn: AsyncConnection, batch_id: str, now: float) -> None:
         b = self.tables.batches
-        stmt = b.update().where(b.c.id == batch_id).values(updated_at=now)
-        await self._execute_notify(conn, stmt, b.c.id)
+        stmt = self._stmt(
+            "touch",
+            lambda: self._with_notify(
+                b.update().where(b.c.id == bindparam("c_id")).values(updated_at=bindparam("c_now")),
+                b.c.id,
+            ),
+        )
+        await conn.execute(stmt, {"c_id": batch_id, "c_now": now})
 
-    async def _execute_notify(self, conn: AsyncConnection, stmt: Any, id_column: Any) -> Any:
+    def _with_notify(self, stmt: Any, id_column: Any) -> Any:
         # On PostgreSQL the change is announced by the same statement, at no extra round
         # trip; the notification is delivered when the transaction commits.
         if self._dialect == "postgresql":
-            stmt = stmt.returning(func.pg_notify(self._channel, id_column))
-        return await conn.execute(stmt)
+            return stmt.returning(func.pg_notify(self._channel, id_column))
+        return stmt
 
-    def _leased(self, lease: Lease) -> ColumnElement[bool]:
+    def _leased(self) -> ColumnElement[bool]:
+        """The item under the lease (l_batch, l_key, l_token), if it is still current."""
         i = self.tables.items
         return and_(
-            i.c.batch_id == lease.batch_id,
-            i.c.key == lease.key,
-            i.c.token == lease.token,
+            i.c.batch_id == bindparam("l_batch"),
+            i.c.key == bindparam("l_key"),
+            i.c.token == bindparam("l_token"),
             i.c.state == _R,
         )
+
+    @staticmethod
+    def _lease_params(lease: Lease) -> dict[str, Any]:
+        return {"l_batch": lease.batch_id, "l_key": lease.key, "l_token": lease.token}
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
         """Extend a current lease (see `Storage.heartbeat`)."""
         return await self._run(
-            lambda conn: self._extend(conn, lease, {"claimable_at": self._now() + lease_seconds})
+            lambda conn: self._extend(conn, lease, None, None, self._now() + lease_seconds)
         )
 
     async def record_progress(
@@ -711,36 +800,55 @@ class SQLStorage:
         lease_seconds: float | None = None,
     ) -> LeaseStatus:
         """Record progress of a running item: one statement (see `Storage.record_progress`)."""
-        now = self._now()
-        values: dict[str, Any] = {"progress": progress, "message": message, "updated_at": now}
-        if lease_seconds is not None:
-            values["claimable_at"] = now + lease_seconds
-        return await self._run(lambda conn: self._extend(conn, lease, values, notify=True))
+        deadline = None if lease_seconds is None else self._now() + lease_seconds
+        return await self._run(lambda conn: self._extend(conn, lease, progress, message, deadline))
 
     async def _extend(
         self,
         conn: AsyncConnection,
         lease: Lease,
-        values: dict[str, Any],
-        *,
-        notify: bool = False,
+        progress: float | None,
+        message: str | None,
+        deadline: float | None,
     ) -> LeaseStatus:
         i = self.tables.items
-        stmt = i.update().where(self._leased(lease)).values(**values)
-        if self._returning:
+        with_progress = progress is not None
+        with_deadline = deadline is not None
+
+        def build() -> Any:
+            values: dict[str, Any] = {}
+            if with_progress:
+                values.update(
+                    progress=bindparam("e_progress"),
+                    message=bindparam("e_message", type_=Text),
+                    updated_at=bindparam("e_now"),
+                )
+            if with_deadline:
+                values["claimable_at"] = bindparam("e_deadline")
+            stmt = i.update().where(self._leased()).values(**values)
+            if not self._returning:
+                return stmt
             returning: list[Any] = [i.c.cancel_requested]
-            if notify and self._dialect == "postgresql":
+            if with_progress and self._dialect == "postgresql":
                 returning.append(func.pg_notify(self._channel, i.c.batch_id))
-            row = (await conn.execute(stmt.returning(*returning))).first()
+            return stmt.returning(*returning)
+
+        stmt = self._stmt(("extend", with_progress, with_deadline), build)
+        params = self._lease_params(lease)
+        params.update(
+            e_progress=progress, e_message=message, e_now=self._now(), e_deadline=deadline
+        )
+        if self._returning:
+            row = (await conn.execute(stmt, params)).first()
             if row is None:
                 return LeaseStatus(held=False)
             return LeaseStatus(held=True, cancel_requested=bool(row[0]))
-        if (await conn.execute(stmt)).rowcount != 1:
+        if (await conn.execute(stmt, params)).rowcount != 1:
             return LeaseStatus(held=False)
-        flag = (
-            await conn.execute(select(i.c.cancel_requested).where(self._leased(lease)))
-        ).scalar()
-        return LeaseStatus(held=True, cancel_requested=bool(flag))
+        flag = self._stmt("lease_flag", lambda: select(i.c.cancel_requested).where(self._leased()))
+        return LeaseStatus(
+            held=True, cancel_requested=bool((await conn.execute(flag, params)).scalar())
+        )
 
     async def finish(
         self,
@@ -750,6 +858,17 @@ class SQLStorage:
         then_claim: ClaimRequest | None = None,
     ) -> FinishResult:
         """End a leased attempt and claim the next item in one transaction."""
+        if (
+            self._dialect == "postgresql"
+            and then_claim is not None
+            and outcome.state.value in (_S, _F, _C)
+            and then_claim.batch_ids == (lease.batch_id,)
+            and not then_claim.metadata
+        ):
+            return await self._run(
+                lambda conn: self._pg_finish_and_claim(conn, lease, outcome, then_claim),
+                autocommit=True,
+            )
 
         async def work(conn: AsyncConnection) -> FinishResult:
             accepted = await self._finish(conn, lease, outcome)
@@ -758,45 +877,147 @@ class SQLStorage:
 
         return await self._run(work)
 
+    async def _pg_finish_and_claim(
+        self, conn: AsyncConnection, lease: Lease, outcome: Outcome, request: ClaimRequest
+    ) -> FinishResult:
+        # The runner's steady state, in ONE statement (so one round trip and one commit):
+        # end the leased item, claim the next item of the same batch, and move both in the
+        # batch's counters. A statement is atomic on its own, hence autocommit.
+        state = outcome.state.value
+        now = self._now()
+        token = new_token()
+        row = (
+            await conn.execute(
+                self._stmt(("pg_finish_claim", state), lambda: self._pg_finish_claim_sql(state)),
+                {
+                    "lb": lease.batch_id,
+                    "lk": lease.key,
+                    "lt": lease.token,
+                    "now": now,
+                    "result": outcome.result,
+                    "error": None if outcome.error is None else outcome.error.model_dump_json(),
+                    "token": token,
+                    "deadline": now + request.lease_seconds,
+                },
+            )
+        ).one()
+        claim = None
+        if row.key is not None:
+            claim = Claim(
+                lease=Lease(lease.batch_id, row.key, token, row.attempt),
+                position=row.position,
+                payload=loads(row.payload),
+            )
+        return FinishResult(accepted=bool(row.accepted), claim=claim)
+
+    def _pg_finish_claim_sql(self, state: str) -> Any:
+        items, batches = self.tables.items.name, self.tables.batches.name
+        counter = _COUNTER[state]
+        if state == _S:
+            outcome = "result = :result, progress = 1.0, error = NULL"
+        else:
+            outcome = "error = COALESCE(CAST(:error AS TEXT), error)"
+        sql = f"""
+WITH f AS (
+    UPDATE {items} SET state = '{state}', active = 0, claimable_at = NULL, token = NULL,
+        finished_at = :now, updated_at = :now, {outcome}
+    WHERE batch_id = :lb AND key = :lk AND token = :lt AND state = 'running'
+    RETURNING batch_id
+), c AS (
+    SELECT batch_id, position, state FROM {items}
+    WHERE batch_id = :lb AND active = 1 AND claimable_at <= :now
+        AND NOT cancel_requested AND key <> :lk
+    ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED
+), u AS (
+    UPDATE {items} AS i SET state = 'running', attempt = i.attempt + 1, token = :token,
+        claimable_at = :deadline, progress = 0.0, message = NULL,
+        started_at = :now, updated_at = :now
+    FROM c WHERE i.batch_id = c.batch_id AND i.position = c.position
+    RETURNING i.key, i.payload, i.attempt, i.position, c.state AS old_state
+), n AS (
+    SELECT (SELECT count(*) FROM f) AS done,
+           (SELECT count(*) FROM u WHERE old_state = 'queued') AS started,
+           (SELECT count(*) FROM u) AS claimed
+), b AS (
+    UPDATE {batches} SET
+        finished_at = CASE WHEN finished_at IS NULL
+            AND n_queued + n_running - n.done = 0 THEN :now ELSE finished_at END,
+        n_queued = n_queued - n.started,
+        n_running = n_running - n.done + n.started,
+        {counter} = {counter} + n.done,
+        started_at = CASE WHEN n.claimed > 0 THEN COALESCE(started_at, :now)
+            ELSE started_at END,
+        updated_at = :now
+    FROM n WHERE id = :lb AND (n.done > 0 OR n.claimed > 0)
+    RETURNING pg_notify('{self._channel}', id)
+)
+SELECT n.done AS accepted, u.key, u.payload, u.attempt, u.position, (SELECT count(*) FROM b)
+FROM n LEFT JOIN u ON true
+"""
+        typed = bindparam("result", type_=Text) if state == _S else bindparam("error", type_=Text)
+        return text(sql).bindparams(typed)
+
+    def _finish_stmt(self, state: str) -> Any:
+        i = self.tables.items
+
+        def build() -> Any:
+            error = func.coalesce(bindparam("f_error", type_=Text), i.c.error)
+            values: dict[str, Any]
+            if state == _Q:
+                values = {
+                    "state": _Q,
+                    "claimable_at": bindparam("f_at"),
+                    "token": None,
+                    "progress": 0.0,
+                    "message": None,
+                    "updated_at": bindparam("f_now"),
+                    "error": error,
+                }
+            else:
+                values = {
+                    "state": state,
+                    "active": 0,
+                    "claimable_at": None,
+                    "token": None,
+                    "finished_at": bindparam("f_now"),
+                    "updated_at": bindparam("f_now"),
+                }
+                if state == _S:
+                    values.update(
+                        result=bindparam("f_result", type_=Text), progress=1.0, error=None
+                    )
+                else:
+                    values["error"] = error
+            return i.update().where(self._leased()).values(**values)
+
+        return self._stmt(("finish", state), build)
+
     async def _finish(self, conn: AsyncConnection, lease: Lease, outcome: Outcome) -> bool:
         i = self.tables.items
         now = self._now()
         state = outcome.state.value
-        error = None if outcome.error is None else outcome.error.model_dump_json()
+        params = self._lease_params(lease)
         if state == _Q:
             # A release in a cancelled batch ends the item instead: read the flag first.
-            flag = (
-                await conn.execute(
-                    select(i.c.cancel_requested).where(self._leased(lease)).with_for_update()
-                )
-            ).first()
+            flag_query = self._stmt(
+                "release_flag",
+                lambda: select(i.c.cancel_requested).where(self._leased()).with_for_update(),
+            )
+            flag = (await conn.execute(flag_query, params)).first()
             if flag is None:
                 return False
             if flag[0]:
                 state = _C
-        values: dict[str, Any]
-        if state == _Q:
-            values = {
-                "state": _Q,
-                "claimable_at": now + max(0.0, outcome.delay),
-                "token": None,
-                "progress": 0.0,
-                "message": None,
-                "updated_at": now,
-            }
-        else:
-            values = self._terminal_values(state, now)
-            if state == _S:
-                values.update(result=outcome.result, progress=1.0, error=None)
-        if error is not None and state != _S:
-            values["error"] = error
-        done = await conn.execute(i.update().where(self._leased(lease)).values(**values))
+        params.update(
+            f_now=now,
+            f_at=now + max(0.0, outcome.delay),
+            f_result=outcome.result,
+            f_error=None if outcome.error is None else outcome.error.model_dump_json(),
+        )
+        done = await conn.execute(self._finish_stmt(state), params)
         if done.rowcount != 1:
             return False
-        if state == _Q:
-            await self._bump(conn, lease.batch_id, _R, _Q, now)
-        else:
-            await self._bump(conn, lease.batch_id, _R, state, now)
+        await self._bump(conn, lease.batch_id, _R, state, now)
         return True
 
     async def cancel_batch(self, batch_id: str) -> BatchRecord:
