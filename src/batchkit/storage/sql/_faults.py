@@ -42,5 +42,8 @@ def is_transient(exc: BaseException) -> bool:
         text = str(orig).lower()
         if "database is locked" in text or "database is busy" in text:
             return True  # SQLite past its busy timeout
-        return bool(isinstance(exc, OperationalError | InterfaceError) and ("connection" in text and ("closed" in text or "lost" in text or "reset" in text)))
+        return bool(
+            isinstance(exc, OperationalError | InterfaceError)
+            and ("connection" in text and ("closed" in text or "lost" in text or "reset" in text))
+        )
     return isinstance(exc, ConnectionError | TimeoutError)

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
     from sqlalchemy.types import TypeEngine
 
-__all__ = ["SCHEMA_VERSION", "ExactString", "Tables", "build_tables", "metadata_for", "validate_prefix"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ExactString",
+    "Tables",
+    "build_tables",
+    "metadata_for",
+    "validate_prefix",
+]
 
 #: The layout version written in the ``<prefix>meta`` table; a store written by a
 #: different layout is refused with `SchemaVersionMismatch` instead of being misread.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import namedtuple
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -152,6 +153,8 @@ class SQLStorage:
         self._dialect = ""
         self._returning = False
         self._stmts: dict[Hashable, Any] = {}
+        self._plans: dict[int, tuple[str, Any, Any]] = {}
+        self._cached: set[int] = set()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStorage:
@@ -227,7 +230,7 @@ class SQLStorage:
 
     async def _setup_schema(self) -> None:
         meta = self.tables.meta
-        async with self.engine.begin() as conn:
+        async with self.engine.begin() as conn, self._schema_lock(conn):
             if self.create_schema:
                 await conn.run_sync(self.metadata.create_all, checkfirst=True)
             else:
@@ -255,6 +258,26 @@ class SQLStorage:
                     f"the tables with prefix {self.table_prefix!r} have schema version "
                     f"{version!r}; this batchkit reads version {SCHEMA_VERSION}"
                 )
+
+    @asynccontextmanager
+    async def _schema_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        # Processes opening a new database at once would race to create the same tables
+        # (and fail on "already exists"): one creates them while the others wait, then
+        # find them. On SQLite, BEGIN IMMEDIATE already serialises them.
+        if not self.create_schema or self._dialect == "sqlite":
+            yield
+            return
+        name = f"batchkit:{self.table_prefix}"
+        if self._dialect == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            yield
+            return
+        await conn.execute(text("SELECT GET_LOCK(:name, 60)"), {"name": name})
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
     async def _measure_offset(self) -> float:
         # Leases are measured by the database's clock, so runners on machines whose
@@ -423,11 +446,14 @@ class SQLStorage:
 
     def _batch_query(self) -> Any:
         b, i = self.tables.batches, self.tables.items
-        running = (
-            select(func.coalesce(func.sum(i.c.progress), 0.0))
-            .where(i.c.batch_id == b.c.id, i.c.state == _R)
-            .scalar_subquery()
-        )
+        # MariaDB may read every item of each listed batch through the primary key.
+        running = _force_index(
+            select(func.coalesce(func.sum(i.c.progress), 0.0)).where(
+                i.c.batch_id == b.c.id, i.c.state == _R
+            ),
+            i,
+            self.table_prefix + "ix_items_state",
+        ).scalar_subquery()
         return select(b, running.label("running_progress"))
 
     @staticmethod
@@ -505,16 +531,9 @@ class SQLStorage:
         limit: int = 100,
     ) -> list[Item]:
         """List items in submission order (see `Storage.list_items`)."""
-        i = self.tables.items
-        query = select(i).where(i.c.batch_id == batch_id)
-        if states is not None:
-            values = sorted({ItemState(s).value for s in states})
-            if not values:
-                return []
-            query = query.where(i.c.state.in_(values))
-        if after is not None:
-            query = query.where(i.c.position > after)
-        query = query.order_by(i.c.position).limit(limit)
+        query = self._items_query(batch_id, states=states, after=after, limit=limit)
+        if query is None:
+            return []
 
         async def work(conn: AsyncConnection) -> list[Item]:
             rows = (await conn.execute(query)).all()
@@ -523,6 +542,26 @@ class SQLStorage:
             return [self._to_item(row) for row in rows]
 
         return await self._run(work, read=True)
+
+    def _items_query(
+        self,
+        batch_id: str,
+        *,
+        states: Collection[ItemState] | None,
+        after: int | None,
+        limit: int,
+    ) -> Any:
+        """The SELECT of `list_items` (None when no state is asked for)."""
+        i = self.tables.items
+        query = select(i).where(i.c.batch_id == batch_id)
+        if states is not None:
+            values = sorted({ItemState(s).value for s in states})
+            if not values:
+                return None
+            query = query.where(i.c.state.in_(values))
+        if after is not None:
+            query = query.where(i.c.position > after)
+        return query.order_by(i.c.position).limit(limit)
 
     async def list_batches(
         self,
@@ -533,6 +572,24 @@ class SQLStorage:
         limit: int = 100,
     ) -> list[BatchRecord]:
         """List batches newest first (see `Storage.list_batches`)."""
+        query = self._batches_query(
+            metadata=metadata, parent_id=parent_id, before=before, limit=limit
+        )
+
+        async def work(conn: AsyncConnection) -> list[BatchRecord]:
+            return [self._to_record(row) for row in (await conn.execute(query)).all()]
+
+        return await self._run(work, read=True)
+
+    def _batches_query(
+        self,
+        *,
+        metadata: MetadataFilter | None,
+        parent_id: str | None,
+        before: str | None,
+        limit: int,
+    ) -> Any:
+        """The SELECT of `list_batches`."""
         b = self.tables.batches
         query = self._batch_query()
         if before is not None:
@@ -542,12 +599,7 @@ class SQLStorage:
         if metadata:
             for condition in self._tag_conditions(metadata, b.c.id):
                 query = query.where(condition)
-        query = query.order_by(b.c.id.desc()).limit(limit)
-
-        async def work(conn: AsyncConnection) -> list[BatchRecord]:
-            return [self._to_record(row) for row in (await conn.execute(query)).all()]
-
-        return await self._run(work, read=True)
+        return query.order_by(b.c.id.desc()).limit(limit)
 
     def _tag_conditions(
         self, metadata: MetadataFilter, batch_id: ColumnElement[Any]
@@ -573,7 +625,41 @@ class SQLStorage:
         stmt = self._stmts.get(key)
         if stmt is None:
             stmt = self._stmts[key] = build()
+            self._cached.add(id(stmt))  # kept alive in _stmts, so the id stays its own
         return stmt
+
+    async def _exec(self, conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> _Result:
+        """Execute a hot-path statement; on SQLite in one hop to the driver's thread.
+
+        SQLAlchemy's aiosqlite adapter makes several hops to the driver's thread per
+        statement (cursor, execute, fetch, close); the compiled SQL sent straight through
+        the same connection (so inside the same transaction) costs one.
+        """
+        if self._dialect != "sqlite" or id(stmt) not in self._cached:
+            result = await conn.execute(stmt, params)
+            rows = result.all() if result.returns_rows else []
+            return _Result(list(rows), result.rowcount)
+        plan = self._plans.get(id(stmt))
+        if plan is None:
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            if "POSTCOMPILE" in compiled.string:  # an expanding IN: let SQLAlchemy render it
+                self._cached.discard(id(stmt))
+                return await self._exec(conn, stmt, params)
+            names = [column.key for column in stmt.exported_columns] if _returns_rows(stmt) else []
+            plan = self._plans[id(stmt)] = (
+                compiled.string,
+                compiled,
+                namedtuple("Row", names, rename=True) if names else None,
+            )
+        sql, compiled, row_type = plan
+        values = compiled.construct_params(params)
+        args = [values[name] for name in compiled.positiontup or ()]
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        fetched = await raw.execute_fetchall(sql, args)
+        if row_type is None:
+            return _Result([], -1)
+        return _Result([row_type(*row) for row in fetched], len(fetched))
 
     def _claim_query(self, request: ClaimRequest) -> tuple[Any, dict[str, Any]]:
         """The SELECT that finds the next claimable item, and its parameters."""
@@ -597,7 +683,11 @@ class SQLStorage:
                 query = query.where(i.c.batch_id.in_(bindparam("b_ids", expanding=True)))
             query = query.where(i.c.active == 1, i.c.claimable_at <= bindparam("b_now"))
             order = (i.c.position,) if kind == "one" else (i.c.batch_id, i.c.position)
-            return query.order_by(*order).limit(1)
+            # MySQL and MariaDB may otherwise walk the primary key in position order and
+            # read every finished item of the batch before the first claimable one.
+            index = "ix_items_claim" if kind == "one" else "ix_items_claim_any"
+            query = _force_index(query.order_by(*order).limit(1), i, self.table_prefix + index)
+            return query.with_for_update(skip_locked=True)
 
         if request.metadata:
             query = build()
@@ -610,7 +700,7 @@ class SQLStorage:
             params["b_id"] = ids[0]  # type: ignore[index]
         elif kind == "many":
             params["b_ids"] = list(ids)  # type: ignore[arg-type]
-        return query.with_for_update(skip_locked=True), params
+        return query, params
 
     async def claim(self, request: ClaimRequest) -> Claim | None:
         """Claim the oldest claimable item (see `Storage.claim`)."""
@@ -640,20 +730,24 @@ class SQLStorage:
         )
         for _ in range(64):
             now = self._now()
-            row = (await conn.execute(query, {**params, "b_now": now})).first()
+            if request.metadata:
+                row = (await conn.execute(query, {**params, "b_now": now})).first()
+            else:
+                row = (await self._exec(conn, query, {**params, "b_now": now})).first()
             if row is None:
                 return None
             batch_id, position = row.batch_id, row.position
             if row.cancel_requested:
                 # A crashed runner's item in a cancelled batch: it ends cancelled.
-                await conn.execute(
-                    self._terminal_at(_C), {"b_id": batch_id, "b_pos": position, "b_now": now}
+                await self._exec(
+                    conn, self._terminal_at(_C), {"b_id": batch_id, "b_pos": position, "b_now": now}
                 )
                 await self._bump(conn, batch_id, _R, _C, now)
                 continue
             token = new_token()
             attempt = row.attempt + 1
-            await conn.execute(
+            await self._exec(
+                conn,
                 update,
                 {
                     "b_id": batch_id,
@@ -720,8 +814,8 @@ class SQLStorage:
             return
         stmt = self._stmt(("bump", old, new, started), lambda: self._build_bump(old, new, started))
         finished = count if (old in _ACTIVE and new not in _ACTIVE) else 0
-        await conn.execute(
-            stmt, {"c_id": batch_id, "c_count": count, "c_finished": finished, "c_now": now}
+        await self._exec(
+            conn, stmt, {"c_id": batch_id, "c_count": count, "c_finished": finished, "c_now": now}
         )
 
     def _build_bump(self, old: str, new: str, started: bool) -> Any:
@@ -762,7 +856,7 @@ class SQLStorage:
                 b.c.id,
             ),
         )
-        await conn.execute(stmt, {"c_id": batch_id, "c_now": now})
+        await self._exec(conn, stmt, {"c_id": batch_id, "c_now": now})
 
     def _with_notify(self, stmt: Any, id_column: Any) -> Any:
         # On PostgreSQL the change is announced by the same statement, at no extra round
@@ -839,7 +933,7 @@ class SQLStorage:
             e_progress=progress, e_message=message, e_now=self._now(), e_deadline=deadline
         )
         if self._returning:
-            row = (await conn.execute(stmt, params)).first()
+            row = (await self._exec(conn, stmt, params)).first()
             if row is None:
                 return LeaseStatus(held=False)
             return LeaseStatus(held=True, cancel_requested=bool(row[0]))
@@ -988,7 +1082,10 @@ FROM n LEFT JOIN u ON true
                     )
                 else:
                     values["error"] = error
-            return i.update().where(self._leased()).values(**values)
+            stmt = i.update().where(self._leased()).values(**values)
+            if self._dialect == "sqlite":
+                stmt = stmt.returning(i.c.position)  # how the fast path counts rows
+            return stmt
 
         return self._stmt(("finish", state), build)
 
@@ -1003,7 +1100,7 @@ FROM n LEFT JOIN u ON true
                 "release_flag",
                 lambda: select(i.c.cancel_requested).where(self._leased()).with_for_update(),
             )
-            flag = (await conn.execute(flag_query, params)).first()
+            flag = (await self._exec(conn, flag_query, params)).first()
             if flag is None:
                 return False
             if flag[0]:
@@ -1014,7 +1111,7 @@ FROM n LEFT JOIN u ON true
             f_result=outcome.result,
             f_error=None if outcome.error is None else outcome.error.model_dump_json(),
         )
-        done = await conn.execute(self._finish_stmt(state), params)
+        done = await self._exec(conn, self._finish_stmt(state), params)
         if done.rowcount != 1:
             return False
         await self._bump(conn, lease.batch_id, _R, state, now)
@@ -1157,6 +1254,34 @@ FROM n LEFT JOIN u ON true
         return deleted
 
 
+def _force_index(query: Any, table: Any, index: str) -> Any:
+    """``query`` reading ``table`` through ``index`` on MySQL/MariaDB (a no-op elsewhere)."""
+    for dialect in ("mysql", "mariadb"):
+        query = query.with_hint(table, f"FORCE INDEX ({index})", dialect_name=dialect)
+    return query
+
+
+class _Result:
+    """Rows and row count of a hot-path statement, whichever way it was executed."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def first(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def scalar(self) -> Any:
+        row = self.first()
+        return None if row is None else row[0]
+
+
+def _returns_rows(stmt: Any) -> bool:
+    return bool(getattr(stmt, "is_select", False) or getattr(stmt, "_returning", ()))
+
+
 class _PollingSubscription:
     def __init__(self, interval: float) -> None:
         self._interval = interval
@@ -1189,23 +1314,28 @@ class _ListenSubscription:
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
+    # Once per engine: storages sharing a host's engine, or opened again, would otherwise
+    # each add a listener, and the second BEGIN would fail inside the first.
     sync_engine = engine.sync_engine
+    if not event.contains(sync_engine, "begin", _sqlite_begin):
+        event.listen(sync_engine, "connect", _sqlite_connect)
+        event.listen(sync_engine, "begin", _sqlite_begin)
 
-    @event.listens_for(sync_engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver would defer it).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
 
-    @event.listens_for(sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        # Writers take the write lock up front, so two transactions never both read and
-        # then fail to upgrade; readers take none.
-        if conn.get_execution_options().get("batchkit_read"):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver would defer it).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock up front, so two transactions never both read and
+    # then fail to upgrade; readers take none.
+    if conn.get_execution_options().get("batchkit_read"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
