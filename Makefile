@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck docs demo bench clean venv
+.PHONY: test lint typecheck docs demo bench bench-sql clean venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,12 +34,17 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site
 
-## A small demo batch with live per-item progress.
+## A small demo batch with live per-item progress, kept in ./batchkit-demo.db.
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/runner_overhead.py
+
+## SQLStorage on SQLite, and on PostgreSQL and MySQL/MariaDB when they are reachable
+## (BATCHKIT_BENCH_POSTGRES_URL, BATCHKIT_BENCH_MYSQL_URL). Minutes; ARGS=--quick is faster.
+bench-sql: $(STAMP)
+	$(PY) benchmarks/sql_storage.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis

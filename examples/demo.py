@@ -1,8 +1,13 @@
-"""A demo batch: twelve product videos on MemoryStorage, with live per-item progress.
+"""A demo batch: twelve product videos, kept in SQLite, with live per-item progress.
 
 Run it with ``python -m examples.demo`` (or ``make demo``). Each item goes through four
 stages (script, frames, encode, upload); two items fail on purpose, one of them only the
 first time, and the demo ends by retrying the failed items with ``retry_failed``.
+
+The batches are kept in ``batchkit-demo.db``, an SQLite file in the working directory:
+run the demo again and it starts by listing the batches of the earlier runs, read back
+from the file. ``--storage URL`` (or the ``BATCHKIT_STORAGE`` environment variable) keeps
+them elsewhere: ``memory://``, ``postgresql+asyncpg://...``, ``mysql+asyncmy://...``.
 
 Options: ``--scale 0.1`` makes every pause ten times shorter (also read from the
 ``BATCHKIT_DEMO_SCALE`` environment variable); ``--plain`` prints plain lines even when
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -21,22 +27,38 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
 import anyio
 
-from batchkit import BatchRunner, ItemSpec, ItemState, MemoryStorage
+from batchkit import (
+    BatchRunner,
+    InvalidStorageURL,
+    ItemSpec,
+    ItemState,
+    MissingDependency,
+    StorageError,
+    open_storage,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from batchkit import BatchStatus, Item, ItemContext
+    from batchkit import BatchStatus, Item, ItemContext, Storage
 
 __all__ = [
+    "DEFAULT_STORAGE",
     "PRODUCTS",
     "DemoResult",
     "PlainView",
     "RichView",
     "VideoGenerator",
+    "describe_storage",
     "main",
+    "open_demo_storage",
     "run_demo",
 ]
+
+#: Where the demo keeps its batches unless told otherwise: a file in the working directory.
+DEFAULT_STORAGE = "sqlite+aiosqlite:///batchkit-demo.db"
+
+_SQL_SCHEMES = ("sqlite+", "postgresql+", "mysql+", "mariadb+")
 
 Display = Literal["auto", "plain", "rich"]
 
@@ -103,6 +125,34 @@ class VideoGenerator:
         return {"video": f"https://cdn.example/videos/{ctx.key}.mp4", "seconds": 10 + 2 * photos}
 
 
+def open_demo_storage(url: str, *, poll_interval: float = 0.05) -> Storage:
+    """The storage ``url`` names, looking for changes every ``poll_interval`` seconds.
+
+    SQLite and MySQL/MariaDB cannot announce a change, so ``watch`` polls them; the demo
+    polls more often than the default (0.5 s) to show every stage of every item.
+
+    Raises:
+        InvalidStorageURL: the URL names no storage (or a synchronous driver).
+        MissingDependency: the storage's extra is not installed.
+    """
+    if url.lower().startswith(_SQL_SCHEMES):
+        # open_storage checks the scheme and the driver, and says what to install.
+        open_storage(url)
+        from batchkit import SQLStorage
+
+        return SQLStorage.from_url(url, poll_interval=poll_interval)
+    return open_storage(url)
+
+
+def describe_storage(url: str) -> str:
+    """A short name for where the batches are: the SQLite file, or the URL without password."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower().startswith("sqlite"):
+        # sqlite+aiosqlite:///relative.db and sqlite+aiosqlite:////absolute.db
+        return rest[1:] if rest.startswith("/") else rest
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 def _names() -> dict[str, str]:
     return {product["sku"]: product["name"] for product in PRODUCTS}
 
@@ -120,6 +170,23 @@ def _detail(item: Item) -> str:
 def _counts(status: BatchStatus) -> str:
     shown = (ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED)
     return ", ".join(f"{state} {status.counts[state]}" for state in shown)
+
+
+def _show_earlier(earlier: Sequence[BatchStatus], where: str, out: TextIO) -> None:
+    if not earlier:
+        print(f"No earlier batches in {where}: this is the first run.\n", file=out)
+        return
+    many = "The 5 most recent" if len(earlier) == 5 else str(len(earlier))
+    print(f"{many} earlier batch{'es' if len(earlier) != 1 else ''} in {where}:", file=out)
+    for status in earlier:
+        when = status.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        origin = f", retry of {status.parent_id}" if status.parent_id else ""
+        print(
+            f"  {status.batch_id}  {when}  {status.state}: {status.total} items, "
+            f"{_counts(status)}{origin}",
+            file=out,
+        )
+    print(file=out, flush=True)
 
 
 class PlainView:
@@ -280,8 +347,9 @@ async def _run_and_show(
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What the demo did: the first batch and the retry of its failed items."""
+    """What the demo did: the batches it found, the first batch and the retry of its failures."""
 
+    earlier: list[BatchStatus]
     first: BatchStatus
     failed: list[Item]
     retry: BatchStatus
@@ -289,26 +357,59 @@ class DemoResult:
 
 
 async def run_demo(
-    *, delay_scale: float = 1.0, display: Display = "auto", out: TextIO | None = None
+    *,
+    storage: str = DEFAULT_STORAGE,
+    delay_scale: float = 1.0,
+    display: Display = "auto",
+    out: TextIO | None = None,
 ) -> DemoResult:
-    """Submit the demo batch, show it running, summarise it, retry its failures.
+    """List the earlier batches, run the demo batch live, summarise it, retry its failures.
 
     Args:
+        storage: the URL of the storage that keeps the batches (an SQLite file in the
+            working directory by default).
         delay_scale: multiplies every pause in the generator (0 for no pauses).
         display: ``"rich"`` for a live table, ``"plain"`` for lines, ``"auto"`` for Rich
             when it is installed and ``out`` is a terminal.
         out: where to print; standard output by default.
+
+    Raises:
+        InvalidStorageURL: ``storage`` names no storage.
+        MissingDependency: the storage's extra is not installed.
+        StorageError: the storage cannot be opened.
     """
     out = sys.stdout if out is None else out
-    view = _view(display, out)
+    # Frequent progress writes and looks make the demo lively (the defaults are 0.5 s);
+    # it looks twice as often as items write, so that every stage of every item shows.
+    progress = max(0.01, 0.1 * delay_scale)
+    poll = max(0.005, 0.05 * delay_scale)
+    async with open_demo_storage(storage, poll_interval=poll) as store:
+        return await _demo(
+            store, describe_storage(storage), delay_scale, progress, poll, display, out
+        )
+
+
+async def _demo(
+    storage: Storage,
+    where: str,
+    delay_scale: float,
+    progress: float,
+    poll: float,
+    display: Display,
+    out: TextIO,
+) -> DemoResult:
     runner = BatchRunner(
-        MemoryStorage(),
+        storage,
         VideoGenerator(delay_scale=delay_scale, flaky=FLAKY_UPLOADS),
         concurrency=3,
-        # Frequent progress writes make the demo lively; the default is 0.5 s.
-        progress_interval=max(0.01, 0.1 * delay_scale),
+        progress_interval=progress,
+        poll_interval=poll,
     )
     names = _names()
+    # Batches outlive the process that made them: the earlier runs' are still there.
+    earlier = await runner.batches(limit=5)
+    _show_earlier(earlier, where, out)
+    view = _view(display, out)
 
     batch = await runner.submit(
         [ItemSpec(key=product["sku"], payload=product) for product in PRODUCTS],
@@ -346,7 +447,7 @@ async def run_demo(
     for item in retried:
         print(f"  {item.key} {names[item.key]}: {item.state}, {_detail(item)}", file=out)
     out.flush()
-    return DemoResult(first=first, failed=failed, retry=retry, retried=retried)
+    return DemoResult(earlier=earlier, first=first, failed=failed, retry=retry, retried=retried)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,6 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=float(os.environ.get("BATCHKIT_DEMO_SCALE", "1.0")),
         help="multiply every pause by this (default 1.0, or $BATCHKIT_DEMO_SCALE)",
     )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        default=os.environ.get("BATCHKIT_STORAGE", DEFAULT_STORAGE),
+        help=f"where the batches are kept (default {DEFAULT_STORAGE}, or $BATCHKIT_STORAGE)",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--plain", action="store_const", const="plain", dest="display", help="plain lines only"
@@ -370,7 +477,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale < 0:
         parser.error("--scale must not be negative")
-    anyio.run(partial(run_demo, delay_scale=args.scale, display=args.display or "auto"))
+    try:
+        open_demo_storage(args.storage)  # a wrong URL or a missing extra is a usage error
+    except (InvalidStorageURL, MissingDependency, ValueError) as exc:
+        parser.error(str(exc))
+    demo = partial(
+        run_demo, storage=args.storage, delay_scale=args.scale, display=args.display or "auto"
+    )
+    try:
+        anyio.run(demo)
+    except BrokenPipeError:  # the reader went away (`| head`): not the storage's fault
+        raise
+    except (StorageError, OSError) as exc:  # a server that is down or refuses us
+        print(f"cannot use the storage {describe_storage(args.storage)}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -155,13 +155,17 @@ class _Keeper:
                 pending = reporter.pending
                 if pending is not None and now >= last_write + ex.progress_interval:
                     reporter.pending = None
-                    status = await ex.storage.record_progress(
-                        lease, pending[0], pending[1], lease_seconds=ex.lease_seconds
-                    )
+                    # Shielded: cancelling a driver mid-write (the item ended meanwhile)
+                    # can leave its connection half-closed; the write is short anyway.
+                    with anyio.CancelScope(shield=True):
+                        status = await ex.storage.record_progress(
+                            lease, pending[0], pending[1], lease_seconds=ex.lease_seconds
+                        )
                     last_write = now
                     next_beat = now + ex.heartbeat_interval
                 elif now >= next_beat:
-                    status = await ex.storage.heartbeat(lease, lease_seconds=ex.lease_seconds)
+                    with anyio.CancelScope(shield=True):
+                        status = await ex.storage.heartbeat(lease, lease_seconds=ex.lease_seconds)
                     next_beat = now + ex.heartbeat_interval
                 if status is None or self.lease is not lease:
                     continue
@@ -231,7 +235,9 @@ class Executor:
                 except BaseException:
                     # The work is done: a cancellation arriving mid-write must not lose its
                     # outcome (the item would stay running until its lease lapsed). Write
-                    # it again, shielded; fencing refuses it if the first write landed.
+                    # it again, shielded; fencing refuses it if the first write landed. (A
+                    # store whose step can commit before a cancellation reaches the caller
+                    # shields that step itself: see the Storage protocol.)
                     with anyio.CancelScope(shield=True):
                         await self.storage.finish(claim.lease, outcome)
                     raise

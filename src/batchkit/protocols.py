@@ -206,6 +206,9 @@ class Storage(Protocol):
     * A transition out of `running` names its `Lease`; when the lease is no longer
       current (another runner claimed the item after it expired) it changes nothing.
     * In a batch whose cancel was requested nothing becomes `queued` again.
+    * A step that commits reaches its caller: where a cancellation could arrive between
+      the commit and the return (a network store), the adapter shields the step, or a
+      claim it made would be lost until its lease lapsed.
     """
 
     async def __aenter__(self) -> Self: ...

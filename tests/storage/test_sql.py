@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from sqlalchemy import event, inspect, select, text
@@ -843,3 +844,45 @@ async def test_postgres_notification_crosses_storages(postgres_db: Database) -> 
         assert second.state is BatchState.RUNNING
         assert second.counts[ItemState.RUNNING] == 1
         assert woke - changed[0] < 0.5
+
+
+def test_sql_storage_refuses_trio_clearly(tmp_path: Path) -> None:
+    # SQLAlchemy's async engines run on asyncio; on trio the error must say so.
+    import trio
+
+    async def main() -> None:
+        async with SQLStorage(f"sqlite+aiosqlite:///{tmp_path / 'trio.db'}"):
+            pass
+
+    with pytest.raises(StorageError, match="runs on asyncio"):
+        trio.run(main)
+
+
+async def test_unreachable_server_is_a_storage_error() -> None:
+    storage = SQLStorage("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    with pytest.raises(StorageError, match="cannot open"):
+        await storage.open()
+    await storage.aclose()
+
+
+@pytest.mark.parametrize("adapter", ["sqlite", "postgres", "mysql"])
+async def test_cancelling_run_repeatedly_leaves_nothing_running(
+    adapter: str, request: pytest.FixtureRequest
+) -> None:
+    # Each cancel lands wherever it lands, including inside the step that finishes one
+    # item and claims the next: neither item may be left running under a lost lease.
+    make = request.getfixturevalue(f"{adapter}_storage_factory")
+
+    async def gen(ctx: Any) -> int:
+        await anyio.lowlevel.checkpoint()
+        return 1
+
+    async with make() as storage:
+        runner = BatchRunner(storage, gen)
+        batch = await runner.submit([str(i) for i in range(3_000)])
+        for delay in (0.05, 0.11, 0.17, 0.23, 0.29):
+            with anyio.move_on_after(delay):
+                await runner.run(batch.id)
+            status = await runner.status(batch.id)
+            assert status.counts[ItemState.RUNNING] == 0
+        assert status.counts[ItemState.SUCCEEDED] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -193,6 +194,13 @@ class SQLStorage:
         async with self._open_lock:
             if self._opened:
                 return
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise StorageError(
+                    "SQLStorage runs on asyncio (SQLAlchemy's async engines need it); "
+                    "run the host with asyncio, or use MemoryStorage on trio"
+                ) from None
             if self._engine is None:
                 assert self._url is not None
                 self._engine = self._create_engine(self._url)
@@ -208,6 +216,8 @@ class SQLStorage:
                 self._offset = await self._measure_offset()
             except DBAPIError as exc:
                 raise StorageError(f"cannot open {self!r}: {exc.orig}") from exc
+            except OSError as exc:  # the server is not there (connection refused, DNS)
+                raise StorageError(f"cannot open {self!r}: {exc}") from exc
             self._opened = True
 
     def _create_engine(self, url: str) -> AsyncEngine:
@@ -311,18 +321,12 @@ class SQLStorage:
         attempt = 0
         while True:
             try:
-                if autocommit:
-                    async with self.engine.connect() as conn:
-                        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                        return await work(conn)
-                if read:
-                    async with self.engine.connect() as conn:
-                        conn = await conn.execution_options(batchkit_read=True)
-                        result = await work(conn)
-                        await conn.commit()
-                        return result
-                async with self.engine.begin() as conn:
-                    return await work(conn)
+                if not read:
+                    # A write that commits must reach its caller: cancelled between the
+                    # commit and the return, a claim would be lost until its lease lapsed.
+                    with anyio.CancelScope(shield=True):
+                        return await self._attempt(work, autocommit=autocommit)
+                return await self._attempt(work, read=True)
             except DBAPIError as exc:
                 if attempt >= self.retries or not is_transient(exc):
                     raise StorageError(f"{type(exc.orig).__name__}: {exc.orig}") from exc
@@ -335,6 +339,26 @@ class SQLStorage:
                 "transient database fault, retrying", extra={"attempt": attempt, "delay": delay}
             )
             await anyio.sleep(delay)
+
+    async def _attempt(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        read: bool = False,
+        autocommit: bool = False,
+    ) -> T:
+        if autocommit:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await work(conn)
+        if read:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(batchkit_read=True)
+                result = await work(conn)
+                await conn.commit()
+                return result
+        async with self.engine.begin() as conn:
+            return await work(conn)
 
     # -- creating and reading --------------------------------------------------------------
 

@@ -1,0 +1,517 @@
+"""SQLStorage benchmark: submit, sequential run, status reads and memory, per SQL dialect.
+
+Usage::
+
+    python benchmarks/sql_storage.py              # SQLite, PostgreSQL and MySQL/MariaDB
+    python benchmarks/sql_storage.py --quick      # without the 1,000,000-item batch
+    python benchmarks/sql_storage.py --dialects sqlite,postgres
+
+For each dialect it measures, with a generator that does nothing:
+
+* submitting 100,000 items (one ``runner.submit`` call);
+* running 10,000 items one after the other (``concurrency=1``): items per second, and
+  the SQL statements per item, counted with SQLAlchemy's ``before_cursor_execute`` event
+  (statements sent to the driver directly, as SQLite's frequent ones are, are not seen);
+* the median of 200 ``runner.status()`` calls on batches of 1,000, 100,000 and
+  1,000,000 items (it must not grow with the batch);
+* the resident memory of a runner process working through a 1,000,000-item batch for a
+  bounded time (``--rss-seconds``, 10 by default) before it is cancelled: it must stay
+  flat, the runner streams its items. The runner runs in a fresh interpreter, so the
+  memory is its own; how long the cancelled ``run()`` takes to return is reported too.
+
+SQLite uses a file in a temporary directory. The servers are read from
+``BATCHKIT_BENCH_POSTGRES_URL`` and ``BATCHKIT_BENCH_MYSQL_URL`` (by default the local
+test servers, ``postgresql+asyncpg://postgres@127.0.0.1:5432/test`` and
+``mysql+asyncmy://root@127.0.0.1:3306/test``); a server that is not reachable is skipped,
+with a line saying so. Every run uses tables of its own (a fresh prefix), dropped at the
+end. Progress goes to standard error; the Markdown table to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+
+import batchkit
+from batchkit import BatchRunner, ItemContext, ItemState
+
+if TYPE_CHECKING:
+    from batchkit.storage.sql import SQLStorage
+
+__all__ = ["DialectResult", "main", "measure_dialect"]
+
+SUBMIT_ITEMS = 100_000
+RUN_ITEMS = 10_000
+STATUS_SIZES = (1_000, 100_000, 1_000_000)
+HUGE = 1_000_000
+STATUS_READS = 200
+#: How long the memory run may take to stop once cancelled before it is reported as hung.
+CANCEL_BOUND_S = 60
+
+#: Targets: PostgreSQL submit of 100,000 items (s), sequential items/s (PostgreSQL and
+#: SQLite), status read on 1,000,000 items (ms, PostgreSQL).
+TARGET_PG_SUBMIT_S = 3.0
+TARGET_ITEMS_PER_SECOND = 1_500
+TARGET_PG_STATUS_MS = 5.0
+
+SERVERS = {
+    "postgres": os.environ.get(
+        "BATCHKIT_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("BATCHKIT_BENCH_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"),
+}
+DIALECTS = ("sqlite", "postgres", "mysql")
+
+
+def log(message: str) -> None:
+    """A progress line on standard error, stamped with the time since start."""
+    print(f"[{time.perf_counter() - _STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+_STARTED = time.perf_counter()
+
+
+async def noop(ctx: ItemContext) -> None:
+    """The cheapest generator: whatever is measured is batchkit's and the database's cost."""
+
+
+def _specs(count: int) -> list[dict[str, Any]]:
+    return [{"key": f"item-{n:07d}", "payload": {"n": n}} for n in range(count)]
+
+
+def _reachable(url: str) -> str | None:
+    """None when the server accepts connections, else why not."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 2):
+            return None
+    except OSError as exc:
+        return f"{parts.hostname}:{parts.port} is not reachable ({exc})"
+
+
+@dataclass
+class DialectResult:
+    """What was measured on one dialect."""
+
+    dialect: str
+    server: str = ""
+    submit_s: float = 0.0
+    run_items_per_s: float = 0.0
+    statements_per_item: float = 0.0
+    status_ms: dict[int, float] = field(default_factory=dict)
+    huge_submit_s: float | None = None
+    rss: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+class _Counter:
+    """Counts the SQL statements sent through an engine while ``active``.
+
+    A statement is one cursor execution (an ``executemany`` counts once); the BEGIN and
+    COMMIT a driver sends by itself are not counted, SQLite's ``BEGIN IMMEDIATE`` is.
+    """
+
+    def __init__(self, storage: SQLStorage) -> None:
+        from sqlalchemy import event
+
+        self.statements = 0
+        self.active = False
+        event.listen(storage.engine.sync_engine, "before_cursor_execute", self._on_statement)
+
+    def _on_statement(self, *args: Any) -> None:
+        if self.active:
+            self.statements += 1
+
+
+async def _median_status_ms(runner: BatchRunner, batch_id: str) -> float:
+    times: list[int] = []
+    for _ in range(STATUS_READS):
+        start = time.perf_counter_ns()
+        await runner.status(batch_id)
+        times.append(time.perf_counter_ns() - start)
+    return statistics.median(times) / 1e6
+
+
+async def _submit_logged(runner: BatchRunner, count: int, what: str) -> tuple[str, float]:
+    """Submit ``count`` items, with a progress line every 15 s; return (batch id, seconds)."""
+    specs = _specs(count)
+    log(f"submitting {count:,} items ({what})")
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+
+        async def tick() -> None:
+            while True:
+                await anyio.sleep(15)
+                log(f"  ... still submitting, {time.perf_counter() - start:.0f} s")
+
+        tg.start_soon(tick)
+        batch = await runner.submit(specs)
+        tg.cancel_scope.cancel()
+    elapsed = time.perf_counter() - start
+    log(f"  submitted in {elapsed:.2f} s")
+    return batch.id, elapsed
+
+
+def _url_for(dialect: str, workdir: str) -> str:
+    if dialect == "sqlite":
+        return f"sqlite+aiosqlite:///{os.path.join(workdir, 'bench.db')}"
+    return SERVERS[dialect]
+
+
+async def _server_version(storage: SQLStorage) -> str:
+    from sqlalchemy import text
+
+    if storage.engine.dialect.name == "sqlite":
+        query = text("SELECT 'SQLite ' || sqlite_version()")
+    else:
+        query = text("SELECT version()")
+    async with storage.engine.connect() as conn:
+        version = str((await conn.execute(query)).scalar_one())
+    return " ".join(version.split()[:2]) if storage.engine.dialect.name == "postgresql" else version
+
+
+async def measure_dialect(
+    dialect: str, url: str, *, quick: bool, rss_seconds: float
+) -> DialectResult:
+    """Run every measurement on one database, in tables of a fresh prefix dropped at the end."""
+    from batchkit.storage.sql import SQLStorage
+
+    prefix = f"bench{secrets.token_hex(3)}_"
+    result = DialectResult(dialect=dialect)
+    storage = SQLStorage(url, table_prefix=prefix)
+    try:
+        async with storage:
+            result.server = await _server_version(storage)
+            log(f"{dialect}: {result.server}, tables {prefix}*")
+            runner = BatchRunner(storage, noop)
+            counter = _Counter(storage)
+
+            big, result.submit_s = await _submit_logged(runner, SUBMIT_ITEMS, "submit timing")
+            small, _ = await _submit_logged(runner, STATUS_SIZES[0], "status read")
+
+            run_id, _ = await _submit_logged(runner, RUN_ITEMS, "sequential run")
+            log(f"running {RUN_ITEMS:,} items, concurrency=1")
+            counter.active = True
+            start = time.perf_counter()
+            final = await runner.run(run_id)
+            elapsed = time.perf_counter() - start
+            counter.active = False
+            if final.counts[ItemState.SUCCEEDED] != RUN_ITEMS:
+                raise RuntimeError(f"the run did not complete: {final}")
+            result.run_items_per_s = RUN_ITEMS / elapsed
+            result.statements_per_item = counter.statements / RUN_ITEMS
+            log(
+                f"  {result.run_items_per_s:,.0f} items/s, "
+                f"{result.statements_per_item:.2f} statements per item"
+            )
+
+            for size, batch_id in ((STATUS_SIZES[0], small), (STATUS_SIZES[1], big)):
+                result.status_ms[size] = await _median_status_ms(runner, batch_id)
+                log(f"status() on {size:,} items: median {result.status_ms[size]:.3f} ms")
+
+            rss_batch, rss_size = big, SUBMIT_ITEMS
+            if not quick:
+                huge, result.huge_submit_s = await _submit_logged(runner, HUGE, "status and memory")
+                result.status_ms[HUGE] = await _median_status_ms(runner, huge)
+                log(f"status() on {HUGE:,} items: median {result.status_ms[HUGE]:.3f} ms")
+                rss_batch, rss_size = huge, HUGE
+
+        log(f"running the {rss_size:,}-item batch for {rss_seconds:g} s in a fresh interpreter")
+        result.rss = _rss_child(url, prefix, rss_batch, rss_seconds)
+        result.rss["batch_size"] = rss_size
+        log(
+            f"  {result.rss['done']:,} items done; RSS {_rss_cell(result.rss)} MB "
+            f"(start → after 1 s → end, peak); cancel: {_cancel_cell(result.rss)}"
+        )
+    finally:
+        await _drop_tables(url, prefix)
+        log(f"dropped the tables {prefix}*")
+    return result
+
+
+async def _drop_tables(url: str, prefix: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from batchkit.storage.sql import metadata_for
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            metadata, _ = metadata_for(prefix)
+            await conn.run_sync(metadata.drop_all, checkfirst=True)
+    finally:
+        await engine.dispose()
+
+
+def _rss_child(url: str, prefix: str, batch_id: str, seconds: float) -> dict[str, Any]:
+    """Run the memory measurement in a fresh interpreter; bound the wait for its cancel."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--rss-child", url, prefix, batch_id, str(seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = child.communicate(timeout=seconds + CANCEL_BOUND_S + 30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+    lines = out.splitlines()
+    if not lines:
+        raise RuntimeError(f"the memory run failed:\n{err}")
+    # The first line is written when the time is up, the second once the cancelled run
+    # has put its item back; a cancel that hangs is reported, not waited for.
+    result: dict[str, Any] = json.loads(lines[0])
+    result["cancel_s"] = json.loads(lines[1])["cancel_s"] if len(lines) > 1 else None
+    if result["cancel_s"] is None:
+        warnings = sorted({line for line in err.splitlines() if line.strip()})
+        result["cancel_error"] = "; ".join(warnings[-3:]) or f"exit status {child.returncode}"
+    return result
+
+
+def _proc_status_mb(field_name: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _current_rss_mb() -> float:
+    current = _proc_status_mb("VmRSS")
+    return _peak_rss_mb() if current is None else current
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM starts afresh in a new program; ru_maxrss may keep the parent's peak on Linux.
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / (1024 * 1024) if sys.platform == "darwin" else usage / 1024
+
+
+async def rss_child(url: str, prefix: str, batch_id: str, seconds: float) -> None:
+    """Run ``batch_id`` for ``seconds`` and print what the memory did, then cancel the run.
+
+    Prints two JSON lines: the measurements when the time is up, and how long the
+    cancelled ``run()`` took to return.
+    """
+    from batchkit.storage.sql import SQLStorage
+
+    done = 0
+    cancelled_at = 0.0
+
+    async def counting(ctx: ItemContext) -> None:
+        nonlocal done
+        done += 1
+
+    async with SQLStorage(url, table_prefix=prefix, create_schema=False) as storage:
+        runner = BatchRunner(storage, counting)
+        await runner.status(batch_id)  # connections and statement caches warm
+        start_mb = _current_rss_mb()
+        samples: list[float] = []
+
+        async def measure(scope: anyio.CancelScope) -> None:
+            for _ in range(max(1, round(seconds))):
+                await anyio.sleep(seconds / max(1, round(seconds)))
+                samples.append(_current_rss_mb())
+            report = {
+                "seconds": seconds,
+                "done": done,
+                "start_mb": start_mb,
+                "first_s_mb": samples[0],
+                "last_mb": samples[-1],
+                "peak_mb": _peak_rss_mb(),
+            }
+            print(json.dumps(report), flush=True)
+            nonlocal cancelled_at
+            cancelled_at = time.perf_counter()
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(measure, tg.cancel_scope)
+            await runner.run(batch_id)
+        # run() returns once its item is back in the queue; a status read must follow.
+        with anyio.fail_after(CANCEL_BOUND_S):
+            await runner.status(batch_id)
+        print(json.dumps({"cancel_s": time.perf_counter() - cancelled_at}), flush=True)
+
+
+def _rss_cell(rss: dict[str, Any]) -> str:
+    return (
+        f"{rss['start_mb']:.0f} → {rss['first_s_mb']:.0f} → {rss['last_mb']:.0f} "
+        f"({rss['peak_mb']:.0f})"
+    )
+
+
+def _cancel_cell(rss: dict[str, Any]) -> str:
+    if rss["cancel_s"] is None:
+        return f"not within {CANCEL_BOUND_S} s"
+    return f"{rss['cancel_s']:.2f}"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def report(results: list[DialectResult], *, quick: bool) -> str:
+    """The Markdown table of all dialects, and the targets met or missed."""
+    measured = [r for r in results if r.skipped is None]
+    if not measured:
+        return "\n".join(f"{r.dialect} skipped: {r.skipped}" for r in results)
+    lines = [
+        f"batchkit {batchkit.__version__}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; no-op async "
+        "generator, items with a JSON payload",
+        "",
+    ]
+    lines.append("| | " + " | ".join(r.dialect for r in measured) + " |")
+    lines.append("| --- |" + " ---: |" * len(measured))
+
+    def row(name: str, cells: list[str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    row("server", [r.server for r in measured])
+    row(f"submit {SUBMIT_ITEMS:,} items (s)", [f"{r.submit_s:.2f}" for r in measured])
+    row(
+        f"sequential run of {RUN_ITEMS:,} items (items/s)",
+        [f"{r.run_items_per_s:,.0f}" for r in measured],
+    )
+    row("statements per item", [f"{r.statements_per_item:.2f}" for r in measured])
+    for size in STATUS_SIZES:
+        if quick and size == HUGE:
+            continue
+        row(
+            f"`status()` on {size:,} items, median (ms)",
+            [_fmt(r.status_ms.get(size), ".2f") for r in measured],
+        )
+    if not quick:
+        row(f"submit {HUGE:,} items (s)", [_fmt(r.huge_submit_s, ".1f") for r in measured])
+    rss_seconds = measured[0].rss["seconds"]
+    size = f"{measured[0].rss['batch_size']:,}"
+    row(
+        f"runner on a {size}-item batch for {rss_seconds:g} s: items done",
+        [f"{r.rss['done']:,}" for r in measured],
+    )
+    row("runner RSS (MB): start → after 1 s → end (peak)", [_rss_cell(r.rss) for r in measured])
+    row("`run()` returned after its cancel (s)", [_cancel_cell(r.rss) for r in measured])
+    for r in results:
+        if r.skipped is not None:
+            lines.append(f"\n{r.dialect} skipped: {r.skipped}")
+        elif r.rss.get("cancel_error"):
+            lines.append(f"\n{r.dialect}: the cancelled run hung: {r.rss['cancel_error']}")
+    lines.append("")
+    lines.extend(_targets(results))
+    return "\n".join(lines)
+
+
+def _targets(results: list[DialectResult]) -> list[str]:
+    found = {r.dialect: r for r in results if r.skipped is None}
+    checks: list[str] = []
+
+    def check(name: str, ok: bool, got: str) -> None:
+        checks.append(f"- {name}: {'met' if ok else 'MISSED'} ({got})")
+
+    pg = found.get("postgres")
+    if pg is not None:
+        check(
+            f"PostgreSQL submit {SUBMIT_ITEMS:,} < {TARGET_PG_SUBMIT_S:g} s",
+            pg.submit_s < TARGET_PG_SUBMIT_S,
+            f"{pg.submit_s:.2f} s",
+        )
+        check(
+            f"PostgreSQL sequential >= {TARGET_ITEMS_PER_SECOND:,} items/s",
+            pg.run_items_per_s >= TARGET_ITEMS_PER_SECOND,
+            f"{pg.run_items_per_s:,.0f}",
+        )
+        if HUGE in pg.status_ms:
+            check(
+                f"PostgreSQL status at {HUGE:,} items < {TARGET_PG_STATUS_MS:g} ms",
+                pg.status_ms[HUGE] < TARGET_PG_STATUS_MS,
+                f"{pg.status_ms[HUGE]:.2f} ms",
+            )
+    lite = found.get("sqlite")
+    if lite is not None:
+        check(
+            f"SQLite sequential >= {TARGET_ITEMS_PER_SECOND:,} items/s",
+            lite.run_items_per_s >= TARGET_ITEMS_PER_SECOND,
+            f"{lite.run_items_per_s:,.0f}",
+        )
+    return ["Targets:", *checks] if checks else []
+
+
+async def _main(dialects: list[str], quick: bool, rss_seconds: float) -> list[DialectResult]:
+    results: list[DialectResult] = []
+    workdir = tempfile.mkdtemp(prefix="batchkit-bench-")
+    try:
+        for dialect in dialects:
+            url = _url_for(dialect, workdir)
+            if dialect != "sqlite":
+                why = _reachable(url)
+                if why is not None:
+                    log(f"{dialect} skipped: {why}")
+                    results.append(DialectResult(dialect=dialect, skipped=why))
+                    continue
+            results.append(
+                await measure_dialect(dialect, url, quick=quick, rss_seconds=rss_seconds)
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every dialect asked for and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--dialects",
+        default=",".join(DIALECTS),
+        help=f"comma-separated, from {', '.join(DIALECTS)} (all by default)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="skip the 1,000,000-item batch (minutes per dialect)"
+    )
+    parser.add_argument(
+        "--rss-seconds", type=float, default=10.0, help="how long the memory run lasts (10)"
+    )
+    parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)  # internal
+    args = parser.parse_args(argv)
+
+    if args.rss_child is not None:
+        url, prefix, batch_id, seconds = args.rss_child
+        anyio.run(rss_child, url, prefix, batch_id, float(seconds))
+        return 0
+
+    dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
+    unknown = sorted(set(dialects) - set(DIALECTS))
+    if unknown or not dialects:
+        parser.error(f"--dialects takes {', '.join(DIALECTS)}; got {args.dialects!r}")
+    if args.rss_seconds <= 0:
+        parser.error("--rss-seconds must be positive")
+    results = anyio.run(_main, dialects, args.quick, args.rss_seconds)
+    print(report(results, quick=args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
