@@ -369,13 +369,7 @@ class SQLStorage:
 
         async def work(conn: AsyncConnection) -> tuple[BatchRecord, bool]:
             if batch.idempotency_key is not None:
-                existing = (
-                    await conn.execute(
-                        select(t.batches.c.id).where(
-                            t.batches.c.idempotency_key == batch.idempotency_key
-                        )
-                    )
-                ).scalar()
+                existing = await self._id_by_idempotency(conn, batch.idempotency_key)
                 if existing is not None:
                     return await self._record(conn, existing), False
             total = len(batch.items)
@@ -437,13 +431,7 @@ class SQLStorage:
             # landed before a dropped connection made us try again.
             async def lookup(conn: AsyncConnection) -> tuple[BatchRecord, bool] | None:
                 if batch.idempotency_key is not None:
-                    found = (
-                        await conn.execute(
-                            select(t.batches.c.id).where(
-                                t.batches.c.idempotency_key == batch.idempotency_key
-                            )
-                        )
-                    ).scalar()
+                    found = await self._id_by_idempotency(conn, batch.idempotency_key)
                     if found is not None:
                         return await self._record(conn, found), found == batch.id
                 try:
@@ -455,6 +443,11 @@ class SQLStorage:
             if found is None:
                 raise
             return found
+
+    async def _id_by_idempotency(self, conn: AsyncConnection, key: str) -> str | None:
+        b = self.tables.batches
+        found = (await conn.execute(select(b.c.id).where(b.c.idempotency_key == key))).scalar()
+        return None if found is None else str(found)
 
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """Read a batch and its counters: one primary-key read (see `Storage.get_batch`)."""
