@@ -6,6 +6,7 @@ import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -15,7 +16,7 @@ from .codec import JSONError, check_json, encode, loads
 from .exceptions import BatchNotFound, InvalidBatch
 from .ids import is_batch_id, new_batch_id
 from .models import Batch, BatchStatus, Item, ItemSpec, ItemState, Limits
-from .protocols import ClaimRequest, MetadataFilter, NewBatch, NewItem
+from .protocols import ClaimRequest, MetadataFilter, NewBatch, NewItem, Subscription
 from .status import batch_from_record, status_from_record
 
 if TYPE_CHECKING:
@@ -254,13 +255,20 @@ class BatchRunner:
         request = ClaimRequest(lease_seconds=self.lease_seconds, batch_ids=(batch_id,))
         executor = self._executor()
         try:
-            async with self.storage.subscribe(batch_id) as changes:
+            async with AsyncExitStack() as stack:
+                changes: Subscription | None = None
                 while True:
                     await self._run_slots(executor, request)
                     status = await self.status(batch_id)
                     if status.is_terminal:
                         break
-                    # Items are running elsewhere or waiting for their retry time.
+                    # Items are running elsewhere or waiting for their retry time. The
+                    # subscription starts only now (a batch run through by this runner
+                    # never needs one), then the items are looked at once more, so a
+                    # change made before it started is not missed.
+                    if changes is None:
+                        changes = await stack.enter_async_context(self.storage.subscribe(batch_id))
+                        continue
                     await changes.wait(self.poll_interval)
         except BaseExceptionGroup as group:
             _reraise_single(group)

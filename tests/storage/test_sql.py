@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from batchkit import BatchRunner, BatchState, ItemSpec, ItemState, open_storage
 from batchkit.exceptions import BatchNotFound, SchemaVersionMismatch, StorageError
-from batchkit.protocols import ClaimRequest
-from batchkit.status import recount
+from batchkit.protocols import ClaimRequest, Outcome
+from batchkit.status import recount, status_from_record
 from batchkit.storage.sql import SCHEMA_VERSION, SQLStorage, metadata_for
 from batchkit.testing.contract import all_items, new_batch
 
@@ -102,13 +102,34 @@ async def counting(storage: SQLStorage, *, calls: bool = False) -> AsyncIterator
 
     On SQLite, every statement SQLite runs, traced by SQLite itself whichever way it reaches
     it (BEGIN and COMMIT included, an executemany once per row). On the servers, or with
-    ``calls``, each execute call SQLAlchemy sends (an executemany once).
+    ``calls``, each execute call SQLAlchemy sends (an executemany once), and on PostgreSQL
+    each statement the storage sends to asyncpg directly (its ``fetchrow``).
     """
     statements: list[str] = []
     sync_engine = storage.engine.sync_engine
+    # Connections the storage keeps between steps were checked out before the counting
+    # began: give them back, so that every connection used from now on is seen.
+    await storage._close_lanes()
 
     def record(sql: str) -> None:
         statements.append(" ".join(sql.split()))
+
+    if storage.engine.dialect.name == "postgresql":
+        import asyncpg
+
+        fetchrow = asyncpg.Connection.fetchrow
+
+        async def direct(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            record(query)
+            return await fetchrow(self, query, *args, **kwargs)
+
+        asyncpg.Connection.fetchrow = direct  # type: ignore[method-assign]
+        try:
+            async with _sent_by_sqlalchemy(sync_engine, record):
+                yield statements
+        finally:
+            asyncpg.Connection.fetchrow = fetchrow  # type: ignore[method-assign]
+        return
 
     if storage.engine.dialect.name == "sqlite" and not calls:
 
@@ -123,12 +144,20 @@ async def counting(storage: SQLStorage, *, calls: bool = False) -> AsyncIterator
             event.remove(sync_engine, "connect", trace)
         return
 
+    async with _sent_by_sqlalchemy(sync_engine, record):
+        yield statements
+
+
+@asynccontextmanager
+async def _sent_by_sqlalchemy(
+    sync_engine: Any, record: Callable[[str], None]
+) -> AsyncIterator[None]:
     def sent(conn: Any, cursor: Any, sql: str, parameters: Any, context: Any, many: bool) -> None:
         record(sql)
 
     event.listen(sync_engine, "before_cursor_execute", sent)
     try:
-        yield statements
+        yield
     finally:
         event.remove(sync_engine, "before_cursor_execute", sent)
 
@@ -149,8 +178,9 @@ def _check_accounting(status: BatchStatus, items: list[Item]) -> None:
 #: first claim to the final status (measured, then pinned: a change that adds round trips
 #: to the hot path fails here). SQLite and MySQL/MariaDB, per item: the claim's SELECT
 #: (FOR UPDATE SKIP LOCKED on MySQL/MariaDB) and UPDATE, the counters' UPDATE, the finish's
-#: UPDATE and its counters' UPDATE; SQLite adds each transaction's BEGIN IMMEDIATE and COMMIT (in process:
-#: no round trip). PostgreSQL finishes an item and claims the next in one statement.
+#: UPDATE and its counters' UPDATE; SQLite adds each transaction's BEGIN IMMEDIATE and
+#: COMMIT (in process: no round trip). PostgreSQL finishes an item and claims the next in
+#: one statement.
 RUN_100_CEILING = {"sqlite": 709, "postgres": 105, "mysql": 503}
 
 
@@ -164,6 +194,38 @@ async def test_statements_per_item_are_pinned(db: Database) -> None:
         assert final.counts[ItemState.SUCCEEDED] == 100
         kinds = Counter(s.split()[0].upper() for s in statements)
         assert len(statements) <= RUN_100_CEILING[db.name], kinds
+
+
+async def test_sqlite_runs_each_transaction_in_one_call_to_its_thread(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiosqlite runs everything in a thread of its own; each call there costs a thread
+    switch both ways, more than SQLite's own work on a small transaction. The runner's
+    steady state (finish an item, claim the next) is ONE such call."""
+    import aiosqlite
+
+    calls = 0
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await execute(self, fn, *args, **kwargs)
+
+    async with sqlite_db.storage() as storage:
+        runner = BatchRunner(storage, _noop)
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        used = []
+        for size in (10, 100, 300):  # the first one opens the connections
+            batch = await runner.submit([f"item-{n}" for n in range(size)])
+            calls = 0
+            final = await runner.run(batch.id)
+            assert final.counts[ItemState.SUCCEEDED] == size
+            used.append(calls)
+        monkeypatch.undo()
+    # The reads around a run (the batch's metadata, its final status) cost the same
+    # whatever the size; each further item costs exactly one call.
+    assert used[2] - used[1] == 200, used
 
 
 #: Statements of one progress write, BEGIN and COMMIT aside: PostgreSQL and SQLite update
@@ -296,6 +358,74 @@ async def test_postgres_connections_killed_during_a_run_are_retried(
             await _run_while_killing(storage, kill)
     finally:
         await admin.dispose()
+
+
+async def test_postgres_kept_connection_killed_between_steps_is_replaced(
+    postgres_db: Database,
+) -> None:
+    """The connection kept for the finish-and-claim step dies while idle: the next step
+    notices, drops it from the pool and runs again on a fresh one, losing nothing."""
+    app = f"bk-lane-{secrets.token_hex(4)}"
+    storage = postgres_db.storage(
+        engine_options={"connect_args": {"server_settings": {"application_name": app}}}
+    )
+    admin = create_async_engine(postgres_db.url, isolation_level="AUTOCOMMIT")
+    retries = _RetryCounter()
+    logger = logging.getLogger("batchkit.storage.sql")
+    logger.addHandler(retries)
+    try:
+        async with storage:
+            record, _ = await storage.create_batch(new_batch(3))
+            request = ClaimRequest(lease_seconds=60, batch_ids=(record.id,))
+            first = await storage.claim(request)
+            assert first is not None
+            done = await storage.finish(first.lease, Outcome.succeeded("1"), then_claim=request)
+            assert done.accepted
+            assert done.claim is not None
+            async with admin.connect() as conn:
+                killed = (
+                    await conn.execute(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name = :app"
+                        ),
+                        {"app": app},
+                    )
+                ).scalar()
+
+            assert killed >= 1
+            again = await storage.finish(
+                done.claim.lease, Outcome.succeeded("2"), then_claim=request
+            )
+            assert again.accepted
+            assert again.claim is not None
+            assert again.claim.lease.key == "item-2"
+            assert retries.count >= 1, "the killed connection was not used: the test proved nothing"
+            last = await storage.finish(again.claim.lease, Outcome.succeeded("3"))
+            assert last.accepted
+            items = await all_items(storage, record.id)
+            assert [item.result for item in items] == [1, 2, 3]
+            _check_accounting(status_from_record(await storage.get_batch(record.id)), items)
+    finally:
+        logger.removeHandler(retries)
+        await admin.dispose()
+
+
+async def test_a_host_engine_gets_every_connection_back(db: Database) -> None:
+    engine = create_async_engine(db.url)
+
+    async def short(ctx: ItemContext) -> None:
+        await anyio.sleep(0.001)
+
+    try:
+        async with SQLStorage(engine, table_prefix=db.new_prefix()) as storage:
+            runner = BatchRunner(storage, short, concurrency=4)
+            batch = await runner.submit([f"item-{n}" for n in range(40)])
+            final = await runner.run(batch.id)
+            assert final.counts[ItemState.SUCCEEDED] == 40
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
 
 
 async def test_mariadb_connections_killed_during_a_run_are_retried(mysql_db: Database) -> None:

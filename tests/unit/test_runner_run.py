@@ -713,3 +713,46 @@ async def test_cancelling_run_while_it_records_an_outcome_keeps_the_outcome() ->
     with anyio.fail_after(2):
         final = await runner.run(batch.id)
     assert final.state is BatchState.COMPLETED
+
+
+# -- waiting for items held elsewhere ------------------------------------------------------
+
+
+async def test_a_run_that_never_waits_opens_no_subscription() -> None:
+    # A subscription costs a connection on some stores (PostgreSQL LISTEN) and a wake-up
+    # per change: a run that works through its batch alone does without.
+    storage = CountingStorage()
+    runner = BatchRunner(storage, _noop, concurrency=2)
+    batch = await runner.submit(["a", "b", "c"])
+    final = await runner.run(batch.id)
+    assert final.state is BatchState.COMPLETED
+    assert storage.calls["subscribe"] == 0
+
+
+async def test_a_run_waiting_for_an_item_held_elsewhere_wakes_on_its_change() -> None:
+    storage = CountingStorage()
+    batch = await BatchRunner(storage, _noop).submit(["held"])
+    other = await storage.inner.claim(ClaimRequest(lease_seconds=60, batch_ids=(batch.id,)))
+    assert other is not None
+    # A poll interval far longer than the test: only the change itself can wake the run.
+    runner = BatchRunner(storage, _noop, poll_interval=60)
+    done: list[Any] = []
+
+    async def run() -> None:
+        done.append(await runner.run(batch.id))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await wait_until(lambda: _true(storage.calls["subscribe"] == 1))
+            await storage.inner.finish(other.lease, Outcome.succeeded('"elsewhere"'))
+    assert done[0].state is BatchState.COMPLETED
+    assert storage.calls["subscribe"] == 1
+
+
+async def _noop(ctx: ItemContext) -> None:
+    return None
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-__all__ = ["is_transient"]
+__all__ = ["is_transient", "is_transient_driver_error"]
 
 # PostgreSQL SQLSTATEs: serialization failure, deadlock, admin shutdown
 # (pg_terminate_backend), crash shutdown, cannot connect now, connection exceptions.
@@ -47,3 +47,14 @@ def is_transient(exc: BaseException) -> bool:
             and ("connection" in text and ("closed" in text or "lost" in text or "reset" in text))
         )
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def is_transient_driver_error(exc: BaseException) -> bool:
+    """The same question for an error raised by a driver directly (asyncpg, sqlite3)."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    state = _sqlstate(exc)
+    if state is not None and (state in _PG_TRANSIENT or state.startswith("08")):
+        return True
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sqlite3
 import time
 from collections import namedtuple
+from collections.abc import Generator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar, cast
 
 import anyio
 from sqlalchemy import Row, Text, and_, bindparam, case, event, func, literal, or_, select, text
@@ -34,7 +37,7 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
-from ._faults import is_transient
+from ._faults import is_transient, is_transient_driver_error
 from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
 
 if TYPE_CHECKING:
@@ -49,6 +52,11 @@ __all__ = ["SQLStorage"]
 logger = logging.getLogger("batchkit.storage.sql")
 
 T = TypeVar("T")
+
+#: One transaction's work, written once for every way of executing it: a generator that
+#: yields each statement with its parameters and receives that statement's result. It runs
+#: through SQLAlchemy (`SQLStorage._drive`) or, on SQLite, whole in the driver's thread.
+Steps: TypeAlias = Generator[tuple[Any, dict[str, Any]], "_Result", T]
 
 _Q, _R = ItemState.QUEUED.value, ItemState.RUNNING.value
 _S, _F, _C = ItemState.SUCCEEDED.value, ItemState.FAILED.value, ItemState.CANCELLED.value
@@ -154,8 +162,17 @@ class SQLStorage:
         self._dialect = ""
         self._returning = False
         self._stmts: dict[Hashable, Any] = {}
-        self._plans: dict[int, tuple[str, Any, Any]] = {}
+        self._plans: dict[int, _Plan] = {}
         self._cached: set[int] = set()
+        # Connections kept out of the pool for the hot path (see `_run_lane`).
+        self._lanes: list[_Lane] = []
+        self._lane_cap = 0
+        self._sqlite_lanes = False
+        self._pg_lanes = False
+        # SQLite has one writer at a time: this process's writers queue here instead of
+        # polling the file lock through the busy timeout.
+        self._write_lock = anyio.Lock()
+        self._serial_writes = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStorage:
@@ -211,6 +228,16 @@ class SQLStorage:
             if self._dialect == "sqlite":
                 _configure_sqlite(engine)
             self._returning = bool(engine.dialect.update_returning)
+            driver = engine.dialect.driver
+            self._serial_writes = self._dialect == "sqlite"
+            # A shared in-memory database has one connection for everyone: no lanes.
+            self._sqlite_lanes = (
+                driver == "aiosqlite"
+                and not isinstance(engine.pool, StaticPool)
+                and _aiosqlite_runs_functions()
+            )
+            self._pg_lanes = self._dialect == "postgresql" and driver == "asyncpg"
+            self._lane_cap = 1 if self._sqlite_lanes else (_PG_LANES if self._pg_lanes else 0)
             try:
                 await self._setup_schema()
                 self._offset = await self._measure_offset()
@@ -233,6 +260,7 @@ class SQLStorage:
 
     async def aclose(self) -> None:
         """Dispose the engine if this storage created it; a host's engine stays open."""
+        await self._close_lanes()
         if self._engine is not None and self._owns_engine:
             await self._engine.dispose()
             self._engine = None
@@ -316,27 +344,54 @@ class SQLStorage:
         read: bool = False,
         autocommit: bool = False,
     ) -> T:
+        """Run ``work`` in a transaction of its own, retried on transient faults."""
+        return await self._retrying(
+            lambda: self._attempt(work, read=read, autocommit=autocommit), write=not read
+        )
+
+    async def _write(self, steps: Callable[[], Steps[T]]) -> T:
+        """Run a hot-path write transaction, by the fastest way the database allows.
+
+        On SQLite, the whole transaction runs in one call to the driver's thread; elsewhere
+        its statements go through SQLAlchemy one by one.
+        """
+        if self._sqlite_lanes:
+            return await self._run_lane(lambda lane: self._sqlite_transaction(lane, steps()))
+        return await self._run(lambda conn: self._drive(conn, steps()))
+
+    async def _run_lane(self, work: Callable[[_Lane], Awaitable[T]]) -> T:
+        """Run ``work`` on a lane: a connection kept out of the pool, used directly."""
+        return await self._retrying(lambda: self._lane_attempt(work), write=True)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, write: bool) -> T:
         if not self._opened:
             await self.open()
-        attempt = 0
+        tries = 0
         while True:
             try:
-                if not read:
-                    # A write that commits must reach its caller: cancelled between the
-                    # commit and the return, a claim would be lost until its lease lapsed.
-                    with anyio.CancelScope(shield=True):
-                        return await self._attempt(work, autocommit=autocommit)
-                return await self._attempt(work, read=True)
+                if not write:
+                    return await attempt()
+                # A write that commits must reach its caller: cancelled between the
+                # commit and the return, a claim would be lost until its lease lapsed.
+                with anyio.CancelScope(shield=True):
+                    if not self._serial_writes:
+                        return await attempt()
+                    async with self._write_lock:
+                        return await attempt()
             except DBAPIError as exc:
-                if attempt >= self.retries or not is_transient(exc):
+                if tries >= self.retries or not is_transient(exc):
                     raise StorageError(f"{type(exc.orig).__name__}: {exc.orig}") from exc
+            except _DriverFault as fault:
+                orig = fault.orig
+                if tries >= self.retries or not fault.transient:
+                    raise StorageError(f"{type(orig).__name__}: {orig}") from orig
             except (ConnectionError, TimeoutError, OSError) as exc:
-                if attempt >= self.retries:
+                if tries >= self.retries:
                     raise StorageError(f"{type(exc).__name__}: {exc}") from exc
-            attempt += 1
-            delay = min(2.0, 0.05 * 2**attempt)
+            tries += 1
+            delay = min(2.0, 0.05 * 2**tries)
             logger.warning(
-                "transient database fault, retrying", extra={"attempt": attempt, "delay": delay}
+                "transient database fault, retrying", extra={"attempt": tries, "delay": delay}
             )
             await anyio.sleep(delay)
 
@@ -359,6 +414,88 @@ class SQLStorage:
                 return result
         async with self.engine.begin() as conn:
             return await work(conn)
+
+    # -- lanes: connections kept for the hot path ---------------------------------------------
+
+    async def _lane_attempt(self, work: Callable[[_Lane], Awaitable[T]]) -> T:
+        # Checking a connection out of SQLAlchemy's pool and back in for every step costs
+        # more than the step itself; a few are kept here between steps instead.
+        lane = self._lanes.pop() if self._lanes else await self._new_lane()
+        try:
+            result = await work(lane)
+        except _DriverFault as fault:
+            if fault.broken:
+                await lane.conn.invalidate()
+            await lane.conn.close()
+            raise
+        except BaseException:
+            await lane.conn.close()
+            raise
+        if len(self._lanes) < self._lane_cap and self._opened:
+            self._lanes.append(lane)
+        else:
+            await lane.conn.close()
+        return result
+
+    async def _new_lane(self) -> _Lane:
+        conn = await self.engine.connect()
+        try:
+            raw = await conn.get_raw_connection()
+        except BaseException:
+            await conn.close()
+            raise
+        return _Lane(conn, raw.driver_connection)
+
+    async def _close_lanes(self) -> None:
+        lanes, self._lanes = self._lanes, []
+        with anyio.CancelScope(shield=True):
+            for lane in lanes:
+                await lane.conn.close()
+
+    # -- executing steps -------------------------------------------------------------------
+
+    async def _drive(self, conn: AsyncConnection, steps: Steps[T]) -> T:
+        """Run ``steps`` through SQLAlchemy, statement by statement, on ``conn``."""
+        try:
+            stmt, params = next(steps)
+            while True:
+                result = await self._exec(conn, stmt, params)
+                stmt, params = steps.send(result)
+        except StopIteration as stop:
+            return cast("T", stop.value)
+
+    async def _sqlite_transaction(self, lane: _Lane, steps: Steps[T]) -> T:
+        """Run ``steps`` as one transaction in ONE call to the SQLite driver's thread."""
+        driver = lane.driver
+        try:
+            return cast("T", await driver._execute(self._sqlite_steps, driver._conn, steps))
+        except sqlite3.Error as exc:
+            raise _DriverFault(exc, transient=is_transient_driver_error(exc)) from exc
+
+    def _sqlite_steps(self, db: sqlite3.Connection, steps: Steps[T]) -> T:
+        # In the driver's thread: BEGIN IMMEDIATE, every statement, COMMIT.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                stmt, params = next(steps)
+                while True:
+                    sql, args, row_type = self._plan(stmt, params)
+                    cursor = db.execute(sql, args)
+                    if row_type is None:
+                        result = _Result([], cursor.rowcount)
+                    else:
+                        rows = [row_type(*row) for row in cursor.fetchall()]
+                        result = _Result(rows, len(rows))
+                    cursor.close()
+                    stmt, params = steps.send(result)
+            except StopIteration as stop:
+                value = cast("T", stop.value)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return value
 
     # -- creating and reading --------------------------------------------------------------
 
@@ -646,7 +783,7 @@ class SQLStorage:
         return stmt
 
     async def _exec(self, conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> _Result:
-        """Execute a hot-path statement; on SQLite in one hop to the driver's thread.
+        """Execute one statement of a transaction; on SQLite in one hop to the driver's thread.
 
         SQLAlchemy's aiosqlite adapter makes several hops to the driver's thread per
         statement (cursor, execute, fetch, close); the compiled SQL sent straight through
@@ -656,27 +793,36 @@ class SQLStorage:
             result = await conn.execute(stmt, params)
             rows = result.all() if result.returns_rows else []
             return _Result(list(rows), result.rowcount)
-        plan = self._plans.get(id(stmt))
-        if plan is None:
-            compiled = stmt.compile(dialect=self.engine.dialect)
-            if "POSTCOMPILE" in compiled.string:  # an expanding IN: let SQLAlchemy render it
-                self._cached.discard(id(stmt))
-                return await self._exec(conn, stmt, params)
-            names = [column.key for column in stmt.exported_columns] if _returns_rows(stmt) else []
-            plan = self._plans[id(stmt)] = (
-                compiled.string,
-                compiled,
-                namedtuple("Row", names, rename=True) if names else None,
-            )
-        sql, compiled, row_type = plan
-        values = compiled.construct_params(params)
-        args = [values[name] for name in compiled.positiontup or ()]
+        sql, args, row_type = self._plan(stmt, params)
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
         fetched = await raw.execute_fetchall(sql, args)
         if row_type is None:
             return _Result([], -1)
         return _Result([row_type(*row) for row in fetched], len(fetched))
+
+    def _plan(self, stmt: Any, params: dict[str, Any]) -> tuple[str, list[Any], Any]:
+        """SQL text, positional arguments and row type of ``stmt``, to hand to the driver.
+
+        Compiled once for prebuilt statements; an expanding ``IN`` is rendered per call.
+        """
+        plan = self._plans.get(id(stmt))
+        if plan is None:
+            compiled = stmt.compile(dialect=self.engine.dialect)
+            names = [column.key for column in stmt.exported_columns] if _returns_rows(stmt) else []
+            plan = _Plan(
+                compiled,
+                namedtuple("Row", names, rename=True) if names else None,
+                "POSTCOMPILE" in compiled.string,
+            )
+            if id(stmt) in self._cached:
+                self._plans[id(stmt)] = plan
+        compiled = plan.compiled
+        if plan.expanding:
+            state = compiled.construct_expanded_state(params)
+            return state.statement, list(state.positional_parameters), plan.row_type
+        values = compiled.construct_params(params)
+        return compiled.string, [values[name] for name in compiled.positiontup], plan.row_type
 
     def _claim_query(self, request: ClaimRequest) -> tuple[Any, dict[str, Any]]:
         """The SELECT that finds the next claimable item, and its parameters."""
@@ -721,9 +867,9 @@ class SQLStorage:
 
     async def claim(self, request: ClaimRequest) -> Claim | None:
         """Claim the oldest claimable item (see `Storage.claim`)."""
-        return await self._run(lambda conn: self._claim(conn, request))
+        return await self._write(lambda: self._claim(request))
 
-    async def _claim(self, conn: AsyncConnection, request: ClaimRequest) -> Claim | None:
+    def _claim(self, request: ClaimRequest) -> Steps[Claim | None]:
         if request.batch_ids is not None and not request.batch_ids:
             return None
         query, params = self._claim_query(request)
@@ -747,24 +893,18 @@ class SQLStorage:
         )
         for _ in range(64):
             now = self._now()
-            if request.metadata:
-                row = (await conn.execute(query, {**params, "b_now": now})).first()
-            else:
-                row = (await self._exec(conn, query, {**params, "b_now": now})).first()
+            row = (yield query, {**params, "b_now": now}).first()
             if row is None:
                 return None
             batch_id, position = row.batch_id, row.position
             if row.cancel_requested:
                 # A crashed runner's item in a cancelled batch: it ends cancelled.
-                await self._exec(
-                    conn, self._terminal_at(_C), {"b_id": batch_id, "b_pos": position, "b_now": now}
-                )
-                await self._bump(conn, batch_id, _R, _C, now)
+                yield self._terminal_at(_C), {"b_id": batch_id, "b_pos": position, "b_now": now}
+                yield from self._bump(batch_id, _R, _C, now)
                 continue
             token = new_token()
             attempt = row.attempt + 1
-            await self._exec(
-                conn,
+            yield (
                 update,
                 {
                     "b_id": batch_id,
@@ -776,9 +916,9 @@ class SQLStorage:
                 },
             )
             if row.state == _Q:
-                await self._bump(conn, batch_id, _Q, _R, now, started=True)
+                yield from self._bump(batch_id, _Q, _R, now, started=True)
             else:
-                await self._touch(conn, batch_id, now)
+                yield from self._touch(batch_id, now)
             return Claim(
                 lease=Lease(batch_id, row.key, token, attempt),
                 position=position,
@@ -815,9 +955,8 @@ class SQLStorage:
             ),
         )
 
-    async def _bump(
+    def _bump(
         self,
-        conn: AsyncConnection,
         batch_id: str,
         old: str,
         new: str,
@@ -825,15 +964,13 @@ class SQLStorage:
         *,
         count: int = 1,
         started: bool = False,
-    ) -> None:
+    ) -> Steps[None]:
         """Move ``count`` items from ``old`` to ``new`` in the batch's counters."""
         if count == 0:
             return
         stmt = self._stmt(("bump", old, new, started), lambda: self._build_bump(old, new, started))
         finished = count if (old in _ACTIVE and new not in _ACTIVE) else 0
-        await self._exec(
-            conn, stmt, {"c_id": batch_id, "c_count": count, "c_finished": finished, "c_now": now}
-        )
+        yield stmt, {"c_id": batch_id, "c_count": count, "c_finished": finished, "c_now": now}
 
     def _build_bump(self, old: str, new: str, started: bool) -> Any:
         b = self.tables.batches
@@ -864,7 +1001,7 @@ class SQLStorage:
         stmt = b.update().where(b.c.id == bindparam("c_id")).ordered_values(*values)
         return self._with_notify(stmt, b.c.id)
 
-    async def _touch(self, conn: AsyncConnection, batch_id: str, now: float) -> None:
+    def _touch(self, batch_id: str, now: float) -> Steps[None]:
         b = self.tables.batches
         stmt = self._stmt(
             "touch",
@@ -873,7 +1010,7 @@ class SQLStorage:
                 b.c.id,
             ),
         )
-        await self._exec(conn, stmt, {"c_id": batch_id, "c_now": now})
+        yield stmt, {"c_id": batch_id, "c_now": now}
 
     def _with_notify(self, stmt: Any, id_column: Any) -> Any:
         # On PostgreSQL the change is announced by the same statement, at no extra round
@@ -898,8 +1035,8 @@ class SQLStorage:
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
         """Extend a current lease (see `Storage.heartbeat`)."""
-        return await self._run(
-            lambda conn: self._extend(conn, lease, None, None, self._now() + lease_seconds)
+        return await self._write(
+            lambda: self._extend(lease, None, None, self._now() + lease_seconds)
         )
 
     async def record_progress(
@@ -912,16 +1049,15 @@ class SQLStorage:
     ) -> LeaseStatus:
         """Record progress of a running item: one statement (see `Storage.record_progress`)."""
         deadline = None if lease_seconds is None else self._now() + lease_seconds
-        return await self._run(lambda conn: self._extend(conn, lease, progress, message, deadline))
+        return await self._write(lambda: self._extend(lease, progress, message, deadline))
 
-    async def _extend(
+    def _extend(
         self,
-        conn: AsyncConnection,
         lease: Lease,
         progress: float | None,
         message: str | None,
         deadline: float | None,
-    ) -> LeaseStatus:
+    ) -> Steps[LeaseStatus]:
         i = self.tables.items
         with_progress = progress is not None
         with_deadline = deadline is not None
@@ -950,16 +1086,14 @@ class SQLStorage:
             e_progress=progress, e_message=message, e_now=self._now(), e_deadline=deadline
         )
         if self._returning:
-            row = (await self._exec(conn, stmt, params)).first()
+            row = (yield stmt, params).first()
             if row is None:
                 return LeaseStatus(held=False)
             return LeaseStatus(held=True, cancel_requested=bool(row[0]))
-        if (await conn.execute(stmt, params)).rowcount != 1:
+        if (yield stmt, params).rowcount != 1:
             return LeaseStatus(held=False)
         flag = self._stmt("lease_flag", lambda: select(i.c.cancel_requested).where(self._leased()))
-        return LeaseStatus(
-            held=True, cancel_requested=bool((await conn.execute(flag, params)).scalar())
-        )
+        return LeaseStatus(held=True, cancel_requested=bool((yield flag, params).scalar()))
 
     async def finish(
         self,
@@ -976,50 +1110,67 @@ class SQLStorage:
             and then_claim.batch_ids == (lease.batch_id,)
             and not then_claim.metadata
         ):
+            if self._pg_lanes:
+                return await self._run_lane(
+                    lambda lane: self._pg_finish_and_claim(lane, lease, outcome, then_claim)
+                )
             return await self._run(
                 lambda conn: self._pg_finish_and_claim(conn, lease, outcome, then_claim),
                 autocommit=True,
             )
 
-        async def work(conn: AsyncConnection) -> FinishResult:
-            accepted = await self._finish(conn, lease, outcome)
-            claim = None if then_claim is None else await self._claim(conn, then_claim)
+        def steps() -> Steps[FinishResult]:
+            accepted = yield from self._finish(lease, outcome)
+            claim = None if then_claim is None else (yield from self._claim(then_claim))
             return FinishResult(accepted=accepted, claim=claim)
 
-        return await self._run(work)
+        return await self._write(steps)
 
     async def _pg_finish_and_claim(
-        self, conn: AsyncConnection, lease: Lease, outcome: Outcome, request: ClaimRequest
+        self,
+        via: _Lane | AsyncConnection,
+        lease: Lease,
+        outcome: Outcome,
+        request: ClaimRequest,
     ) -> FinishResult:
         # The runner's steady state, in ONE statement (so one round trip and one commit):
         # end the leased item, claim the next item of the same batch, and move both in the
-        # batch's counters. A statement is atomic on its own, hence autocommit.
+        # batch's counters. A statement is atomic on its own, hence autocommit. On asyncpg
+        # it goes to the driver directly: SQLAlchemy's execution path would cost more than
+        # the statement.
         state = outcome.state.value
         now = self._now()
         token = new_token()
-        row = (
-            await conn.execute(
-                self._stmt(("pg_finish_claim", state), lambda: self._pg_finish_claim_sql(state)),
-                {
-                    "lb": lease.batch_id,
-                    "lk": lease.key,
-                    "lt": lease.token,
-                    "now": now,
-                    "result": outcome.result,
-                    "error": None if outcome.error is None else outcome.error.model_dump_json(),
-                    "token": token,
-                    "deadline": now + request.lease_seconds,
-                },
-            )
-        ).one()
+        stmt = self._stmt(("pg_finish_claim", state), lambda: self._pg_finish_claim_sql(state))
+        params = {
+            "lb": lease.batch_id,
+            "lk": lease.key,
+            "lt": lease.token,
+            "now": now,
+            "result": outcome.result,
+            "error": None if outcome.error is None else outcome.error.model_dump_json(),
+            "token": token,
+            "deadline": now + request.lease_seconds,
+        }
+        if isinstance(via, _Lane):
+            sql, args, _ = self._plan(stmt, params)
+            try:
+                row = await via.driver.fetchrow(sql, *args)
+            except Exception as exc:
+                broken = bool(via.driver.is_closed()) or isinstance(exc, OSError)
+                transient = broken or is_transient_driver_error(exc)
+                raise _DriverFault(exc, transient=transient, broken=broken) from exc
+        else:
+            row = (await via.execute(stmt, params)).one()
+        accepted, key, payload, attempt, position = row[0], row[1], row[2], row[3], row[4]
         claim = None
-        if row.key is not None:
+        if key is not None:
             claim = Claim(
-                lease=Lease(lease.batch_id, row.key, token, row.attempt),
-                position=row.position,
-                payload=loads(row.payload),
+                lease=Lease(lease.batch_id, key, token, attempt),
+                position=position,
+                payload=loads(payload),
             )
-        return FinishResult(accepted=bool(row.accepted), claim=claim)
+        return FinishResult(accepted=bool(accepted), claim=claim)
 
     def _pg_finish_claim_sql(self, state: str) -> Any:
         items, batches = self.tables.items.name, self.tables.batches.name
@@ -1106,7 +1257,7 @@ FROM n LEFT JOIN u ON true
 
         return self._stmt(("finish", state), build)
 
-    async def _finish(self, conn: AsyncConnection, lease: Lease, outcome: Outcome) -> bool:
+    def _finish(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
         i = self.tables.items
         now = self._now()
         state = outcome.state.value
@@ -1117,7 +1268,7 @@ FROM n LEFT JOIN u ON true
                 "release_flag",
                 lambda: select(i.c.cancel_requested).where(self._leased()).with_for_update(),
             )
-            flag = (await self._exec(conn, flag_query, params)).first()
+            flag = (yield flag_query, params).first()
             if flag is None:
                 return False
             if flag[0]:
@@ -1128,10 +1279,10 @@ FROM n LEFT JOIN u ON true
             f_result=outcome.result,
             f_error=None if outcome.error is None else outcome.error.model_dump_json(),
         )
-        done = await self._exec(conn, self._finish_stmt(state), params)
+        done = yield self._finish_stmt(state), params
         if done.rowcount != 1:
             return False
-        await self._bump(conn, lease.batch_id, _R, state, now)
+        yield from self._bump(lease.batch_id, _R, state, now)
         return True
 
     async def cancel_batch(self, batch_id: str) -> BatchRecord:
@@ -1159,19 +1310,19 @@ FROM n LEFT JOIN u ON true
                 .where(i.c.batch_id == batch_id, i.c.state == _Q)
                 .values(**self._terminal_values(_C, now))
             )
-            await self._bump(conn, batch_id, _Q, _C, now, count=queued.rowcount)
+            await self._drive(conn, self._bump(batch_id, _Q, _C, now, count=queued.rowcount))
             expired = await conn.execute(
                 i.update()
                 .where(i.c.batch_id == batch_id, i.c.state == _R, i.c.claimable_at <= now)
                 .values(**self._terminal_values(_C, now))
             )
-            await self._bump(conn, batch_id, _R, _C, now, count=expired.rowcount)
+            await self._drive(conn, self._bump(batch_id, _R, _C, now, count=expired.rowcount))
             await conn.execute(
                 i.update()
                 .where(i.c.batch_id == batch_id, i.c.state == _R)
                 .values(cancel_requested=True)
             )
-            await self._touch(conn, batch_id, now)
+            await self._drive(conn, self._touch(batch_id, now))
             return await self._record(conn, batch_id)
 
         return await self._run(work)
@@ -1276,6 +1427,49 @@ def _force_index(query: Any, table: Any, index: str) -> Any:
     for dialect in ("mysql", "mariadb"):
         query = query.with_hint(table, f"FORCE INDEX ({index})", dialect_name=dialect)
     return query
+
+
+_PG_LANES = 4
+"""Connections a PostgreSQL storage keeps for its hot path between steps."""
+
+
+@dataclass(slots=True)
+class _Lane:
+    """A connection kept out of the pool, and its driver's own connection object."""
+
+    conn: AsyncConnection
+    driver: Any
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A statement compiled for the driver: its SQL, row type and whether ``IN`` expands."""
+
+    compiled: Any
+    row_type: Any
+    expanding: bool
+
+
+class _DriverFault(Exception):
+    """An error of a statement sent to the driver directly, past SQLAlchemy."""
+
+    def __init__(self, orig: BaseException, *, transient: bool, broken: bool = False) -> None:
+        super().__init__(str(orig))
+        self.orig = orig
+        self.transient = transient
+        self.broken = broken  # the connection is unusable: drop it from the pool
+
+
+def _aiosqlite_runs_functions() -> bool:
+    """Whether aiosqlite can run a function in its thread (a whole transaction per call)."""
+    try:
+        import aiosqlite
+    except ImportError:
+        return False
+    connection = aiosqlite.Connection
+    return callable(getattr(connection, "_execute", None)) and isinstance(
+        getattr(connection, "_conn", None), property
+    )
 
 
 class _Result:
