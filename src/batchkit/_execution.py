@@ -256,6 +256,9 @@ class Executor:
         timeout = self.item_timeout
         outcome: Outcome | None = None
         try:
+            # A storage shields its writes, and a generator need not await anything: this
+            # is where a cancelled run notices, once per item, whatever both do.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             ctx = ItemContext(
                 batch_id=lease.batch_id,
                 key=lease.key,

@@ -1016,3 +1016,32 @@ async def test_cancelling_run_repeatedly_leaves_nothing_running(
             status = await runner.status(batch.id)
             assert status.counts[ItemState.RUNNING] == 0
         assert status.counts[ItemState.SUCCEEDED] > 0
+
+
+async def test_a_run_whose_generator_never_awaits_stops_when_cancelled(db: Database) -> None:
+    # The storage shields its writes and this generator has no await of its own: the run
+    # must still notice its cancellation between two items, not run the batch through.
+    done = 0
+
+    async def busy(ctx: ItemContext) -> None:
+        nonlocal done
+        done += 1
+
+    async with db.storage() as storage:
+        runner = BatchRunner(storage, busy)
+        batch = await runner.submit([f"item-{n}" for n in range(5_000)])
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runner.run, batch.id)
+                await _wait_for(lambda: done >= 20)
+                tg.cancel_scope.cancel()
+        status = await runner.status(batch.id)
+    assert status.counts[ItemState.RUNNING] == 0
+    assert status.counts[ItemState.SUCCEEDED] == done
+    assert status.counts[ItemState.QUEUED] > 4_000, status.counts
+
+
+async def _wait_for(check: Callable[[], bool]) -> None:
+    # Polling on purpose: a plain counter has no event to wait on.
+    while not check():  # noqa: ASYNC110
+        await anyio.sleep(0.005)
