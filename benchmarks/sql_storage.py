@@ -10,8 +10,9 @@ For each dialect it measures, with a generator that does nothing:
 
 * submitting 100,000 items (one ``runner.submit`` call);
 * running 10,000 items one after the other (``concurrency=1``): items per second, and
-  the SQL statements per item, counted with SQLAlchemy's ``before_cursor_execute`` event
-  (statements sent to the driver directly, as SQLite's frequent ones are, are not seen);
+  the SQL statements per item (on SQLite every statement SQLite runs, BEGIN and COMMIT
+  included; on the servers every statement sent, the drivers' own BEGIN and COMMIT
+  aside: see ``_Counter``);
 * the median of 200 ``runner.status()`` calls on batches of 1,000, 100,000 and
   1,000,000 items (it must not grow with the batch);
 * the resident memory of a runner process working through a 1,000,000-item batch for a
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -52,6 +54,8 @@ import batchkit
 from batchkit import BatchRunner, ItemContext, ItemState
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from batchkit.storage.sql import SQLStorage
 
 __all__ = ["DialectResult", "main", "measure_dialect"]
@@ -121,10 +125,13 @@ class DialectResult:
 
 
 class _Counter:
-    """Counts the SQL statements sent through an engine while ``active``.
+    """Counts the SQL statements of a run while ``active``, as the database receives them.
 
-    A statement is one cursor execution (an ``executemany`` counts once); the BEGIN and
-    COMMIT a driver sends by itself are not counted, SQLite's ``BEGIN IMMEDIATE`` is.
+    SQLite: every statement SQLite runs, from SQLite's own trace (``BEGIN IMMEDIATE`` and
+    ``COMMIT`` included), whichever way it was sent. PostgreSQL and MySQL/MariaDB: each
+    statement sent through SQLAlchemy (the ``BEGIN`` and ``COMMIT`` a driver sends by
+    itself are not counted) and, on PostgreSQL, each one the storage sends to asyncpg
+    directly (seen by wrapping asyncpg's ``Connection.fetchrow`` while counting).
     """
 
     def __init__(self, storage: SQLStorage) -> None:
@@ -132,11 +139,46 @@ class _Counter:
 
         self.statements = 0
         self.active = False
-        event.listen(storage.engine.sync_engine, "before_cursor_execute", self._on_statement)
+        self._dialect = storage.engine.dialect.name
+        sync_engine = storage.engine.sync_engine
+        if self._dialect == "sqlite":
+            # Set on every checkout: the run's connections are checked out after this.
+            event.listen(sync_engine, "checkout", self._trace)
+        else:
+            event.listen(sync_engine, "before_cursor_execute", self._on_statement)
 
     def _on_statement(self, *args: Any) -> None:
         if self.active:
             self.statements += 1
+
+    def _trace(self, dbapi_connection: Any, *args: Any) -> None:
+        dbapi_connection.run_async(lambda driver: driver.set_trace_callback(self._on_statement))
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Count while the block runs."""
+        restore = None
+        if self._dialect == "postgresql":
+            import asyncpg
+
+            fetchrow = asyncpg.Connection.fetchrow
+
+            async def counted(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+                self._on_statement()
+                return await fetchrow(conn, query, *args, **kwargs)
+
+            asyncpg.Connection.fetchrow = counted  # type: ignore[method-assign]
+
+            def restore() -> None:
+                asyncpg.Connection.fetchrow = fetchrow  # type: ignore[method-assign]
+
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+            if restore is not None:
+                restore()
 
 
 async def _median_status_ms(runner: BatchRunner, batch_id: str) -> float:
@@ -207,11 +249,10 @@ async def measure_dialect(
 
             run_id, _ = await _submit_logged(runner, RUN_ITEMS, "sequential run")
             log(f"running {RUN_ITEMS:,} items, concurrency=1")
-            counter.active = True
-            start = time.perf_counter()
-            final = await runner.run(run_id)
-            elapsed = time.perf_counter() - start
-            counter.active = False
+            with counter.counting():
+                start = time.perf_counter()
+                final = await runner.run(run_id)
+                elapsed = time.perf_counter() - start
             if final.counts[ItemState.SUCCEEDED] != RUN_ITEMS:
                 raise RuntimeError(f"the run did not complete: {final}")
             result.run_items_per_s = RUN_ITEMS / elapsed
