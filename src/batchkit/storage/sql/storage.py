@@ -68,6 +68,21 @@ _COUNTER = {
     _C: "n_cancelled",
 }
 _ACTIVE = {_Q, _R}
+#: The columns a new item's row sets, in the order `SQLStorage._copy_items` sends them.
+_COPIED = (
+    "batch_id",
+    "position",
+    "key",
+    "payload",
+    "state",
+    "active",
+    "claimable_at",
+    "cancel_requested",
+    "progress",
+    "attempt",
+    "created_at",
+    "updated_at",
+)
 _TAG_MAX = 191
 _SYNC_URLS = {
     "sqlite": "sqlite+aiosqlite",
@@ -535,6 +550,9 @@ class SQLStorage:
             ]
             if tags:
                 await conn.execute(t.tags.insert(), tags)
+            if self._pg_lanes and total:
+                await self._copy_items(conn, batch, now)
+                return await self._record(conn, batch.id), True
             insert = t.items.insert()
             size = self.chunk_size
             for start in range(0, total, size):
@@ -580,6 +598,52 @@ class SQLStorage:
             if found is None:
                 raise
             return found
+
+    async def _copy_items(self, conn: AsyncConnection, batch: NewBatch, now: float) -> None:
+        # asyncpg streams rows with PostgreSQL's binary COPY, in the transaction already
+        # open on this connection: several times faster than INSERTs of the same rows.
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        rows = (
+            (batch.id, position, key, payload, _Q, 1, 0.0, False, 0.0, 0, now, now)
+            for position, (key, payload) in enumerate(batch.items)
+        )
+        failure: Exception | None = None
+        copied = False
+
+        async def copy(scope: anyio.CancelScope) -> None:
+            nonlocal failure, copied
+            try:
+                await raw.copy_records_to_table(
+                    self.tables.items.name, records=rows, columns=_COPIED
+                )
+                copied = True
+            except Exception as exc:
+                failure = exc
+            finally:
+                scope.cancel()
+
+        # asyncpg's COPY can wait forever on a connection lost under it: give the COPY up
+        # once the connection has closed.
+        closed = anyio.Event()
+
+        def on_close(connection: object) -> None:
+            closed.set()
+
+        raw.add_termination_listener(on_close)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(copy, tg.cancel_scope)
+                await closed.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            raw.remove_termination_listener(on_close)
+        if copied:
+            return
+        exc = failure or ConnectionError("the connection closed during COPY")
+        broken = bool(raw.is_closed()) or isinstance(exc, OSError)
+        transient = broken or is_transient_driver_error(exc)
+        raise _DriverFault(exc, transient=transient, broken=broken) from exc
 
     async def _id_by_idempotency(self, conn: AsyncConnection, key: str) -> str | None:
         b = self.tables.batches
