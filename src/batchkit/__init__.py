@@ -40,6 +40,10 @@ def __getattr__(name: str) -> object:
         from .storage.sql import SQLStorage
 
         return SQLStorage
+    if name == "RedisStorage":
+        from .storage.redis import RedisStorage
+
+        return RedisStorage
     raise AttributeError(f"module 'batchkit' has no attribute {name!r}")
 
 
@@ -62,6 +66,7 @@ __all__ = [
     "Limits",
     "MemoryStorage",
     "MissingDependency",
+    "RedisStorage",
     "SQLStorage",
     "SchemaVersionMismatch",
     "Storage",

@@ -1,6 +1,6 @@
 """A runner process for the multi-process tests: runs one batch and logs when each item ran.
 
-Usage: ``python _runner_process.py URL TABLE_PREFIX BATCH_ID LOG_FILE``
+Usage: ``python _runner_process.py URL PREFIX BATCH_ID LOG_FILE`` (a SQL or Redis URL)
 
 It opens the storage, prints ``ready`` and waits for a line on its standard input, so that
 the test starts every process's run at the same moment (interpreter start-up takes longer
@@ -15,13 +15,15 @@ import json
 import os
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from batchkit import BatchRunner, ItemContext
-from batchkit.storage.sql import SQLStorage
+
+if TYPE_CHECKING:
+    from batchkit.protocols import Storage
 
 __all__: list[str] = []
 
@@ -36,12 +38,22 @@ async def main(url: str, prefix: str, batch_id: str, log: IO[str]) -> None:
         log.write(json.dumps({"key": ctx.key, "pid": pid, "start": start, "end": end}) + "\n")
         return {"pid": pid}
 
-    async with SQLStorage(url, table_prefix=prefix) as storage:
+    async with _storage(url, prefix) as storage:
         runner = BatchRunner(storage, generate)
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
         final = await runner.run(batch_id)
     print(json.dumps({"state": final.state.value, "pid": pid}), flush=True)
+
+
+def _storage(url: str, prefix: str) -> Storage:
+    if url.startswith("redis"):
+        from batchkit.storage.redis import RedisStorage
+
+        return RedisStorage(url, prefix=prefix)
+    from batchkit.storage.sql import SQLStorage
+
+    return SQLStorage(url, table_prefix=prefix)
 
 
 if __name__ == "__main__":

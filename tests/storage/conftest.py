@@ -119,12 +119,50 @@ def mysql_storage_factory() -> Iterator[Callable[[], Storage]]:
     yield from _sql_factory(MYSQL_URL)
 
 
+REDIS_URL = os.environ.get("BATCHKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+async def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's own)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1_000):
+            await client.unlink(key)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def redis_storage_factory() -> Iterator[Callable[[], Storage]]:
+    """Empty RedisStorages under a prefix of the test's own, whose keys are deleted after."""
+    require_server(REDIS_URL, "Redis")
+    from batchkit.storage.redis import RedisStorage
+
+    prefix = f"t{secrets.token_hex(4)}"
+
+    class EmptyRedisStorage(RedisStorage):
+        async def open(self) -> None:
+            await super().open()
+            await drop_redis_keys(REDIS_URL, prefix)
+
+    def make() -> Storage:
+        return EmptyRedisStorage(REDIS_URL, prefix=prefix)
+
+    yield make
+    import anyio
+
+    anyio.run(drop_redis_keys, REDIS_URL, prefix)
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory", id="memory"),
         pytest.param("sqlite", id="sqlite"),
         pytest.param("postgres", id="postgres"),
         pytest.param("mysql", id="mysql"),
+        pytest.param("redis", id="redis"),
     ]
 )
 def storage_factory(request: pytest.FixtureRequest) -> Callable[[], Storage]:

@@ -12,17 +12,20 @@ pytestmark = pytest.mark.anyio
 #: Examples of the state machine on a real database: each example opens a store and a
 #: step costs round trips, so fewer than on memory (the CI profile runs 200 there).
 SQL_EXAMPLES = 40
+#: Redis steps are cheaper: more examples in the same time.
+REDIS_EXAMPLES = 100
 
 
 class TestStorageContract(StorageContract):
-    """The same test functions, run against memory, SQLite, PostgreSQL and MariaDB."""
+    """The same test functions, run against memory, SQLite, PostgreSQL, MariaDB and Redis."""
 
     @pytest.fixture
     def state_machine_settings(self, request: pytest.FixtureRequest) -> settings | None:
-        if request.node.callspec.params.get("storage_factory") == "memory":
+        adapter = request.node.callspec.params.get("storage_factory")
+        if adapter == "memory":
             return None
         return settings(
-            max_examples=SQL_EXAMPLES,
+            max_examples=REDIS_EXAMPLES if adapter == "redis" else SQL_EXAMPLES,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

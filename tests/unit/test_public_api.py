@@ -34,6 +34,7 @@ EXPORTED = [
     "Limits",
     "MemoryStorage",
     "MissingDependency",
+    "RedisStorage",
     "SQLStorage",
     "SchemaVersionMismatch",
     "Storage",

@@ -114,6 +114,7 @@ def test_require_a_missing_module_names_the_extra(monkeypatch: pytest.MonkeyPatc
 
 def test_require_a_submodule_of_a_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # imported by an earlier test
     with pytest.raises(MissingDependency, match=r"pip install 'batchkit\[redis\]'"):
         require("redis.asyncio", "redis")
 

@@ -1,0 +1,824 @@
+"""RedisStorage: batches and items in Redis or Valkey, every transition one Lua script."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
+
+import anyio
+import anyio.lowlevel
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from ...codec import dumps, loads, same_json
+from ...exceptions import BatchNotFound, ItemNotFound, StorageError
+from ...ids import is_batch_id, new_token
+from ...models import Item, ItemError, ItemState
+from ...protocols import (
+    BatchRecord,
+    Claim,
+    ClaimRequest,
+    FinishedBatch,
+    FinishResult,
+    Lease,
+    LeaseStatus,
+    MetadataFilter,
+    NewBatch,
+    Outcome,
+    Subscription,
+)
+from . import _lua
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+    from types import TracebackType
+
+__all__ = ["RedisStorage", "validate_prefix"]
+
+logger = logging.getLogger("batchkit.storage.redis")
+
+T = TypeVar("T")
+
+#: The keys of one batch, in the order the scripts take them (see `_lua`).
+BATCH_KEYS = (
+    "meta",
+    "keys",
+    "items",
+    "payloads",
+    "results",
+    "ready",
+    "delayed",
+    "delaypos",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+_PREFIX = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")
+_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, OSError)
+_PAGE = 200
+
+
+def validate_prefix(prefix: str) -> str:
+    """Check a key prefix: letters, digits and ``_ . : -``, at most 64, no hash tag braces."""
+    if not isinstance(prefix, str) or _PREFIX.match(prefix) is None:
+        raise ValueError(
+            f"prefix must be 1 to 64 letters, digits or '_.:-' (and not start with one of "
+            f"'.:-'), got {prefix!r}"
+        )
+    return prefix
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None or value is False:
+        return None
+    return datetime.fromtimestamp(float(_text(value)), UTC)
+
+
+class RedisStorage:
+    """Batches and items in Redis (or Valkey), through redis-py's asyncio client.
+
+    Every transition is one Lua script run atomically by the server: an item and its
+    batch's counters change together, so a status is a read of one hash. The keys of one
+    batch all carry the batch's hash tag (``{<batch id>}``), so they live in one slot of a
+    Redis Cluster; a few index keys list the batches. Nothing a user supplies (item keys,
+    payloads, metadata, idempotency keys) ever becomes part of a key name unhashed.
+
+    Args:
+        url_or_client: a ``redis://`` or ``rediss://`` URL, or a `redis.asyncio.Redis`
+            client the host owns (left open by `aclose`).
+        prefix: the start of every key name (letters, digits and ``_ . : -``).
+        finished_ttl: seconds a finished batch is kept, every key of it, before Redis
+            expires it; `None` keeps batches until they are deleted.
+        poll_interval: how often a `watch` looks again when the change channel fails.
+        retries: how many times a call hit by a dropped connection is tried again.
+        chunk_size: items per script call when a batch is created.
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | Redis,
+        *,
+        prefix: str = "batchkit",
+        finished_ttl: float | None = None,
+        poll_interval: float = 0.5,
+        retries: int = 6,
+        chunk_size: int = 2_000,
+    ) -> None:
+        self.prefix = validate_prefix(prefix)
+        if finished_ttl is not None and finished_ttl <= 0:
+            raise ValueError(f"finished_ttl must be positive seconds or None, got {finished_ttl!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size!r}")
+        if isinstance(url_or_client, str):
+            scheme = url_or_client.partition("://")[0].lower()
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ValueError(f"RedisStorage takes a redis:// or rediss:// URL, got {scheme!r}")
+            self._url: str | None = url_or_client
+            self._client: Redis | None = None
+            self._owns_client = True
+        else:
+            self._url = None
+            self._client = url_or_client
+            self._owns_client = False
+        self.finished_ttl = finished_ttl
+        self.poll_interval = poll_interval
+        self.retries = retries
+        self.chunk_size = chunk_size
+        self._scripts: dict[str, Any] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, list[str]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStorage:
+        """A storage for ``url`` that owns (and on close closes) its client."""
+        return cls(url, **options)
+
+    def __repr__(self) -> str:
+        where = "a host's client" if self._url is None else _hide_password(self._url)
+        return f"RedisStorage({where}, prefix={self.prefix!r})"
+
+    @property
+    def client(self) -> Redis:
+        """The client (created on open when the storage was built from a URL)."""
+        if self._client is None:
+            raise StorageError("the storage is not open: use `async with RedisStorage(...)`")
+        return self._client
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Connect and load the scripts (reloaded by themselves if the server forgets them)."""
+        if self._client is None:
+            assert self._url is not None
+            self._client = Redis.from_url(self._url)
+        if not self._scripts:
+            for name in (
+                "CHUNK",
+                "COMMIT",
+                "RECORD",
+                "ITEM",
+                "ITEMS",
+                "CLAIM",
+                "FINISH",
+                "EXTEND",
+                "CANCEL",
+                "HOOK_CLAIM",
+                "HOOK_ACK",
+                "RELEASE_KEY",
+            ):
+                self._scripts[name] = self._client.register_script(getattr(_lua, name))
+        try:
+            await self._client.ping()
+        except _TRANSIENT as exc:
+            raise StorageError(f"cannot open {self!r}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the client if this storage created it; a host's client stays open."""
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+            self._scripts.clear()
+
+    # -- keys ------------------------------------------------------------------------
+
+    def batch_keys(self, batch_id: str) -> list[str]:
+        """Every key one batch may use, in the scripts' order (all in one hash slot)."""
+        return [f"{self.prefix}:{{{batch_id}}}:{name}" for name in BATCH_KEYS]
+
+    def _channel(self, batch_id: str) -> str:
+        return f"{self.prefix}:{{{batch_id}}}:changes"
+
+    def _index(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    def _idempotency_key(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
+
+    def _ttl(self) -> str:
+        return "0" if self.finished_ttl is None else str(max(1, round(self.finished_ttl)))
+
+    async def _script(self, name: str, batch_id: str, *args: Any, client: Any = None) -> Any:
+        keys = self._keys.get(batch_id)
+        if keys is None:
+            if len(self._keys) >= 1_000:
+                self._keys.clear()
+            keys = self._keys[batch_id] = self.batch_keys(batch_id)
+        return await self._scripts[name](
+            keys=keys, args=[self._channel(batch_id), self._ttl(), *args], client=client
+        )
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def _call(self, work: Callable[[], Awaitable[T]], *, write: bool = True) -> T:
+        """Run ``work``, again after a dropped connection; writes shielded from cancellation."""
+        if self._client is None:
+            await self.open()
+        tries = 0
+        while True:
+            try:
+                if not write:
+                    return await work()
+                # A write that landed must reach its caller: cancelled between the
+                # server's answer and the return, a claim would be lost until its lease
+                # lapsed.
+                with anyio.CancelScope(shield=True):
+                    return await work()
+            except _TRANSIENT as exc:
+                if tries >= self.retries:
+                    raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+            except redis_errors.ResponseError as exc:
+                raise StorageError(f"ResponseError: {exc}") from exc
+            tries += 1
+            delay = min(2.0, 0.05 * 2**tries)
+            logger.warning(
+                "transient Redis fault, retrying", extra={"attempt": tries, "delay": delay}
+            )
+            await anyio.sleep(delay)
+
+    # -- creating and reading --------------------------------------------------------
+
+    async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
+        """Create a batch with all its items (see `Storage.create_batch`).
+
+        The items are written in chunks, then one script makes the batch visible with its
+        counters: a reader sees all of it or none of it.
+        """
+        if batch.idempotency_key is not None:
+            existing = await self._claim_idempotency(batch.idempotency_key, batch.id)
+            if existing is not None:
+                return existing, False
+        size = self.chunk_size
+        for start in range(0, len(batch.items), size):
+            chunk = batch.items[start : start + size]
+            args: list[Any] = [start]
+            for key, payload in chunk:
+                args.append(key)
+                args.append(payload)
+            await self._call(partial(self._script, "CHUNK", batch.id, *args))
+        reply = await self._call(
+            lambda: self._script(
+                "COMMIT",
+                batch.id,
+                batch.id,
+                len(batch.items),
+                dumps(batch.metadata),
+                batch.parent_id or "",
+                batch.idempotency_key or "",
+            )
+        )
+        record = self._to_record(reply[1])
+        await self._call(lambda: self._index_new(batch.id, record, bool(reply[2])))
+        # Created now, or by our own earlier attempt whose answer a dropped connection lost.
+        return record, True
+
+    async def _claim_idempotency(self, key: str, batch_id: str) -> BatchRecord | None:
+        """Take the idempotency key for ``batch_id``; the existing batch if it is taken."""
+        name = self._idempotency_key(key)
+        deadline = time.monotonic() + 10.0
+        while True:
+            taken = await self._call(lambda: self.client.set(name, batch_id, nx=True))
+            if taken:
+                return None
+            owner = _text(await self._call(lambda: self.client.get(name), write=False))
+            if owner is None:
+                continue  # released meanwhile: try again
+            if owner == batch_id:
+                return None  # our own earlier attempt
+            try:
+                return await self.get_batch(owner)
+            except BatchNotFound:
+                pass
+            # Its submitter is still writing the items, or died doing so.
+            if time.monotonic() >= deadline:
+                raise StorageError(
+                    f"a batch with idempotency key {key!r} ({owner}) is still being created, "
+                    "or its submitter died while creating it"
+                )
+            await anyio.sleep(0.05)
+
+    async def _index_new(self, batch_id: str, record: BatchRecord, finished: bool) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self._index("batches"), {batch_id: 0})
+        if finished or record.finished_at is not None:
+            self._queue_finished(pipe, batch_id, record.finished_at)
+        else:
+            pipe.zadd(self._index("active"), {batch_id: 0})
+        await pipe.execute()
+
+    def _queue_finished(self, pipe: Any, batch_id: str, finished_at: datetime | None) -> None:
+        when = time.time() if finished_at is None else finished_at.timestamp()
+        pipe.zadd(self._index("hooks"), {batch_id: 0})
+        pipe.zadd(self._index("done"), {batch_id: when})
+        pipe.zrem(self._index("active"), batch_id)
+
+    async def _finished(self, batch_id: str) -> None:
+        """Index a batch that just finished: its hook is due, retention counts from now."""
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_finished(pipe, batch_id, None)
+        await pipe.execute()
+
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        """Read a batch and its counts: one script reading one hash (see `Storage.get_batch`)."""
+        if not is_batch_id(batch_id):
+            raise BatchNotFound(batch_id)
+        reply = await self._call(lambda: self._script("RECORD", batch_id), write=False)
+        if not reply:
+            raise BatchNotFound(batch_id)
+        return self._to_record(reply)
+
+    def _to_record(self, flat: list[Any]) -> BatchRecord:
+        m = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+        batch_id = _text(m["id"])
+        metadata = self._metadata.get(batch_id)
+        if metadata is None:
+            metadata = cast("dict[str, Any]", loads(_text(m["metadata"])))
+            if len(self._metadata) < 10_000:
+                self._metadata[batch_id] = metadata  # metadata never changes
+        parent = m.get("parent")
+        idem = m.get("idem")
+        return BatchRecord(
+            id=batch_id,
+            total=int(m["total"]),
+            counts={
+                ItemState.QUEUED: int(m["q"]),
+                ItemState.RUNNING: int(m["r"]),
+                ItemState.SUCCEEDED: int(m["s"]),
+                ItemState.FAILED: int(m["f"]),
+                ItemState.CANCELLED: int(m["c"]),
+            },
+            created_at=_ts(m["created"]),  # type: ignore[arg-type]
+            updated_at=_ts(m["updated"]),  # type: ignore[arg-type]
+            metadata=dict(metadata),
+            parent_id=None if parent is None else _text(parent),
+            idempotency_key=None if idem is None else _text(idem),
+            running_progress=float(_text(m.get("running_progress", "0"))),
+            started_at=_ts(m.get("started")),
+            finished_at=_ts(m.get("finished")),
+            cancel_requested_at=_ts(m.get("cancel_at")),
+        )
+
+    def _to_item(self, batch_id: str, reply: list[Any]) -> Item:
+        (key, position, payload, state, progress, message, attempt, error, result) = reply[:9]
+        created, updated, started, finished = reply[9:13]
+        return Item(
+            batch_id=batch_id,
+            key=_text(key),
+            position=int(position),
+            payload=loads(_text(payload)),
+            state=ItemState(_text(state)),
+            progress=float(_text(progress)),
+            message=None if message is None else _text(message),
+            attempt=int(attempt),
+            error=None if error is None else ItemError.model_validate_json(_text(error)),
+            result=None if result is None else loads(_text(result)),
+            created_at=_ts(created),  # type: ignore[arg-type]
+            updated_at=_ts(updated),  # type: ignore[arg-type]
+            started_at=_ts(started),
+            finished_at=_ts(finished),
+        )
+
+    async def get_item(self, batch_id: str, key: str) -> Item:
+        """Read one item (see `Storage.get_item`)."""
+        if not is_batch_id(batch_id):
+            raise BatchNotFound(batch_id)
+        reply = await self._call(lambda: self._script("ITEM", batch_id, key), write=False)
+        if reply[0] == 0:
+            raise BatchNotFound(batch_id)
+        if reply[0] == 1:
+            raise ItemNotFound(batch_id, key)
+        return self._to_item(batch_id, reply[1])
+
+    async def list_items(
+        self,
+        batch_id: str,
+        *,
+        states: Collection[ItemState] | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[Item]:
+        """List items in position order, from sorted sets (see `Storage.list_items`)."""
+        if not is_batch_id(batch_id):
+            raise BatchNotFound(batch_id)
+        wanted: list[str] = []
+        if states is not None:
+            wanted = sorted({ItemState(state).value for state in states})
+            if not wanted:
+                await self.get_batch(batch_id)  # still an error for an unknown batch
+                return []
+        start = -1 if after is None else max(-1, int(after))
+        if limit <= 0:
+            await self.get_batch(batch_id)
+            return []
+        reply = await self._call(
+            lambda: self._script("ITEMS", batch_id, start, int(limit), *wanted), write=False
+        )
+        if reply[0] == 0:
+            raise BatchNotFound(batch_id)
+        return [self._to_item(batch_id, item) for item in reply[1:]]
+
+    async def list_batches(
+        self,
+        *,
+        metadata: MetadataFilter | None = None,
+        parent_id: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> list[BatchRecord]:
+        """List batches newest first (see `Storage.list_batches`).
+
+        The batch index is read newest first, a page at a time; filters are applied to
+        the records read (Redis has no secondary index over metadata).
+        """
+        page: list[BatchRecord] = []
+        upper = "+" if before is None else f"({before}"
+        while len(page) < limit:
+            ids = await self._page("batches", upper, newest_first=True)
+            if not ids:
+                break
+            records = await self._records(ids)
+            gone = []
+            for batch_id, record in zip(ids, records, strict=True):
+                if record is None:
+                    gone.append(batch_id)
+                    continue
+                if parent_id is not None and record.parent_id != parent_id:
+                    continue
+                if metadata and not _matches(record.metadata, metadata):
+                    continue
+                page.append(record)
+                if len(page) >= limit:
+                    break
+            if gone:  # expired (finished_ttl) or deleted: forget them
+                await self._call(partial(self._forget, gone))
+            upper = f"({ids[-1]}"
+        return page
+
+    async def _page(self, index: str, bound: str, *, newest_first: bool = False) -> list[str]:
+        """One page of an index's batch ids, from ``bound`` (``-``/``+`` or ``(<id>``)."""
+        name = self._index(index)
+        if newest_first:
+            found = await self._call(
+                partial(self.client.zrevrangebylex, name, bound, "-", start=0, num=_PAGE),
+                write=False,
+            )
+        else:
+            found = await self._call(
+                partial(self.client.zrangebylex, name, bound, "+", start=0, num=_PAGE),
+                write=False,
+            )
+        return [_text(batch_id) for batch_id in found]
+
+    async def _records(self, batch_ids: list[str]) -> list[BatchRecord | None]:
+        async def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for batch_id in batch_ids:
+                await self._script("RECORD", batch_id, client=pipe)
+            return list(await pipe.execute())
+
+        replies = await self._call(read, write=False)
+        return [self._to_record(reply) if reply else None for reply in replies]
+
+    async def _forget(self, batch_ids: Iterable[str]) -> None:
+        ids = list(batch_ids)
+        if not ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name in ("batches", "active", "hooks", "done"):
+            pipe.zrem(self._index(name), *ids)
+        await pipe.execute()
+        for batch_id in ids:
+            self._metadata.pop(batch_id, None)
+
+    # -- claiming and finishing ------------------------------------------------------
+
+    async def claim(self, request: ClaimRequest) -> Claim | None:
+        """Claim the oldest claimable item (see `Storage.claim`)."""
+        if request.batch_ids is not None:
+            for batch_id in sorted({b for b in request.batch_ids if is_batch_id(b)}):
+                claim = await self._claim_in(batch_id, request)
+                if claim is not None:
+                    return claim
+            return None
+        lower = "-"
+        while True:
+            ids = await self._page("active", lower)
+            if not ids:
+                return None
+            for batch_id in ids:
+                claim = await self._claim_in(batch_id, request)
+                if claim is not None:
+                    return claim
+            lower = f"({ids[-1]}"
+
+    async def _claim_in(self, batch_id: str, request: ClaimRequest) -> Claim | None:
+        if request.metadata:
+            try:
+                record = await self.get_batch(batch_id)
+            except BatchNotFound:
+                return None
+            if not _matches(record.metadata, request.metadata):
+                return None
+        token = new_token()
+        reply = await self._call(
+            lambda: self._script("CLAIM", batch_id, repr(float(request.lease_seconds)), token)
+        )
+        return await self._settle_claim(batch_id, token, reply[:-1], bool(reply[-1]))
+
+    async def _settle_claim(
+        self, batch_id: str, token: str, claim: list[Any], finished: bool
+    ) -> Claim | None:
+        code = claim[0]
+        if finished or code == 3:
+            await self._call(lambda: self._finished(batch_id))
+        elif code == 2:
+            await self._call(lambda: self._forget([batch_id]))
+        if code != 1:
+            return None
+        _, key, position, payload, attempt = claim
+        return Claim(
+            lease=Lease(batch_id, _text(key), token, int(attempt)),
+            position=int(position),
+            payload=loads(_text(payload)),
+        )
+
+    async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
+        """Extend a current lease (see `Storage.heartbeat`)."""
+        return await self._extend(lease, repr(float(lease_seconds)), "", None)
+
+    async def record_progress(
+        self,
+        lease: Lease,
+        progress: float,
+        message: str | None,
+        *,
+        lease_seconds: float | None = None,
+    ) -> LeaseStatus:
+        """Record progress of a running item: one script (see `Storage.record_progress`)."""
+        seconds = "" if lease_seconds is None else repr(float(lease_seconds))
+        return await self._extend(lease, seconds, repr(float(progress)), message)
+
+    async def _extend(
+        self, lease: Lease, seconds: str, progress: str, message: str | None
+    ) -> LeaseStatus:
+        if not is_batch_id(lease.batch_id):
+            return LeaseStatus(held=False)
+        held, cancel = await self._call(
+            lambda: self._script(
+                "EXTEND",
+                lease.batch_id,
+                lease.key,
+                lease.token,
+                seconds,
+                progress,
+                message or "",
+                "0" if message is None else "1",
+            )
+        )
+        return LeaseStatus(held=bool(held), cancel_requested=bool(held) and bool(cancel))
+
+    async def finish(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        *,
+        then_claim: ClaimRequest | None = None,
+    ) -> FinishResult:
+        """End a leased attempt and claim the next item of the batch: ONE script."""
+        same_batch = (
+            then_claim is not None
+            and then_claim.batch_ids == (lease.batch_id,)
+            and not then_claim.metadata
+        )
+        token = new_token()
+        lease_arg = repr(float(then_claim.lease_seconds)) if same_batch and then_claim else ""
+        accepted = False
+        claim: Claim | None = None
+        if is_batch_id(lease.batch_id):
+            reply = await self._call(
+                lambda: self._script(
+                    "FINISH",
+                    lease.batch_id,
+                    lease.key,
+                    lease.token,
+                    outcome.state.value,
+                    outcome.result or "",
+                    "" if outcome.error is None else outcome.error.model_dump_json(),
+                    repr(max(0.0, float(outcome.delay))),
+                    lease_arg,
+                    token,
+                )
+            )
+            accepted = bool(reply[0])
+            if bool(reply[1]):
+                await self._call(lambda: self._finished(lease.batch_id))
+            if same_batch:
+                claim = await self._settle_claim(lease.batch_id, token, reply[2:], False)
+        if then_claim is not None and not same_batch:
+            claim = await self.claim(then_claim)
+        return FinishResult(accepted=accepted, claim=claim)
+
+    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+        """Request a batch's cancel (see `Storage.cancel_batch`)."""
+        if not is_batch_id(batch_id):
+            raise BatchNotFound(batch_id)
+        found, finished = await self._call(lambda: self._script("CANCEL", batch_id))
+        if not found:
+            raise BatchNotFound(batch_id)
+        if finished:
+            await self._call(lambda: self._finished(batch_id))
+        return await self.get_batch(batch_id)
+
+    # -- completion hooks, notification, retention -------------------------------------
+
+    async def claim_finished_batch(
+        self, *, lease_seconds: float, batch_id: str | None = None
+    ) -> FinishedBatch | None:
+        """Claim a finished batch whose hook is due (see `Storage.claim_finished_batch`)."""
+        if batch_id is not None:
+            if not is_batch_id(batch_id):
+                raise BatchNotFound(batch_id)
+            found = await self._claim_hook(batch_id, lease_seconds)
+            if found == "gone":
+                raise BatchNotFound(batch_id)
+            return found if isinstance(found, FinishedBatch) else None
+        await self._repair_finished()
+        lower = "-"
+        while True:
+            ids = await self._page("hooks", lower)
+            if not ids:
+                return None
+            for candidate in ids:
+                found = await self._claim_hook(candidate, lease_seconds)
+                if isinstance(found, FinishedBatch):
+                    return found
+                if found in ("gone", "done"):
+                    await self._call(partial(self.client.zrem, self._index("hooks"), candidate))
+            lower = f"({ids[-1]}"
+
+    async def _claim_hook(self, batch_id: str, lease_seconds: float) -> FinishedBatch | str:
+        token = new_token()
+        reply = await self._call(
+            lambda: self._script("HOOK_CLAIM", batch_id, repr(float(lease_seconds)), token)
+        )
+        code = reply[0]
+        if code == 1:
+            return FinishedBatch(record=self._to_record(reply[1]), token=token)
+        return {0: "not due", 2: "gone", 3: "done"}[code]
+
+    async def _repair_finished(self) -> None:
+        # A runner that died between finishing a batch's last item and indexing the
+        # batch as finished left it among the active ones: index it now, so its hook fires.
+        lower = "-"
+        while True:
+            ids = await self._page("active", lower)
+            if not ids:
+                return
+            records = await self._records(ids)
+            for batch_id, record in zip(ids, records, strict=True):
+                if record is None:
+                    await self._call(partial(self._forget, [batch_id]))
+                elif record.finished_at is not None:
+                    await self._call(partial(self._finished, batch_id))
+            lower = f"({ids[-1]}"
+
+    async def ack_finished_batch(self, batch_id: str, token: str) -> bool:
+        """Record that a batch's hook ran (see `Storage.ack_finished_batch`)."""
+        if not is_batch_id(batch_id):
+            return False
+        done = await self._call(lambda: self._script("HOOK_ACK", batch_id, token))
+        if done:
+            await self._call(lambda: self.client.zrem(self._index("hooks"), batch_id))
+        return bool(done)
+
+    @asynccontextmanager
+    async def subscribe(self, batch_id: str) -> AsyncIterator[Subscription]:
+        """Wait for changes of one batch, through the batch's pub/sub channel."""
+        if self._client is None:
+            await self.open()
+        pubsub = self.client.pubsub()
+        subscription: _PubSubSubscription | _PollingSubscription
+        try:
+            await pubsub.subscribe(self._channel(batch_id))
+            with anyio.fail_after(5):
+                while True:  # confirmed: no change made from now on is missed
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") in ("subscribe", b"subscribe"):
+                        break
+            subscription = _PubSubSubscription(pubsub, self.poll_interval)
+        except (*_TRANSIENT, TimeoutError):
+            logger.warning("could not subscribe to a batch's changes: polling", exc_info=True)
+            subscription = _PollingSubscription(self.poll_interval)
+        try:
+            yield subscription
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                except _TRANSIENT:
+                    logger.debug("could not close a subscription", exc_info=True)
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        """Delete a batch, every key of it (see `Storage.delete_batch`)."""
+        if not is_batch_id(batch_id):
+            return False
+        keys = self.batch_keys(batch_id)
+
+        async def delete() -> bool:
+            idem = await self.client.hget(keys[0], "idem")
+            existed = bool(await self.client.unlink(*keys))
+            if idem is not None:
+                await self._scripts["RELEASE_KEY"](
+                    keys=[self._idempotency_key(_text(idem))], args=[batch_id]
+                )
+            await self._forget([batch_id])
+            await self.client.publish(self._channel(batch_id), "1")
+            return existed
+
+        return await self._call(delete)
+
+    async def delete_finished_batches(self, *, older_than: float) -> int:
+        """Delete batches finished more than ``older_than`` seconds ago (retention)."""
+        seconds, micros = await self._call(lambda: self.client.time(), write=False)
+        cutoff = float(seconds) + float(micros) / 1e6 - older_than
+        deleted = 0
+        while True:
+            ids = [
+                _text(found)
+                for found in await self._call(
+                    lambda: self.client.zrangebyscore(
+                        self._index("done"), "-inf", cutoff, start=0, num=_PAGE
+                    ),
+                    write=False,
+                )
+            ]
+            if not ids:
+                return deleted
+            for batch_id in ids:
+                deleted += await self.delete_batch(batch_id)
+
+
+def _matches(metadata: dict[str, Any], wanted: MetadataFilter) -> bool:
+    return all(k in metadata and same_json(metadata[k], v) for k, v in wanted.items())
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class _PollingSubscription:
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+
+    async def wait(self, timeout: float) -> None:
+        await anyio.sleep(min(timeout, self._interval))
+
+
+class _PubSubSubscription:
+    def __init__(self, pubsub: Any, poll_interval: float) -> None:
+        self._pubsub = pubsub
+        self._poll_interval = poll_interval
+        self._broken = False
+
+    async def wait(self, timeout: float) -> None:
+        if self._broken:
+            await anyio.sleep(min(timeout, self._poll_interval))
+            return
+        try:
+            with anyio.move_on_after(timeout):
+                while True:
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=timeout
+                    )
+                    if message is not None:
+                        break
+                    await anyio.lowlevel.checkpoint()
+            # Several changes may be waiting: one wake-up covers them all.
+            while await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0):
+                pass
+        except _TRANSIENT:
+            logger.warning("a batch's change channel failed: polling", exc_info=True)
+            self._broken = True
