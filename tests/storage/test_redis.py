@@ -7,26 +7,21 @@ the behaviours only a Redis store has.
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import secrets
 from collections import Counter
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import pytest
 from redis.asyncio import Redis
 
-from batchkit import BatchRunner, BatchState, ItemSpec, ItemState, open_storage
+from batchkit import BatchRunner, ItemSpec, ItemState, open_storage
 from batchkit.storage.redis import BATCH_KEYS, RedisStorage
-from batchkit.testing.contract import all_items
 
 from .conftest import REDIS_URL, drop_redis_keys, require_server
-from .test_sql import AWKWARD, _check_accounting, _run_processes
+from .test_sql import AWKWARD, _check_shared_run, _run_processes, _run_while_killing
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from batchkit import ItemContext
@@ -125,61 +120,6 @@ async def test_awkward_keys_and_payloads_round_trip_and_never_name_a_key(prefix:
                     assert key not in name, (key, name)
 
 
-class _RetryCounter(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("transient Redis fault"):
-            self.count += 1
-
-
-async def _run_under_fault(
-    storage: RedisStorage, fault: Callable[[], Awaitable[int]], *, needs_retry: bool
-) -> None:
-    calls: Counter[str] = Counter()
-
-    async def generate(ctx: ItemContext) -> dict[str, str]:
-        calls[ctx.key] += 1
-        await anyio.sleep(0.002)
-        return {"key": ctx.key}
-
-    runner = BatchRunner(storage, generate, lease_seconds=1.0, poll_interval=0.2)
-    keys = [f"item-{n}" for n in range(300)]
-    batch = await runner.submit(keys)
-    retries = _RetryCounter()
-    logger = logging.getLogger("batchkit.storage.redis")
-    logger.addHandler(retries)
-    hits = 0
-    try:
-        async with anyio.create_task_group() as tg:
-
-            async def injector() -> None:
-                nonlocal hits
-                while (retries.count < 3 if needs_retry else hits < 5) and hits < 20:
-                    await anyio.sleep(0.05)
-                    hits += await fault()
-
-            tg.start_soon(injector)
-            with anyio.fail_after(60):
-                final = await runner.run(batch.id)
-            tg.cancel_scope.cancel()
-    finally:
-        logger.removeHandler(retries)
-    assert hits >= 1
-    if needs_retry:
-        assert retries.count >= 1, "no call was hit: the test proved nothing"
-    assert final.state is BatchState.COMPLETED
-    items = await all_items(storage, batch.id, page=1_000)
-    assert [item.key for item in items] == keys
-    for item in items:
-        assert item.state is ItemState.SUCCEEDED
-        assert item.result == {"key": item.key}
-        assert 1 <= calls[item.key] <= item.attempt
-    _check_accounting(await runner.status(batch.id), items)
-
-
 async def test_connections_killed_during_a_run_are_retried(prefix: str) -> None:
     name = f"bk-{prefix}"
     client = Redis.from_url(REDIS_URL, client_name=name)
@@ -195,7 +135,7 @@ async def test_connections_killed_during_a_run_are_retried(prefix: str) -> None:
 
     try:
         async with RedisStorage(client, prefix=prefix) as storage:
-            await _run_under_fault(storage, kill, needs_retry=True)
+            await _run_while_killing(storage, kill, logger_name="batchkit.storage.redis")
     finally:
         await client.aclose()
         await admin.aclose()
@@ -210,7 +150,9 @@ async def test_script_flush_during_a_run_is_survived(prefix: str) -> None:
 
     try:
         async with RedisStorage(REDIS_URL, prefix=prefix) as storage:
-            await _run_under_fault(storage, flush, needs_retry=False)
+            await _run_while_killing(
+                storage, flush, logger_name="batchkit.storage.redis", needs_retry=False
+            )
     finally:
         await admin.aclose()
 
@@ -221,25 +163,7 @@ async def test_two_runner_processes_share_one_batch(prefix: str, tmp_path: Path)
         runner = BatchRunner(storage, _noop)
         batch = await runner.submit(keys)
         finals, logs = await _run_processes(2, REDIS_URL, prefix, batch.id, tmp_path)
-        assert [f["state"] for f in finals] == ["completed", "completed"]
-        runs: dict[str, list[tuple[int, float, float]]] = {}
-        for log in logs:
-            for line in log.read_text(encoding="utf-8").splitlines():
-                entry = json.loads(line)
-                runs.setdefault(entry["key"], []).append(
-                    (entry["pid"], entry["start"], entry["end"])
-                )
-        assert set(runs) == set(keys)
-        for key, intervals in runs.items():
-            intervals.sort(key=lambda run: run[1])
-            for (pid_a, _, end_a), (pid_b, start_b, _) in pairwise(intervals):
-                assert end_a <= start_b, f"{key} ran in {pid_a} and {pid_b} at the same time"
-        assert all(len(intervals) == 1 for intervals in runs.values())
-        per_process = Counter(intervals[0][0] for intervals in runs.values())
-        assert set(per_process) == {f["pid"] for f in finals}, per_process
-        items = await all_items(storage, batch.id, page=1_000)
-        assert all(item.state is ItemState.SUCCEEDED and item.attempt == 1 for item in items)
-        _check_accounting(await runner.status(batch.id), items)
+        await _check_shared_run(storage, batch.id, keys, finals, logs)
 
 
 async def test_finished_ttl_applies_to_every_key_of_the_batch(prefix: str) -> None:

@@ -33,6 +33,7 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
+from .._polling import PollingSubscription
 from . import _lua
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ BATCH_KEYS = (
     "cancelled",
 )
 _PREFIX = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")
-_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError, OSError)
+#: Errors after which the same call may succeed (OSError covers ConnectionError).
+_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _PAGE = 200
 
 
@@ -720,7 +722,7 @@ class RedisStorage:
         if self._client is None:
             await self.open()
         pubsub = self.client.pubsub()
-        subscription: _PubSubSubscription | _PollingSubscription
+        subscription: _PubSubSubscription | PollingSubscription
         try:
             await pubsub.subscribe(self._channel(batch_id))
             with anyio.fail_after(5):
@@ -731,7 +733,7 @@ class RedisStorage:
             subscription = _PubSubSubscription(pubsub, self.poll_interval)
         except (*_TRANSIENT, TimeoutError):
             logger.warning("could not subscribe to a batch's changes: polling", exc_info=True)
-            subscription = _PollingSubscription(self.poll_interval)
+            subscription = PollingSubscription(self.poll_interval)
         try:
             yield subscription
         finally:
@@ -787,14 +789,6 @@ def _matches(metadata: dict[str, Any], wanted: MetadataFilter) -> bool:
 
 def _hide_password(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-class _PollingSubscription:
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-
-    async def wait(self, timeout: float) -> None:
-        await anyio.sleep(min(timeout, self._interval))
 
 
 class _PubSubSubscription:

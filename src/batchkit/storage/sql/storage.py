@@ -37,6 +37,7 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
+from .._polling import PollingSubscription
 from ._faults import is_transient, is_transient_driver_error
 from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
 
@@ -641,9 +642,7 @@ class SQLStorage:
         if copied:
             return
         exc = failure or ConnectionError("the connection closed during COPY")
-        broken = bool(raw.is_closed()) or isinstance(exc, OSError)
-        transient = broken or is_transient_driver_error(exc)
-        raise _DriverFault(exc, transient=transient, broken=broken) from exc
+        raise _asyncpg_fault(raw, exc) from exc
 
     async def _id_by_idempotency(self, conn: AsyncConnection, key: str) -> str | None:
         b = self.tables.batches
@@ -1221,9 +1220,7 @@ class SQLStorage:
             try:
                 row = await via.driver.fetchrow(sql, *args)
             except Exception as exc:
-                broken = bool(via.driver.is_closed()) or isinstance(exc, OSError)
-                transient = broken or is_transient_driver_error(exc)
-                raise _DriverFault(exc, transient=transient, broken=broken) from exc
+                raise _asyncpg_fault(via.driver, exc) from exc
         else:
             row = (await via.execute(stmt, params)).one()
         accepted, key, payload, attempt, position = row[0], row[1], row[2], row[3], row[4]
@@ -1443,7 +1440,7 @@ FROM n LEFT JOIN u ON true
         if not self._opened:
             await self.open()
         if self._dialect != "postgresql" or self.engine.dialect.driver != "asyncpg":
-            yield _PollingSubscription(self.poll_interval)
+            yield PollingSubscription(self.poll_interval)
             return
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
@@ -1524,6 +1521,12 @@ class _DriverFault(Exception):
         self.broken = broken  # the connection is unusable: drop it from the pool
 
 
+def _asyncpg_fault(driver: Any, exc: Exception) -> _DriverFault:
+    """What an error asyncpg raised means: retry, and drop the connection if it is gone."""
+    broken = bool(driver.is_closed()) or isinstance(exc, OSError)
+    return _DriverFault(exc, transient=broken or is_transient_driver_error(exc), broken=broken)
+
+
 def _aiosqlite_runs_functions() -> bool:
     """Whether aiosqlite can run a function in its thread (a whole transaction per call)."""
     try:
@@ -1555,14 +1558,6 @@ class _Result:
 
 def _returns_rows(stmt: Any) -> bool:
     return bool(getattr(stmt, "is_select", False) or getattr(stmt, "_returning", ()))
-
-
-class _PollingSubscription:
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-
-    async def wait(self, timeout: float) -> None:
-        await anyio.sleep(min(timeout, self._interval))
 
 
 class _ListenSubscription:
