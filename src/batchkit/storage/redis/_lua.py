@@ -8,16 +8,15 @@ the layout runs on Redis Cluster unchanged. The keys come in a fixed order (``KE
 ====  ===========  ==========================================================
  1    meta         hash: the batch's fields and its counters ``q r s f c``
  2    keys         hash: item key → position
- 3    items        hash: position → the item's state, packed with cmsgpack
+ 3    items        hash: position → the item's state (and result), packed with cmsgpack
  4    payloads     hash: position → payload (JSON text)
- 5    results      hash: position → result (JSON text), once succeeded
- 6    ready        zset: queued items claimable now, scored by position
- 7    delayed      zset: queued items waiting for their retry time, scored by it
- 8    delaypos     zset: the same items, scored by position (for listing)
- 9    running      zset: running items, scored by their lease's deadline
- 10   succeeded    zset: succeeded items, scored by position
- 11   failed       zset: failed items, scored by position
- 12   cancelled    zset: cancelled items, scored by position
+ 5    ready        zset: queued items claimable now, scored by position
+ 6    delayed      zset: queued items waiting for their retry time, scored by it
+ 7    delaypos     zset: the same items, scored by position (for listing)
+ 8    running      zset: running items, scored by their lease's deadline
+ 9    succeeded    zset: succeeded items, scored by position
+ 10   failed       zset: failed items, scored by position
+ 11   cancelled    zset: cancelled items, scored by position
 ====  ===========  ==========================================================
 
 ``ARGV[1]`` is the batch's notification channel and ``ARGV[2]`` the time to live of a
@@ -44,15 +43,15 @@ __all__ = [
 ]
 
 _COMMON = r"""
-local META, KEYMAP, ITEMS, PAYLOADS, RESULTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local READY, DELAYED, DELAYPOS, RUNNING = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local DONE = {succeeded = KEYS[10], failed = KEYS[11], cancelled = KEYS[12]}
+local META, KEYMAP, ITEMS, PAYLOADS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local READY, DELAYED, DELAYPOS, RUNNING = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local DONE = {succeeded = KEYS[9], failed = KEYS[10], cancelled = KEYS[11]}
 local CHANNEL = ARGV[1]
 local TTL = tonumber(ARGV[2])
 local COUNTER = {queued = 'q', running = 'r', succeeded = 's', failed = 'f', cancelled = 'c'}
 -- Fields of an item's packed record.
 local STATE, ATTEMPT, TOKEN, DEADLINE, PROGRESS, MESSAGE = 1, 2, 3, 4, 5, 6
-local ERROR, CREATED, UPDATED, STARTED, FINISHED, KEY = 7, 8, 9, 10, 11, 12
+local ERROR, CREATED, UPDATED, STARTED, FINISHED, KEY, RESULT = 7, 8, 9, 10, 11, 12, 13
 
 local finished_now = false
 local changed = false
@@ -229,7 +228,7 @@ end
 
 local function item_reply(pos, rec)
   local result = false
-  if rec[STATE] == 'succeeded' then result = redis.call('HGET', RESULTS, pos) end
+  if rec[STATE] == 'succeeded' then result = rec[RESULT] end
   return {
     rec[KEY], tonumber(pos), redis.call('HGET', PAYLOADS, pos), rec[STATE],
     fmt(rec[PROGRESS]), rec[MESSAGE], rec[ATTEMPT], rec[ERROR], result,
@@ -278,7 +277,7 @@ if n > 0 then
   redis.call('HSET', PAYLOADS, unpack(payloads))
   redis.call('HSET', ITEMS, unpack(items))
   redis.call('ZADD', READY, unpack(ready))
-  for i = 2, 6 do redis.call('EXPIRE', KEYS[i], 86400) end
+  for i = 2, 5 do redis.call('EXPIRE', KEYS[i], 86400) end
 end
 return n
 """
@@ -301,7 +300,7 @@ redis.call('HSET', META, 'id', ARGV[3], 'total', total, 'q', total, 'r', 0, 's',
   'f', 0, 'c', 0, 'created', fmt(t), 'updated', fmt(t), 'metadata', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', META, 'parent', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', META, 'idem', ARGV[7]) end
-for i = 2, 6 do redis.call('PERSIST', KEYS[i]) end
+for i = 2, 5 do redis.call('PERSIST', KEYS[i]) end
 if total == 0 then
   redis.call('HSET', META, 'finished', fmt(t))
   finished_now = true
@@ -400,7 +399,7 @@ if pos then
   if state == 'queued' and get_meta().cancel_at then state = 'cancelled' end
   if ARGV[7] ~= '' then rec[ERROR] = ARGV[7] end
   if state == 'succeeded' then
-    redis.call('HSET', RESULTS, pos, ARGV[6])
+    rec[RESULT] = ARGV[6]  -- kept in the record: a succeeded item never changes again
     rec[PROGRESS] = 1
     rec[ERROR] = false
   end

@@ -52,7 +52,6 @@ BATCH_KEYS = (
     "keys",
     "items",
     "payloads",
-    "results",
     "ready",
     "delayed",
     "delaypos",
@@ -65,6 +64,8 @@ _PREFIX = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")
 #: Errors after which the same call may succeed (OSError covers ConnectionError).
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _PAGE = 200
+#: Connections a storage keeps for its hot path between calls.
+_LANES = 4
 
 
 def validate_prefix(prefix: str) -> str:
@@ -139,7 +140,9 @@ class RedisStorage:
         self.chunk_size = chunk_size
         self._scripts: dict[str, Any] = {}
         self._metadata: dict[str, dict[str, Any]] = {}
-        self._keys: dict[str, list[str]] = {}
+        self._heads: dict[str, tuple[list[str], bytes]] = {}
+        # Connections kept out of the pool for the hot path (see `_hot`).
+        self._lanes: list[Any] = []
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStorage:
@@ -199,6 +202,7 @@ class RedisStorage:
 
     async def aclose(self) -> None:
         """Close the client if this storage created it; a host's client stays open."""
+        await self._close_lanes()
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
@@ -223,15 +227,79 @@ class RedisStorage:
     def _ttl(self) -> str:
         return "0" if self.finished_ttl is None else str(max(1, round(self.finished_ttl)))
 
+    def _head(self, batch_id: str) -> tuple[list[str], bytes]:
+        """A batch's keys, channel and time to live: as arguments, and packed for the wire."""
+        head = self._heads.get(batch_id)
+        if head is None:
+            if len(self._heads) >= 1_000:
+                self._heads.clear()
+            keys = self.batch_keys(batch_id)
+            packed = b"".join(_bulk(arg) for arg in [*keys, self._channel(batch_id), self._ttl()])
+            head = self._heads[batch_id] = (keys, packed)
+        return head
+
     async def _script(self, name: str, batch_id: str, *args: Any, client: Any = None) -> Any:
-        keys = self._keys.get(batch_id)
-        if keys is None:
-            if len(self._keys) >= 1_000:
-                self._keys.clear()
-            keys = self._keys[batch_id] = self.batch_keys(batch_id)
+        keys, _ = self._head(batch_id)
         return await self._scripts[name](
             keys=keys, args=[self._channel(batch_id), self._ttl(), *args], client=client
         )
+
+    async def _hot(self, name: str, batch_id: str, *args: str) -> Any:
+        """Call a script of the runner's hot path straight on a kept connection.
+
+        redis-py's command layer (encoding every one of the 11 keys anew, a pool checkout)
+        costs more than the script; here the command's constant part is packed once per
+        batch and the connection stays out of the pool between calls. Anything unusual
+        (a host's single-connection or cluster client, a script the server forgot) goes
+        the ordinary way.
+        """
+        pool = getattr(self.client, "connection_pool", None)
+        if type(self.client) is not Redis or self.client.connection is not None or pool is None:
+            return await self._script(name, batch_id, *args)
+        _, head = self._head(batch_id)
+        packed = b"".join(
+            [
+                b"*%d\r\n$7\r\nEVALSHA\r\n" % (5 + len(BATCH_KEYS) + len(args)),
+                _bulk(self._scripts[name].sha),
+                _bulk(str(len(BATCH_KEYS))),
+                head,
+                *(_bulk(arg) for arg in args),
+            ]
+        )
+        conn = self._lanes.pop() if self._lanes else await pool.get_connection()
+        # The read keeps the connection's timeout; the write of a small command only fills
+        # the socket's buffer, and timing it would cost a task per call.
+        timeout, conn.socket_timeout = conn.socket_timeout, None
+        try:
+            try:
+                await conn.send_packed_command(packed)
+            finally:
+                conn.socket_timeout = timeout
+            reply = await conn.read_response(timeout=timeout)
+        except redis_errors.NoScriptError:
+            await self._keep(conn)
+            return await self._script(name, batch_id, *args)  # loads it, then calls
+        except redis_errors.ResponseError:
+            await self._keep(conn)  # an error answer: the connection is fine
+            raise
+        except BaseException:
+            await conn.disconnect()
+            await pool.release(conn)
+            raise
+        await self._keep(conn)
+        return reply
+
+    async def _keep(self, conn: Any) -> None:
+        if len(self._lanes) < _LANES:
+            self._lanes.append(conn)
+        else:
+            await self.client.connection_pool.release(conn)
+
+    async def _close_lanes(self) -> None:
+        lanes, self._lanes = self._lanes, []
+        if self._client is not None:
+            for conn in lanes:
+                await self._client.connection_pool.release(conn)
 
     # -- calls -------------------------------------------------------------------------
 
@@ -546,7 +614,7 @@ class RedisStorage:
                 return None
         token = new_token()
         reply = await self._call(
-            lambda: self._script("CLAIM", batch_id, repr(float(request.lease_seconds)), token)
+            lambda: self._hot("CLAIM", batch_id, repr(float(request.lease_seconds)), token)
         )
         return await self._settle_claim(batch_id, token, reply[:-1], bool(reply[-1]))
 
@@ -589,7 +657,7 @@ class RedisStorage:
         if not is_batch_id(lease.batch_id):
             return LeaseStatus(held=False)
         held, cancel = await self._call(
-            lambda: self._script(
+            lambda: self._hot(
                 "EXTEND",
                 lease.batch_id,
                 lease.key,
@@ -621,7 +689,7 @@ class RedisStorage:
         claim: Claim | None = None
         if is_batch_id(lease.batch_id):
             reply = await self._call(
-                lambda: self._script(
+                lambda: self._hot(
                     "FINISH",
                     lease.batch_id,
                     lease.key,
@@ -781,6 +849,12 @@ class RedisStorage:
                 return deleted
             for batch_id in ids:
                 deleted += await self.delete_batch(batch_id)
+
+
+def _bulk(value: str | bytes) -> bytes:
+    """One argument of a command in the Redis protocol (RESP)."""
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 def _matches(metadata: dict[str, Any], wanted: MetadataFilter) -> bool:
