@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck docs demo bench bench-sql clean venv
+.PHONY: test lint typecheck docs demo bench bench-storage clean venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,8 @@ bench: $(STAMP)
 
 ## SQLStorage on SQLite, and on PostgreSQL and MySQL/MariaDB when they are reachable
 ## (BATCHKIT_BENCH_POSTGRES_URL, BATCHKIT_BENCH_MYSQL_URL). Minutes; ARGS=--quick is faster.
-bench-sql: $(STAMP)
-	$(PY) benchmarks/sql_storage.py $(ARGS)
+bench-storage: $(STAMP)
+	$(PY) benchmarks/storages.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis

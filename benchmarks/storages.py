@@ -1,18 +1,18 @@
-"""SQLStorage benchmark: submit, sequential run, status reads and memory, per SQL dialect.
+"""Storage benchmark: submit, sequential run, status reads and memory, per durable store.
 
 Usage::
 
-    python benchmarks/sql_storage.py              # SQLite, PostgreSQL and MySQL/MariaDB
-    python benchmarks/sql_storage.py --quick      # without the 1,000,000-item batch
-    python benchmarks/sql_storage.py --dialects sqlite,postgres
+    python benchmarks/storages.py              # SQLite, PostgreSQL, MySQL/MariaDB, Redis
+    python benchmarks/storages.py --quick      # without the 1,000,000-item batch
+    python benchmarks/storages.py --dialects sqlite,postgres
 
-For each dialect it measures, with a generator that does nothing:
+For each store it measures, with a generator that does nothing:
 
 * submitting 100,000 items (one ``runner.submit`` call);
 * running 10,000 items one after the other (``concurrency=1``): items per second, and
   the SQL statements per item (on SQLite every statement SQLite runs, BEGIN and COMMIT
   included; on the servers every statement sent, the drivers' own BEGIN and COMMIT
-  aside: see ``_Counter``);
+  aside: see ``_Counter``; on Redis every command Redis ran, from its ``commandstats``);
 * the median of 200 ``runner.status()`` calls on batches of 1,000, 100,000 and
   1,000,000 items (it must not grow with the batch);
 * the resident memory of a runner process working through a 1,000,000-item batch for a
@@ -21,11 +21,13 @@ For each dialect it measures, with a generator that does nothing:
   memory is its own; how long the cancelled ``run()`` takes to return is reported too.
 
 SQLite uses a file in a temporary directory. The servers are read from
-``BATCHKIT_BENCH_POSTGRES_URL`` and ``BATCHKIT_BENCH_MYSQL_URL`` (by default the local
-test servers, ``postgresql+asyncpg://postgres@127.0.0.1:5432/test`` and
-``mysql+asyncmy://root@127.0.0.1:3306/test``); a server that is not reachable is skipped,
-with a line saying so. Every run uses tables of its own (a fresh prefix), dropped at the
-end. Progress goes to standard error; the Markdown table to standard output.
+``BATCHKIT_BENCH_POSTGRES_URL``, ``BATCHKIT_BENCH_MYSQL_URL`` and
+``BATCHKIT_BENCH_REDIS_URL`` (by default the local test servers,
+``postgresql+asyncpg://postgres@127.0.0.1:5432/test``,
+``mysql+asyncmy://root@127.0.0.1:3306/test`` and ``redis://127.0.0.1:6379/0``); a server
+that is not reachable is skipped, with a line saying so. Every run uses tables (or keys)
+of its own under a fresh prefix, dropped at the end. Progress goes to standard error; the
+Markdown table to standard output.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from batchkit import BatchRunner, ItemContext, ItemState
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from batchkit.storage.sql import SQLStorage
+    from batchkit.protocols import Storage
 
 __all__ = ["DialectResult", "main", "measure_dialect"]
 
@@ -69,18 +71,22 @@ STATUS_READS = 200
 CANCEL_BOUND_S = 60
 
 #: Targets: PostgreSQL submit of 100,000 items (s), sequential items/s (PostgreSQL and
-#: SQLite), status read on 1,000,000 items (ms, PostgreSQL).
+#: SQLite), status read on 1,000,000 items (ms, PostgreSQL); Redis: the same three.
 TARGET_PG_SUBMIT_S = 3.0
 TARGET_ITEMS_PER_SECOND = 1_500
 TARGET_PG_STATUS_MS = 5.0
+TARGET_REDIS_SUBMIT_S = 2.0
+TARGET_REDIS_ITEMS_PER_SECOND = 4_000
+TARGET_REDIS_STATUS_MS = 2.0
 
 SERVERS = {
     "postgres": os.environ.get(
         "BATCHKIT_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
     ),
     "mysql": os.environ.get("BATCHKIT_BENCH_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"),
+    "redis": os.environ.get("BATCHKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
 }
-DIALECTS = ("sqlite", "postgres", "mysql")
+DIALECTS = ("sqlite", "postgres", "mysql", "redis")
 
 
 def log(message: str) -> None:
@@ -118,6 +124,7 @@ class DialectResult:
     submit_s: float = 0.0
     run_items_per_s: float = 0.0
     statements_per_item: float = 0.0
+    statements_note: str = ""
     status_ms: dict[int, float] = field(default_factory=dict)
     huge_submit_s: float | None = None
     rss: dict[str, Any] = field(default_factory=dict)
@@ -134,7 +141,7 @@ class _Counter:
     directly (seen by wrapping asyncpg's ``Connection.fetchrow`` while counting).
     """
 
-    def __init__(self, storage: SQLStorage) -> None:
+    def __init__(self, storage: Any) -> None:
         from sqlalchemy import event
 
         self.statements = 0
@@ -216,7 +223,28 @@ def _url_for(dialect: str, workdir: str) -> str:
     return SERVERS[dialect]
 
 
-async def _server_version(storage: SQLStorage) -> str:
+async def _redis_commands(storage: Any) -> tuple[int, int]:
+    """Calls the Redis server has answered, and commands it ran in all (scripts' own
+    included), from its ``commandstats`` (all clients; the machine is idle)."""
+    stats = await storage.client.info("commandstats")
+    calls = sum(int(stats[name]["calls"]) for name in ("cmdstat_evalsha", "cmdstat_info"))
+    return calls, sum(int(entry["calls"]) for entry in stats.values())
+
+
+def _open(dialect: str, url: str, prefix: str, *, create: bool = True) -> Storage:
+    if dialect == "redis":
+        from batchkit.storage.redis import RedisStorage
+
+        return RedisStorage(url, prefix=prefix)
+    from batchkit.storage.sql import SQLStorage
+
+    return SQLStorage(url, table_prefix=prefix, create_schema=create)
+
+
+async def _server_version(storage: Any) -> str:
+    if not hasattr(storage, "engine"):
+        info = await storage.client.info("server")
+        return f"Redis {info['redis_version']}"
     from sqlalchemy import text
 
     if storage.engine.dialect.name == "sqlite":
@@ -231,32 +259,42 @@ async def _server_version(storage: SQLStorage) -> str:
 async def measure_dialect(
     dialect: str, url: str, *, quick: bool, rss_seconds: float
 ) -> DialectResult:
-    """Run every measurement on one database, in tables of a fresh prefix dropped at the end."""
-    from batchkit.storage.sql import SQLStorage
-
+    """Run every measurement on one store, under a fresh prefix dropped at the end."""
     prefix = f"bench{secrets.token_hex(3)}_"
     result = DialectResult(dialect=dialect)
-    storage = SQLStorage(url, table_prefix=prefix)
+    storage: Any = _open(dialect, url, prefix)
     try:
         async with storage:
             result.server = await _server_version(storage)
             log(f"{dialect}: {result.server}, tables {prefix}*")
             runner = BatchRunner(storage, noop)
-            counter = _Counter(storage)
+            counter = None if dialect == "redis" else _Counter(storage)
 
             big, result.submit_s = await _submit_logged(runner, SUBMIT_ITEMS, "submit timing")
             small, _ = await _submit_logged(runner, STATUS_SIZES[0], "status read")
 
             run_id, _ = await _submit_logged(runner, RUN_ITEMS, "sequential run")
             log(f"running {RUN_ITEMS:,} items, concurrency=1")
-            with counter.counting():
+            if counter is None:
+                calls, commands = await _redis_commands(storage)
                 start = time.perf_counter()
                 final = await runner.run(run_id)
                 elapsed = time.perf_counter() - start
+                calls_after, commands_after = await _redis_commands(storage)
+                statements = calls_after - calls - 1  # the INFO itself
+                result.statements_note = (
+                    f" ({(commands_after - commands - 1) / RUN_ITEMS:.1f} commands run)"
+                )
+            else:
+                with counter.counting():
+                    start = time.perf_counter()
+                    final = await runner.run(run_id)
+                    elapsed = time.perf_counter() - start
+                statements = counter.statements
             if final.counts[ItemState.SUCCEEDED] != RUN_ITEMS:
                 raise RuntimeError(f"the run did not complete: {final}")
             result.run_items_per_s = RUN_ITEMS / elapsed
-            result.statements_per_item = counter.statements / RUN_ITEMS
+            result.statements_per_item = statements / RUN_ITEMS
             log(
                 f"  {result.run_items_per_s:,.0f} items/s, "
                 f"{result.statements_per_item:.2f} statements per item"
@@ -274,19 +312,29 @@ async def measure_dialect(
                 rss_batch, rss_size = huge, HUGE
 
         log(f"running the {rss_size:,}-item batch for {rss_seconds:g} s in a fresh interpreter")
-        result.rss = _rss_child(url, prefix, rss_batch, rss_seconds)
+        result.rss = _rss_child(dialect, url, prefix, rss_batch, rss_seconds)
         result.rss["batch_size"] = rss_size
         log(
             f"  {result.rss['done']:,} items done; RSS {_rss_cell(result.rss)} MB "
             f"(start → after 1 s → end, peak); cancel: {_cancel_cell(result.rss)}"
         )
     finally:
-        await _drop_tables(url, prefix)
-        log(f"dropped the tables {prefix}*")
+        await _drop(dialect, url, prefix)
+        log(f"dropped {prefix}*")
     return result
 
 
-async def _drop_tables(url: str, prefix: str) -> None:
+async def _drop(dialect: str, url: str, prefix: str) -> None:
+    if dialect == "redis":
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(url)
+        try:
+            async for key in client.scan_iter(match=f"{prefix}:*", count=1_000):
+                await client.unlink(key)
+        finally:
+            await client.aclose()
+        return
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from batchkit.storage.sql import metadata_for
@@ -300,10 +348,12 @@ async def _drop_tables(url: str, prefix: str) -> None:
         await engine.dispose()
 
 
-def _rss_child(url: str, prefix: str, batch_id: str, seconds: float) -> dict[str, Any]:
+def _rss_child(
+    dialect: str, url: str, prefix: str, batch_id: str, seconds: float
+) -> dict[str, Any]:
     """Run the memory measurement in a fresh interpreter; bound the wait for its cancel."""
     child = subprocess.Popen(
-        [sys.executable, __file__, "--rss-child", url, prefix, batch_id, str(seconds)],
+        [sys.executable, __file__, "--rss-child", dialect, url, prefix, batch_id, str(seconds)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -351,14 +401,12 @@ def _peak_rss_mb() -> float:
     return usage / (1024 * 1024) if sys.platform == "darwin" else usage / 1024
 
 
-async def rss_child(url: str, prefix: str, batch_id: str, seconds: float) -> None:
+async def rss_child(dialect: str, url: str, prefix: str, batch_id: str, seconds: float) -> None:
     """Run ``batch_id`` for ``seconds`` and print what the memory did, then cancel the run.
 
     Prints two JSON lines: the measurements when the time is up, and how long the
     cancelled ``run()`` took to return.
     """
-    from batchkit.storage.sql import SQLStorage
-
     done = 0
     cancelled_at = 0.0
 
@@ -366,7 +414,7 @@ async def rss_child(url: str, prefix: str, batch_id: str, seconds: float) -> Non
         nonlocal done
         done += 1
 
-    async with SQLStorage(url, table_prefix=prefix, create_schema=False) as storage:
+    async with _open(dialect, url, prefix, create=False) as storage:
         runner = BatchRunner(storage, counting)
         await runner.status(batch_id)  # connections and statement caches warm
         start_mb = _current_rss_mb()
@@ -438,7 +486,10 @@ def report(results: list[DialectResult], *, quick: bool) -> str:
         f"sequential run of {RUN_ITEMS:,} items (items/s)",
         [f"{r.run_items_per_s:,.0f}" for r in measured],
     )
-    row("statements per item", [f"{r.statements_per_item:.2f}" for r in measured])
+    row(
+        "statements (Redis: script calls) per item",
+        [f"{r.statements_per_item:.2f}{r.statements_note}" for r in measured],
+    )
     for size in STATUS_SIZES:
         if quick and size == HUGE:
             continue
@@ -498,6 +549,24 @@ def _targets(results: list[DialectResult]) -> list[str]:
             lite.run_items_per_s >= TARGET_ITEMS_PER_SECOND,
             f"{lite.run_items_per_s:,.0f}",
         )
+    red = found.get("redis")
+    if red is not None:
+        check(
+            f"Redis submit {SUBMIT_ITEMS:,} < {TARGET_REDIS_SUBMIT_S:g} s",
+            red.submit_s < TARGET_REDIS_SUBMIT_S,
+            f"{red.submit_s:.2f} s",
+        )
+        check(
+            f"Redis sequential >= {TARGET_REDIS_ITEMS_PER_SECOND:,} items/s",
+            red.run_items_per_s >= TARGET_REDIS_ITEMS_PER_SECOND,
+            f"{red.run_items_per_s:,.0f}",
+        )
+        if HUGE in red.status_ms:
+            check(
+                f"Redis status at {HUGE:,} items < {TARGET_REDIS_STATUS_MS:g} ms",
+                red.status_ms[HUGE] < TARGET_REDIS_STATUS_MS,
+                f"{red.status_ms[HUGE]:.2f} ms",
+            )
     return ["Targets:", *checks] if checks else []
 
 
@@ -535,12 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rss-seconds", type=float, default=10.0, help="how long the memory run lasts (10)"
     )
-    parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--rss-child", nargs=5, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
 
     if args.rss_child is not None:
-        url, prefix, batch_id, seconds = args.rss_child
-        anyio.run(rss_child, url, prefix, batch_id, float(seconds))
+        dialect, url, prefix, batch_id, seconds = args.rss_child
+        anyio.run(rss_child, dialect, url, prefix, batch_id, float(seconds))
         return 0
 
     dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
