@@ -11,10 +11,13 @@ import secrets
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from batchkit import BatchRunner, ItemSpec, ItemState, open_storage
+from batchkit import BatchRunner, BatchState, ItemSpec, ItemState, open_storage
 from batchkit.storage.redis import BATCH_KEYS, RedisStorage
 
 from .conftest import REDIS_URL, drop_redis_keys, require_server
@@ -230,3 +233,58 @@ async def test_a_run_costs_one_script_call_per_item(
         assert 101 <= after - before <= 106, after - before
     finally:
         await admin.aclose()
+
+
+async def test_a_batch_written_in_chunks_appears_whole_or_not_at_all(prefix: str) -> None:
+    async with (
+        RedisStorage(REDIS_URL, prefix=prefix, chunk_size=50) as writer,
+        RedisStorage(REDIS_URL, prefix=prefix) as reader,
+    ):
+        runner = BatchRunner(writer, _noop)
+        seen: list[int] = []
+        batch_ids: list[str] = []
+        polls = 0
+
+        async def submit() -> None:
+            batch_ids.append((await runner.submit([f"item-{n}" for n in range(3_000)])).id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit)
+            while not batch_ids:  # reading as a stranger would, while the batch is written
+                polls += 1
+                for record in await reader.list_batches():
+                    seen.append(record.total)
+                    items = await reader.list_items(record.id, after=2_990, limit=100)
+                    assert [item.position for item in items] == list(range(2_991, 3_000))
+                await anyio.lowlevel.checkpoint()
+        assert polls >= 5, "the batch was written before anyone looked: the test proved nothing"
+        assert set(seen) <= {3_000}
+        assert (await reader.get_batch(batch_ids[0])).total == 3_000
+
+
+async def test_watch_falls_back_to_polling_when_pubsub_fails(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with RedisStorage(REDIS_URL, prefix=prefix, poll_interval=0.05) as storage:
+        runner = BatchRunner(storage, _noop)
+        batch = await runner.submit(["a", "b"])
+
+        class BrokenPubSub:
+            async def subscribe(self, *channels: str) -> None:
+                raise RedisConnectionError("pub/sub is down")
+
+            async def aclose(self) -> None:
+                return None
+
+        monkeypatch.setattr(storage.client, "pubsub", BrokenPubSub)
+        states = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    async for status in runner.watch(batch.id):
+                        states.append(status.state)
+
+                tg.start_soon(watch)
+                await runner.run(batch.id)
+        assert states[-1] is BatchState.COMPLETED
