@@ -1124,3 +1124,24 @@ async def _wait_for(check: Callable[[], bool]) -> None:
     # Polling on purpose: a plain counter has no event to wait on.
     while not check():  # noqa: ASYNC110
         await anyio.sleep(0.005)
+
+
+async def test_many_storages_opening_new_sqlite_files_at_once_all_succeed(
+    tmp_path: Path,
+) -> None:
+    # Switching a new file to WAL needs its lock, which another opener may hold at that
+    # instant (SQLite then answers "database is locked" at once, busy timeout or not):
+    # opening tries again instead of failing.
+    for n in range(30):
+        url = f"sqlite+aiosqlite:///{tmp_path / f'new-{n}.db'}"
+        storages = [SQLStorage(url) for _ in range(8)]
+        try:
+            async with anyio.create_task_group() as tg:
+                for storage in storages:
+                    tg.start_soon(storage.open)
+            record, _ = await storages[0].create_batch(new_batch(1))
+            for storage in storages:
+                assert (await storage.get_batch(record.id)).total == 1
+        finally:
+            for storage in storages:
+                await storage.aclose()

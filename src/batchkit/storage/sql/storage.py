@@ -254,13 +254,21 @@ class SQLStorage:
             )
             self._pg_lanes = self._dialect == "postgresql" and driver == "asyncpg"
             self._lane_cap = 1 if self._sqlite_lanes else (_PG_LANES if self._pg_lanes else 0)
-            try:
-                await self._setup_schema()
-                self._offset = await self._measure_offset()
-            except DBAPIError as exc:
-                raise StorageError(f"cannot open {self!r}: {exc.orig}") from exc
-            except OSError as exc:  # the server is not there (connection refused, DNS)
-                raise StorageError(f"cannot open {self!r}: {exc}") from exc
+            tries = 0
+            while True:
+                try:
+                    await self._setup_schema()
+                    self._offset = await self._measure_offset()
+                    break
+                except DBAPIError as exc:
+                    # A new SQLite file is switched to WAL under a lock that another
+                    # process opening it at the same moment may hold: try again.
+                    if tries >= self.retries or not is_transient(exc):
+                        raise StorageError(f"cannot open {self!r}: {exc.orig}") from exc
+                except OSError as exc:  # the server is not there (connection refused, DNS)
+                    raise StorageError(f"cannot open {self!r}: {exc}") from exc
+                tries += 1
+                await anyio.sleep(min(2.0, 0.05 * 2**tries))
             self._opened = True
 
     def _create_engine(self, url: str) -> AsyncEngine:
@@ -1596,8 +1604,10 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver would defer it).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout first: switching a new file to WAL needs its lock, which another
+    # process opening the same file at the same moment may hold.
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
