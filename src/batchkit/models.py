@@ -103,6 +103,10 @@ class Limits(BaseModel):
     max_traceback_length: int = Field(default=8_000, gt=0)
     #: Longest idempotency key, in characters.
     max_idempotency_key_length: int = Field(default=255, gt=0)
+    #: Most earlier attempts' errors kept on an item (`Item.errors`); older ones are dropped.
+    max_error_history: int = Field(default=10, gt=0)
+    #: Longest cancel reason kept, in characters (longer ones are cut).
+    max_reason_length: int = Field(default=500, gt=0)
 
 
 class ItemSpec(BaseModel):
@@ -151,6 +155,9 @@ class Item(BaseModel):
     attempt: int = 0
     #: Why the item failed (or why its last attempt failed, while it waits for a retry).
     error: ItemError | None = None
+    #: Every failed attempt's error, oldest first (the last `Limits.max_error_history`),
+    #: including attempts lost with a runner that died (type ``"WorkerLost"``).
+    errors: list[ItemError] = Field(default_factory=list)
     #: What the generator returned, once succeeded.
     result: Any = None
     created_at: datetime
@@ -174,6 +181,8 @@ class Batch(BaseModel):
     idempotency_key: str | None = None
     #: Number of items.
     total: int
+    #: The rest of the batch is cancelled once more items than this have failed.
+    max_failures: int | None = None
     created_at: datetime
 
 
@@ -193,6 +202,11 @@ class BatchStatus(BaseModel):
     parent_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     cancel_requested: bool = False
+    #: Why the batch was cancelled (given to `BatchRunner.cancel`, or the `max_failures`
+    #: limit that was passed), when it was.
+    cancel_reason: str | None = None
+    #: The rest of the batch is cancelled once more items than this have failed.
+    max_failures: int | None = None
     created_at: datetime
     #: When an item last changed state.
     updated_at: datetime

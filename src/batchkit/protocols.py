@@ -59,6 +59,8 @@ class NewBatch:
     metadata: dict[str, Any] = field(default_factory=dict)
     parent_id: str | None = None
     idempotency_key: str | None = None
+    #: Cancel the rest of the batch once more items than this have failed (`None`: never).
+    max_failures: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,9 @@ class BatchRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested_at: datetime | None = None
+    #: Why the cancel was requested, as its first requester gave it.
+    cancel_reason: str | None = None
+    max_failures: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +117,16 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A claimed item: the lease and what the generator needs."""
+    """A claimed item: the lease, what the generator needs, and the item's history.
+
+    ``history`` is the text the core last wrote with an outcome of this item (see
+    `Outcome.history`), or `None` if it never wrote one; a storage keeps it as it is.
+    """
 
     lease: Lease
     position: int
     payload: Any
+    history: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,35 +141,43 @@ class LeaseStatus:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a running item ends its attempt. Build one with the class methods."""
+    """How a running item ends its attempt. Build one with the class methods.
+
+    ``history`` is the item's attempt history as the core encodes it (JSON text): the
+    storage stores it with the outcome, unread, and hands it back with the item's next
+    claim; `None` keeps the history already stored.
+    """
 
     state: ItemState
     result: str | None = None
     error: ItemError | None = None
     delay: float = 0.0
+    history: str | None = None
 
     @classmethod
-    def succeeded(cls, result: str) -> Outcome:
+    def succeeded(cls, result: str, *, history: str | None = None) -> Outcome:
         """The generator returned; ``result`` is JSON text."""
-        return cls(ItemState.SUCCEEDED, result=result)
+        return cls(ItemState.SUCCEEDED, result=result, history=history)
 
     @classmethod
-    def failed(cls, error: ItemError) -> Outcome:
+    def failed(cls, error: ItemError, *, history: str | None = None) -> Outcome:
         """The attempt failed for good."""
-        return cls(ItemState.FAILED, error=error)
+        return cls(ItemState.FAILED, error=error, history=history)
 
     @classmethod
-    def cancelled(cls, error: ItemError | None = None) -> Outcome:
+    def cancelled(cls, error: ItemError | None = None, *, history: str | None = None) -> Outcome:
         """The batch's cancel reached the running item."""
-        return cls(ItemState.CANCELLED, error=error)
+        return cls(ItemState.CANCELLED, error=error, history=history)
 
     @classmethod
-    def released(cls, *, delay: float = 0.0, error: ItemError | None = None) -> Outcome:
+    def released(
+        cls, *, delay: float = 0.0, error: ItemError | None = None, history: str | None = None
+    ) -> Outcome:
         """Back to queued, claimable after ``delay`` seconds (a retry keeps its ``error``).
 
         In a batch whose cancel was requested, a released item becomes cancelled instead.
         """
-        return cls(ItemState.QUEUED, error=error, delay=delay)
+        return cls(ItemState.QUEUED, error=error, delay=delay, history=history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,13 +362,18 @@ class Storage(Protocol):
         """
         ...
 
-    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+    async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request the batch's cancel: queued items become `cancelled` at once.
 
         Running items keep running until their runner sees the request (its next
         heartbeat or progress write answers ``cancel_requested``) and finishes them as
         cancelled; a running item whose lease has already expired is cancelled at once.
         Cancelling a finished batch changes nothing.
+
+        Args:
+            batch_id: the batch.
+            reason: why, kept as the batch's ``cancel_reason``; the first request's
+                reason stays when the cancel is requested again.
 
         Raises:
             BatchNotFound: no batch has this id.

@@ -103,6 +103,8 @@ def status_from_record(record: BatchRecord) -> BatchStatus:
         parent_id=record.parent_id,
         metadata=record.metadata,
         cancel_requested=record.cancel_requested_at is not None,
+        cancel_reason=record.cancel_reason,
+        max_failures=record.max_failures,
         created_at=record.created_at,
         updated_at=record.updated_at,
         started_at=record.started_at,
@@ -118,5 +120,6 @@ def batch_from_record(record: BatchRecord) -> Batch:
         metadata=record.metadata,
         idempotency_key=record.idempotency_key,
         total=record.total,
+        max_failures=record.max_failures,
         created_at=record.created_at,
     )

@@ -15,6 +15,7 @@ import anyio.lowlevel
 
 from ..codec import dumps, loads, same_json
 from ..exceptions import BatchNotFound, ItemNotFound
+from ..history import errors_of
 from ..ids import new_token
 from ..models import Item, ItemError, ItemState
 from ..protocols import (
@@ -59,6 +60,7 @@ class _Item:
     attempt: int = 0
     error: ItemError | None = None
     result: str | None = None
+    history: str | None = None
     token: str | None = None
     deadline: float = 0.0
     not_before: float = 0.0
@@ -87,6 +89,8 @@ class _Batch:
     started_at: float | None = None
     finished_at: float | None = None
     cancel_requested_at: float | None = None
+    cancel_reason: str | None = None
+    max_failures: int | None = None
     hook_done: bool = False
     hook_token: str | None = None
     hook_deadline: float = 0.0
@@ -182,6 +186,7 @@ class MemoryStorage:
                 index=index,
                 counts=counts,
                 ready=list(range(len(items))),  # sorted, so already a heap
+                max_failures=batch.max_failures,
             )
             if not items:
                 row.finished_at = now
@@ -313,7 +318,7 @@ class MemoryStorage:
             claim = self._claim(then_claim, now) if then_claim is not None else None
             return FinishResult(accepted=accepted, claim=claim)
 
-    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+    async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""
         await anyio.lowlevel.checkpoint()
         async with self._lock:
@@ -323,6 +328,7 @@ class MemoryStorage:
             now = self._clock()
             if row.cancel_requested_at is None:
                 row.cancel_requested_at = now
+                row.cancel_reason = reason
             for item in row.items:
                 if item.state is _QUEUED or (item.state is _RUNNING and item.deadline <= now):
                     self._set_state(row, item, _CANCELLED, now)
@@ -448,7 +454,12 @@ class MemoryStorage:
             if row.started_at is None:
                 row.started_at = now
             lease = Lease(row.id, item.key, item.token, item.attempt)
-            return Claim(lease=lease, position=item.position, payload=loads(item.payload))
+            return Claim(
+                lease=lease,
+                position=item.position,
+                payload=loads(item.payload),
+                history=item.history,
+            )
         return None
 
     def _next_claimable(self, row: _Batch, now: float) -> _Item | None:
@@ -486,6 +497,8 @@ class MemoryStorage:
             state = _CANCELLED
         if outcome.error is not None:
             item.error = outcome.error
+        if outcome.history is not None:
+            item.history = outcome.history
         if state is _SUCCEEDED:
             item.result = outcome.result
             item.progress = 1.0
@@ -534,6 +547,8 @@ class MemoryStorage:
             started_at=_ts(row.started_at),
             finished_at=_ts(row.finished_at),
             cancel_requested_at=_ts(row.cancel_requested_at),
+            cancel_reason=row.cancel_reason,
+            max_failures=row.max_failures,
         )
 
     def _item(self, row: _Batch, item: _Item) -> Item:
@@ -547,6 +562,7 @@ class MemoryStorage:
             message=item.message,
             attempt=item.attempt,
             error=item.error,
+            errors=errors_of(item.history),
             result=None if item.result is None else loads(item.result),
             created_at=_ts(item.created_at),  # type: ignore[arg-type]
             updated_at=_ts(item.updated_at),  # type: ignore[arg-type]

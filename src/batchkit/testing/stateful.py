@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 )
 
 from ..codec import dumps, loads
+from ..history import History, errors_of
 from ..ids import new_batch_id
 from ..models import TERMINAL_ITEM_STATES, ItemError, ItemState
 from ..protocols import ClaimRequest, NewBatch, NewItem, Outcome
@@ -77,6 +78,8 @@ class _ModelItem:
     error: ItemError | None = None
     #: Whether the contract pins ``error`` (after a failure, a success, a release with one).
     error_known: bool = True
+    #: The history text the last accepted outcome wrote (a claim hands it back).
+    history: str | None = None
 
 
 @dataclass
@@ -87,6 +90,8 @@ class _ModelBatch:
     items: list[_ModelItem]
     started: bool = False
     cancel_requested: bool = False
+    cancel_reason: str | None = None
+    max_failures: int | None = None
 
     def counts(self) -> dict[ItemState, int]:
         return recount(item.state for item in self.items)
@@ -189,6 +194,7 @@ class StorageStateMachine(RuleBasedStateMachine):
             item.attempt += 1
             assert claim.lease.attempt == item.attempt
             assert (claim.position, claim.payload) == (batch.items.index(item), item.payload)
+            assert claim.history == item.history
             item.state, item.token = _R, claim.lease.token
             item.expired, item.waiting = request.lease_seconds <= 0, False
             item.progress, item.message, item.error_known = 0.0, None, False
@@ -221,6 +227,8 @@ class StorageStateMachine(RuleBasedStateMachine):
         state = outcome.state
         if state is _Q and batch.cancel_requested:
             state = _C
+        if outcome.history is not None:
+            item.history = outcome.history
         if outcome.error is not None:
             item.error, item.error_known = outcome.error, True
         else:
@@ -237,14 +245,17 @@ class StorageStateMachine(RuleBasedStateMachine):
     @initialize(data=st.data(), group=st.sampled_from(["a", "b"]))
     def first_batch(self, data: st.DataObject, group: str) -> None:
         """Every run starts with a batch, so that the other rules have work to do."""
-        self._create(*_draw_items(data), {"group": group}, None, None)
+        self._create(*_draw_items(data), {"group": group}, None, None, None)
 
     @rule(
         data=st.data(),
         group=st.sampled_from(["a", "b"]),
         idempotency=st.sampled_from(["none", "none", "fresh", "reused"]),
+        max_failures=st.none() | st.integers(0, 3),
     )
-    def create_batch(self, data: st.DataObject, group: str, idempotency: str) -> None:
+    def create_batch(
+        self, data: st.DataObject, group: str, idempotency: str, max_failures: int | None
+    ) -> None:
         """Submit a batch of 1 to 6 items, maybe with a fresh or an already used key."""
         keys, payloads = _draw_items(data)
         key = None
@@ -252,7 +263,7 @@ class StorageStateMachine(RuleBasedStateMachine):
             key = f"submission-{len(self.idempotency)}"
         elif idempotency == "reused":
             key = data.draw(st.sampled_from(sorted(self.idempotency)), label="reused key")
-        self._create(keys, payloads, {"group": group}, None, key)
+        self._create(keys, payloads, {"group": group}, None, key, max_failures)
 
     @precondition(lambda self: bool(self._retryable()))
     @rule(data=st.data())
@@ -261,7 +272,7 @@ class StorageStateMachine(RuleBasedStateMachine):
         parent = self.batches[data.draw(st.sampled_from(self._retryable()), label="parent")]
         failed = [item for item in parent.items if item.state is _F]
         keys, payloads = [i.key for i in failed], [i.payload for i in failed]
-        self._create(keys, payloads, parent.metadata, parent.id, None)
+        self._create(keys, payloads, parent.metadata, parent.id, None, None)
 
     def _create(
         self,
@@ -270,6 +281,7 @@ class StorageStateMachine(RuleBasedStateMachine):
         metadata: dict[str, Any],
         parent_id: str | None,
         idempotency_key: str | None,
+        max_failures: int | None,
     ) -> None:
         new = NewBatch(
             id=new_batch_id(),
@@ -277,6 +289,7 @@ class StorageStateMachine(RuleBasedStateMachine):
             metadata=metadata,
             parent_id=parent_id,
             idempotency_key=idempotency_key,
+            max_failures=max_failures,
         )
         record, created = self._portal.call(self.storage.create_batch, new)
         existing = self.idempotency.get(idempotency_key) if idempotency_key else None
@@ -285,8 +298,11 @@ class StorageStateMachine(RuleBasedStateMachine):
             return
         assert created
         assert (record.id, record.total, record.parent_id) == (new.id, len(keys), parent_id)
+        assert record.max_failures == max_failures
         items = [_ModelItem(k, p) for k, p in zip(keys, payloads, strict=True)]
-        self.batches[new.id] = _ModelBatch(new.id, metadata, parent_id, items)
+        self.batches[new.id] = _ModelBatch(
+            new.id, metadata, parent_id, items, max_failures=max_failures
+        )
         if idempotency_key is not None:
             self.idempotency[idempotency_key] = new.id
 
@@ -355,6 +371,7 @@ class StorageStateMachine(RuleBasedStateMachine):
         delay=st.sampled_from([0.0, LONG]),
         with_error=st.booleans(),
         then_claim=st.none() | _LEASES,
+        with_history=st.booleans(),
     )
     def finish(
         self,
@@ -364,10 +381,11 @@ class StorageStateMachine(RuleBasedStateMachine):
         delay: float,
         with_error: bool,
         then_claim: float | None,
+        with_history: bool,
     ) -> None:
         """End a current attempt, and maybe claim the next item of its batch."""
         lease = data.draw(st.sampled_from(self._current()), label="lease")
-        outcome = _outcome(kind, lease, result, delay, with_error)
+        outcome = _outcome(kind, lease, result, delay, with_error, with_history)
         request = None
         if then_claim is not None:
             request = ClaimRequest(lease_seconds=then_claim, batch_ids=(lease.batch_id,))
@@ -399,7 +417,7 @@ class StorageStateMachine(RuleBasedStateMachine):
             )
             assert not status.held
         else:
-            outcome = _outcome(kind, lease, "stale", 0.0, True)
+            outcome = _outcome(kind, lease, "stale", 0.0, True, True)
             answer = self._portal.call(self.storage.finish, lease, outcome)
             assert (answer.accepted, answer.claim) == (False, None)
         after = self._portal.call(_read_one, self.storage, lease.batch_id, lease.key)
@@ -407,13 +425,15 @@ class StorageStateMachine(RuleBasedStateMachine):
 
     # A cancel ends a batch's claims for good: two per run leave the other rules work.
     @precondition(lambda self: self.cancels < 2)
-    @rule(data=st.data())
-    def cancel_batch(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), reason=st.none() | st.sampled_from(["stop", "limit ✓ {x}:*\n2"]))
+    def cancel_batch(self, data: st.DataObject, reason: str | None) -> None:
         """Request a batch's cancel (a finished batch stays as it is)."""
         self.cancels += 1
         batch = self.batches[data.draw(st.sampled_from(sorted(self.batches)), label="batch")]
-        record = self._portal.call(self.storage.cancel_batch, batch.id)
+        record = self._portal.call(lambda: self.storage.cancel_batch(batch.id, reason=reason))
         if not batch.finished:
+            if not batch.cancel_requested:
+                batch.cancel_reason = reason
             batch.cancel_requested = True
             for item in batch.items:
                 if item.state is _Q or (item.state is _R and item.expired):
@@ -441,6 +461,8 @@ class StorageStateMachine(RuleBasedStateMachine):
             assert (record.finished_at is not None) is model.finished
             assert (record.cancel_requested_at is not None) is model.cancel_requested
             assert record.parent_id == model.parent_id
+            assert record.cancel_reason == model.cancel_reason
+            assert record.max_failures == model.max_failures
             running = math.fsum(i.progress for i in model.items if i.state is _R)
             assert math.isclose(record.running_progress, running, abs_tol=1e-9)
             for item, expected in zip(items, model.items, strict=True):
@@ -462,6 +484,7 @@ class StorageStateMachine(RuleBasedStateMachine):
             assert (item.result, item.progress) == (expected.result, 1.0)
         if expected.error_known:
             assert item.error == expected.error
+        assert item.errors == errors_of(expected.history)
 
 
 def _draw_items(data: st.DataObject) -> tuple[list[str], list[Any]]:
@@ -471,17 +494,22 @@ def _draw_items(data: st.DataObject) -> tuple[list[str], list[Any]]:
     )
 
 
-def _outcome(kind: str, lease: Lease, result: Any, delay: float, with_error: bool) -> Outcome:
+def _outcome(
+    kind: str, lease: Lease, result: Any, delay: float, with_error: bool, with_history: bool
+) -> Outcome:
     error = ItemError(
         type="RuntimeError", message=f"attempt {lease.attempt}", attempt=lease.attempt
     )
+    history = None
+    if with_history:
+        history = History(released=lease.attempt).with_failure(error, keep=3).encode()
     if kind == "succeeded":
-        return Outcome.succeeded(dumps(result))
+        return Outcome.succeeded(dumps(result), history=history)
     if kind == "failed":
-        return Outcome.failed(error)
+        return Outcome.failed(error, history=history)
     if kind == "released":
-        return Outcome.released(delay=delay, error=error if with_error else None)
-    return Outcome.cancelled()
+        return Outcome.released(delay=delay, error=error if with_error else None, history=history)
+    return Outcome.cancelled(history=history)
 
 
 def run_state_machine(

@@ -52,6 +52,8 @@ local COUNTER = {queued = 'q', running = 'r', succeeded = 's', failed = 'f', can
 -- Fields of an item's packed record.
 local STATE, ATTEMPT, TOKEN, DEADLINE, PROGRESS, MESSAGE = 1, 2, 3, 4, 5, 6
 local ERROR, CREATED, UPDATED, STARTED, FINISHED, KEY, RESULT = 7, 8, 9, 10, 11, 12, 13
+-- The core's record of earlier attempts (batchkit.history), stored unread.
+local HISTORY = 14
 
 local finished_now = false
 local changed = false
@@ -171,7 +173,8 @@ local function record()
   return h
 end
 
--- Claim the lowest-position claimable item: {1, key, position, payload, attempt}, or
+-- Claim the lowest-position claimable item: {1, key, position, payload, attempt,
+-- history}, or
 -- {0} when none is claimable now, {2} when the batch does not exist, {3} when finished.
 local function claim_here(lease, token, t)
   local m = get_meta()
@@ -223,7 +226,9 @@ local function claim_here(lease, token, t)
     set_meta('updated', t)
   end
   publish()
-  return {1, rec[KEY], pick, redis.call('HGET', PAYLOADS, pick), rec[ATTEMPT]}
+  return {
+    1, rec[KEY], pick, redis.call('HGET', PAYLOADS, pick), rec[ATTEMPT], rec[HISTORY] or false,
+  }
 end
 
 local function item_reply(pos, rec)
@@ -233,6 +238,7 @@ local function item_reply(pos, rec)
     rec[KEY], tonumber(pos), redis.call('HGET', PAYLOADS, pos), rec[STATE],
     fmt(rec[PROGRESS]), rec[MESSAGE], rec[ATTEMPT], rec[ERROR], result,
     fmt(rec[CREATED]), fmt(rec[UPDATED]), opt(rec[STARTED]), opt(rec[FINISHED]),
+    rec[HISTORY] or false,
   }
 end
 
@@ -284,7 +290,7 @@ return n
 )
 
 #: Make a batch visible, with its counters. ARGV: 3 id, 4 total, 5 metadata JSON,
-#: 6 parent id, 7 idempotency key ('' for none). Returns {created (1/0), record,
+#: 6 parent id, 7 idempotency key, 8 max failures ('' for none). Returns {created (1/0), record,
 #: finished now (1/0)}: 0 when the batch already existed.
 COMMIT = (
     _COMMON
@@ -300,6 +306,7 @@ redis.call('HSET', META, 'id', ARGV[3], 'total', total, 'q', total, 'r', 0, 's',
   'f', 0, 'c', 0, 'created', fmt(t), 'updated', fmt(t), 'metadata', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', META, 'parent', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', META, 'idem', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('HSET', META, 'maxf', ARGV[8]) end
 for i = 2, 5 do redis.call('PERSIST', KEYS[i]) end
 if total == 0 then
   redis.call('HSET', META, 'finished', fmt(t))
@@ -385,7 +392,8 @@ return claim
 
 #: End a leased attempt, then maybe claim the next item of the same batch.
 #: ARGV: 3 key, 4 token, 5 state, 6 result, 7 error JSON ('' for none), 8 delay,
-#: 9 lease seconds of the next claim ('' for no claim), 10 the next claim's token.
+#: 9 lease seconds of the next claim ('' for no claim), 10 the next claim's token,
+#: 11 the item's history ('' to keep it).
 #: Returns {accepted (1/0), finished now (1/0)} followed by the claim's fields.
 FINISH = (
     _COMMON
@@ -398,6 +406,7 @@ if pos then
   local state = ARGV[5]
   if state == 'queued' and get_meta().cancel_at then state = 'cancelled' end
   if ARGV[7] ~= '' then rec[ERROR] = ARGV[7] end
+  if ARGV[11] ~= '' then rec[HISTORY] = ARGV[11] end
   if state == 'succeeded' then
     rec[RESULT] = ARGV[6]  -- kept in the record: a succeeded item never changes again
     rec[PROGRESS] = 1
@@ -459,7 +468,8 @@ return {1, redis.call('HEXISTS', META, 'cancel_at')}
 """
 )
 
-#: Request a batch's cancel. Returns {found (0/1), finished now (1/0)}.
+#: Request a batch's cancel. ARGV: 3 the reason ('' for none).
+#: Returns {found (0/1), finished now (1/0)}.
 CANCEL = (
     _COMMON
     + r"""
@@ -467,7 +477,10 @@ local m = get_meta()
 if not m then return {0, 0} end
 if m.finished then return {1, 0} end
 local t = clock()
-if not m.cancel_at then set_meta('cancel_at', t) end
+if not m.cancel_at then
+  set_meta('cancel_at', t)
+  if ARGV[3] ~= '' then set_meta('cancel_reason', ARGV[3]) end
+end
 local queued = 0
 for _, set in ipairs({READY, DELAYPOS}) do
   for _, pos in ipairs(redis.call('ZRANGE', set, 0, -1)) do

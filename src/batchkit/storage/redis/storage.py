@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from ...codec import dumps, loads, same_json
 from ...exceptions import BatchNotFound, ItemNotFound, StorageError
+from ...history import errors_of
 from ...ids import is_batch_id, new_token
 from ...models import Item, ItemError, ItemState
 from ...protocols import (
@@ -358,6 +359,7 @@ class RedisStorage:
                 dumps(batch.metadata),
                 batch.parent_id or "",
                 batch.idempotency_key or "",
+                "" if batch.max_failures is None else str(batch.max_failures),
             )
         )
         record = self._to_record(reply[1])
@@ -430,6 +432,8 @@ class RedisStorage:
                 self._metadata[batch_id] = metadata  # metadata never changes
         parent = m.get("parent")
         idem = m.get("idem")
+        max_failures = m.get("maxf")
+        reason = m.get("cancel_reason")
         return BatchRecord(
             id=batch_id,
             total=int(m["total"]),
@@ -449,11 +453,13 @@ class RedisStorage:
             started_at=_ts(m.get("started")),
             finished_at=_ts(m.get("finished")),
             cancel_requested_at=_ts(m.get("cancel_at")),
+            cancel_reason=None if reason is None else _text(reason),
+            max_failures=None if max_failures is None else int(max_failures),
         )
 
     def _to_item(self, batch_id: str, reply: list[Any]) -> Item:
         (key, position, payload, state, progress, message, attempt, error, result) = reply[:9]
-        created, updated, started, finished = reply[9:13]
+        created, updated, started, finished, history = reply[9:14]
         return Item(
             batch_id=batch_id,
             key=_text(key),
@@ -464,6 +470,7 @@ class RedisStorage:
             message=None if message is None else _text(message),
             attempt=int(attempt),
             error=None if error is None else ItemError.model_validate_json(_text(error)),
+            errors=[] if history is None else errors_of(_text(history)),
             result=None if result is None else loads(_text(result)),
             created_at=_ts(created),  # type: ignore[arg-type]
             updated_at=_ts(updated),  # type: ignore[arg-type]
@@ -628,11 +635,12 @@ class RedisStorage:
             await self._call(lambda: self._forget([batch_id]))
         if code != 1:
             return None
-        _, key, position, payload, attempt = claim
+        _, key, position, payload, attempt, history = claim
         return Claim(
             lease=Lease(batch_id, _text(key), token, int(attempt)),
             position=int(position),
             payload=loads(_text(payload)),
+            history=None if history is None else _text(history),
         )
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
@@ -700,6 +708,7 @@ class RedisStorage:
                     repr(max(0.0, float(outcome.delay))),
                     lease_arg,
                     token,
+                    outcome.history or "",
                 )
             )
             accepted = bool(reply[0])
@@ -711,11 +720,11 @@ class RedisStorage:
             claim = await self.claim(then_claim)
         return FinishResult(accepted=accepted, claim=claim)
 
-    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+    async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""
         if not is_batch_id(batch_id):
             raise BatchNotFound(batch_id)
-        found, finished = await self._call(lambda: self._script("CANCEL", batch_id))
+        found, finished = await self._call(lambda: self._script("CANCEL", batch_id, reason or ""))
         if not found:
             raise BatchNotFound(batch_id)
         if finished:

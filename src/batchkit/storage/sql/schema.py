@@ -38,7 +38,7 @@ __all__ = [
 
 #: The layout version written in the ``<prefix>meta`` table; a store written by a
 #: different layout is refused with `SchemaVersionMismatch` instead of being misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _PREFIX = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,30}\Z")
 
@@ -124,6 +124,8 @@ def build_tables(metadata: MetaData, prefix: str = "batchkit_") -> Tables:
         Column("started_at", Double, nullable=True),
         Column("finished_at", Double, nullable=True),
         Column("cancel_requested_at", Double, nullable=True),
+        Column("cancel_reason", Text, nullable=True),
+        Column("max_failures", Integer, nullable=True),
         Column("hook_done", Boolean, nullable=False),
         Column("hook_token", String(32), nullable=True),
         Column("hook_deadline", Double, nullable=True),
@@ -161,6 +163,8 @@ def build_tables(metadata: MetaData, prefix: str = "batchkit_") -> Tables:
         Column("attempt", Integer, nullable=False),
         Column("error", Text, nullable=True),
         Column("result", _LongText, nullable=True),
+        # The core's record of earlier attempts (batchkit.history), stored unread.
+        Column("history", _LongText, nullable=True),
         Column("token", String(32), nullable=True),
         Column("created_at", Double, nullable=False),
         Column("updated_at", Double, nullable=False),

@@ -22,6 +22,7 @@ from sqlalchemy.pool import StaticPool
 
 from ...codec import dumps, loads
 from ...exceptions import BatchNotFound, ItemNotFound, SchemaVersionMismatch, StorageError
+from ...history import errors_of
 from ...ids import new_token
 from ...models import Item, ItemError, ItemState
 from ...protocols import (
@@ -549,6 +550,7 @@ class SQLStorage:
                     created_at=now,
                     updated_at=now,
                     finished_at=None if total else now,
+                    max_failures=batch.max_failures,
                     hook_done=False,
                 )
             )
@@ -703,6 +705,8 @@ class SQLStorage:
             started_at=_ts(m["started_at"]),
             finished_at=_ts(m["finished_at"]),
             cancel_requested_at=_ts(m["cancel_requested_at"]),
+            cancel_reason=m["cancel_reason"],
+            max_failures=m["max_failures"],
         )
 
     async def get_item(self, batch_id: str, key: str) -> Item:
@@ -740,6 +744,7 @@ class SQLStorage:
             message=m["message"],
             attempt=m["attempt"],
             error=None if error is None else ItemError.model_validate_json(error),
+            errors=errors_of(m["history"]),
             result=None if result is None else loads(result),
             created_at=_ts(m["created_at"]),  # type: ignore[arg-type]
             updated_at=_ts(m["updated_at"]),  # type: ignore[arg-type]
@@ -910,6 +915,7 @@ class SQLStorage:
                 i.c.state,
                 i.c.attempt,
                 i.c.cancel_requested,
+                i.c.history,
             )
             if kind == "one":
                 query = query.where(i.c.batch_id == bindparam("b_id"))
@@ -994,6 +1000,7 @@ class SQLStorage:
                 lease=Lease(batch_id, row.key, token, attempt),
                 position=position,
                 payload=loads(row.payload),
+                history=row.history,
             )
         return None
 
@@ -1220,6 +1227,7 @@ class SQLStorage:
             "now": now,
             "result": outcome.result,
             "error": None if outcome.error is None else outcome.error.model_dump_json(),
+            "history": outcome.history,
             "token": token,
             "deadline": now + request.lease_seconds,
         }
@@ -1231,13 +1239,14 @@ class SQLStorage:
                 raise _asyncpg_fault(via.driver, exc) from exc
         else:
             row = (await via.execute(stmt, params)).one()
-        accepted, key, payload, attempt, position = row[0], row[1], row[2], row[3], row[4]
+        accepted, key, payload, attempt, position, history = row[:6]
         claim = None
         if key is not None:
             claim = Claim(
                 lease=Lease(lease.batch_id, key, token, attempt),
                 position=position,
                 payload=loads(payload),
+                history=history,
             )
         return FinishResult(accepted=bool(accepted), claim=claim)
 
@@ -1251,7 +1260,8 @@ class SQLStorage:
         sql = f"""
 WITH f AS (
     UPDATE {items} SET state = '{state}', active = 0, claimable_at = NULL, token = NULL,
-        finished_at = :now, updated_at = :now, {outcome}
+        finished_at = :now, updated_at = :now, {outcome},
+        history = COALESCE(CAST(:history AS TEXT), history)
     WHERE batch_id = :lb AND key = :lk AND token = :lt AND state = 'running'
     RETURNING batch_id
 ), c AS (
@@ -1264,7 +1274,7 @@ WITH f AS (
         claimable_at = :deadline, progress = 0.0, message = NULL,
         started_at = :now, updated_at = :now
     FROM c WHERE i.batch_id = c.batch_id AND i.position = c.position
-    RETURNING i.key, i.payload, i.attempt, i.position, c.state AS old_state
+    RETURNING i.key, i.payload, i.attempt, i.position, i.history, c.state AS old_state
 ), n AS (
     SELECT (SELECT count(*) FROM f) AS done,
            (SELECT count(*) FROM u WHERE old_state = 'queued') AS started,
@@ -1282,17 +1292,19 @@ WITH f AS (
     FROM n WHERE id = :lb AND (n.done > 0 OR n.claimed > 0)
     RETURNING pg_notify('{self._channel}', id)
 )
-SELECT n.done AS accepted, u.key, u.payload, u.attempt, u.position, (SELECT count(*) FROM b)
+SELECT n.done AS accepted, u.key, u.payload, u.attempt, u.position, u.history,
+    (SELECT count(*) FROM b)
 FROM n LEFT JOIN u ON true
 """
         typed = bindparam("result", type_=Text) if state == _S else bindparam("error", type_=Text)
-        return text(sql).bindparams(typed)
+        return text(sql).bindparams(typed, bindparam("history", type_=Text))
 
     def _finish_stmt(self, state: str) -> Any:
         i = self.tables.items
 
         def build() -> Any:
             error = func.coalesce(bindparam("f_error", type_=Text), i.c.error)
+            history = func.coalesce(bindparam("f_history", type_=Text), i.c.history)
             values: dict[str, Any]
             if state == _Q:
                 values = {
@@ -1303,6 +1315,7 @@ FROM n LEFT JOIN u ON true
                     "message": None,
                     "updated_at": bindparam("f_now"),
                     "error": error,
+                    "history": history,
                 }
             else:
                 values = {
@@ -1312,6 +1325,7 @@ FROM n LEFT JOIN u ON true
                     "token": None,
                     "finished_at": bindparam("f_now"),
                     "updated_at": bindparam("f_now"),
+                    "history": history,
                 }
                 if state == _S:
                     values.update(
@@ -1347,6 +1361,7 @@ FROM n LEFT JOIN u ON true
             f_at=now + max(0.0, outcome.delay),
             f_result=outcome.result,
             f_error=None if outcome.error is None else outcome.error.model_dump_json(),
+            f_history=outcome.history,
         )
         done = yield self._finish_stmt(state), params
         if done.rowcount != 1:
@@ -1354,7 +1369,7 @@ FROM n LEFT JOIN u ON true
         yield from self._bump(lease.batch_id, _R, state, now)
         return True
 
-    async def cancel_batch(self, batch_id: str) -> BatchRecord:
+    async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""
         i, b = self.tables.items, self.tables.batches
 
@@ -1372,7 +1387,7 @@ FROM n LEFT JOIN u ON true
             await conn.execute(
                 b.update()
                 .where(b.c.id == batch_id, b.c.cancel_requested_at.is_(None))
-                .values(cancel_requested_at=now)
+                .values(cancel_requested_at=now, cancel_reason=reason)
             )
             queued = await conn.execute(
                 i.update()

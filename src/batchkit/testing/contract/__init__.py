@@ -16,8 +16,8 @@ extended with ``lease_seconds=0`` (an item is claimable when its deadline is not
 the store's now), and a retry that waits an hour is not claimable during a test.
 
 The tests live in one mixin per topic (``creating``, ``claiming``, ``finishing``,
-``cancelling``, ``hooks``, ``notify``, ``retention``, ``concurrency``); `StorageContract`
-combines them with the ``storage`` fixture they all use.
+``history``, ``cancelling``, ``hooks``, ``notify``, ``retention``, ``concurrency``);
+`StorageContract` combines them with the ``storage`` fixture they all use.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .claiming import ClaimingContract
 from .concurrency import ConcurrencyContract
 from .creating import CreatingContract
 from .finishing import FinishingContract
+from .history import HistoryContract
 from .hooks import HooksContract
 from .notify import NotifyContract
 from .retention import RetentionContract
@@ -50,6 +51,7 @@ class StorageContract(
     CreatingContract,
     ClaimingContract,
     FinishingContract,
+    HistoryContract,
     CancellingContract,
     HooksContract,
     NotifyContract,

@@ -31,6 +31,7 @@ def new_batch(
     metadata: dict[str, Any] | None = None,
     parent_id: str | None = None,
     idempotency_key: str | None = None,
+    max_failures: int | None = None,
 ) -> NewBatch:
     """Build a `NewBatch` with a fresh id.
 
@@ -40,6 +41,7 @@ def new_batch(
         metadata: the batch's metadata.
         parent_id: the batch this one retries.
         idempotency_key: the submission's idempotency key.
+        max_failures: the batch's failure limit.
     """
     keys = [f"item-{i}" for i in range(items)] if isinstance(items, int) else list(items)
     values: list[Any] = [{"n": i} for i in range(len(keys))] if payloads is None else list(payloads)
@@ -49,6 +51,7 @@ def new_batch(
         metadata=dict(metadata or {}),
         parent_id=parent_id,
         idempotency_key=idempotency_key,
+        max_failures=max_failures,
     )
 
 

@@ -27,6 +27,28 @@ class CancellingContract:
         assert [i.state for i in await storage.list_items(record.id)] == [_C, _C, _C]
         assert status_from_record(cancelled).state is BatchState.CANCELLED
 
+    async def test_cancel_keeps_the_first_reason(self, storage: Storage) -> None:
+        record = await _create(storage, 2)
+        await _claim(storage, record.id)
+        reason = "more than max_failures=0 items failed: ✓ {x}:*\nsecond line"
+        first = await storage.cancel_batch(record.id, reason=reason)
+        assert first.cancel_reason == reason
+        again = await storage.cancel_batch(record.id, reason="a later reason")
+        assert again.cancel_reason == reason
+        assert (await storage.get_batch(record.id)).cancel_reason == reason
+
+    async def test_cancel_without_a_reason_keeps_none(self, storage: Storage) -> None:
+        record = await _create(storage, 1)
+        assert (await storage.get_batch(record.id)).cancel_reason is None
+        assert (await storage.cancel_batch(record.id)).cancel_reason is None
+
+    async def test_cancel_of_a_finished_batch_keeps_no_reason(self, storage: Storage) -> None:
+        record = await _create(storage, 1)
+        claim = await _claim(storage, record.id)
+        await storage.finish(claim.lease, Outcome.succeeded("1"))
+        after = await storage.cancel_batch(record.id, reason="too late")
+        assert (after.cancel_reason, after.cancel_requested_at) == (None, None)
+
     async def test_cancel_lets_running_items_run_and_tells_them(self, storage: Storage) -> None:
         record = await _create(storage, 2)
         claim = await _claim(storage, record.id)

@@ -54,6 +54,16 @@ class CreatingContract:
         assert record.running_progress == 0.0
         assert await storage.get_batch(new.id) == record
 
+    async def test_create_keeps_max_failures(self, storage: Storage) -> None:
+        limited = await _create(storage, 2, max_failures=3)
+        assert limited.max_failures == 3
+        assert (await storage.get_batch(limited.id)).max_failures == 3
+        none = await _create(storage, 1, max_failures=0)
+        assert (await storage.get_batch(none.id)).max_failures == 0
+        assert (await _create(storage, 1)).max_failures is None
+        listed = {r.id: r.max_failures for r in await storage.list_batches()}
+        assert listed[limited.id] == 3
+
     async def test_create_keeps_parent_id(self, storage: Storage) -> None:
         parent = await _create(storage)
         child = await _create(storage, 1, parent_id=parent.id)
