@@ -26,6 +26,7 @@ from .models import Limits as Limits
 from .protocols import Generator as Generator
 from .protocols import Storage as Storage
 from .protocols import SyncGenerator as SyncGenerator
+from .retry import RetryPolicy as RetryPolicy
 from .runner import BatchRunner as BatchRunner
 from .storage import MemoryStorage as MemoryStorage
 from .storage import open_storage as open_storage
@@ -67,6 +68,7 @@ __all__ = [
     "MemoryStorage",
     "MissingDependency",
     "RedisStorage",
+    "RetryPolicy",
     "SQLStorage",
     "SchemaVersionMismatch",
     "Storage",

@@ -6,29 +6,39 @@ Shared by `BatchRunner.run` (items of one batch) and workers (items of any batch
 from __future__ import annotations
 
 import functools
+import heapq
 import inspect
 import logging
 import math
 import re
+import time
 import traceback
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .codec import JSONError, clean_text, encode
 from .context import ItemContext, _Reporter
-from .models import ItemError, Limits
+from .history import History
+from .models import ItemError, ItemState, Limits
 from .protocols import Claim, ClaimRequest, Lease, LeaseStatus, Outcome, Storage
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from .protocols import Generator, SyncGenerator
+    from .retry import RetryPolicy
 
-__all__ = ["Executor", "error_from_exception", "is_async_callable", "redact"]
+__all__ = ["BatchInfo", "Executor", "error_from_exception", "is_async_callable", "redact"]
 
 logger = logging.getLogger("batchkit.runner")
+#: One line per transition of an item (started, succeeded, failed, retrying, released,
+#: cancelled, recovered), with the fields ``event batch_id key attempt`` and more.
+items_logger = logging.getLogger("batchkit.items")
 
 # user:password@ in URLs (database DSNs, API endpoints) never reaches storage or logs.
 # The scheme is bounded so that a long run of letters costs linear time, not quadratic
@@ -114,13 +124,24 @@ class _Keeper:
         self.lost = False
         self.cancelled = False
         self._idle = anyio.Event()
+        #: The item this slot ran last, and when it ended (what a blocked loop reports).
+        self.recent: Lease | None = None
+        self.recent_end = -math.inf
 
     def begin(self, lease: Lease, reporter: _Reporter, scope: anyio.CancelScope) -> None:
         self.lease, self.reporter, self.scope = lease, reporter, scope
         self.lost = self.cancelled = False
         self._idle.set()
 
+    def cancel_now(self) -> None:
+        """Stop the running item as cancelled (its batch was just cancelled here)."""
+        if self.reporter is not None and self.scope is not None:
+            self.reporter.cancel_requested = True
+            self.cancelled = True
+            self.scope.cancel()
+
     def end(self) -> None:
+        self.recent, self.recent_end = self.lease, time.monotonic()
         if self.reporter is not None and self.reporter.wake is not None:
             self.reporter.wake.set()  # the keeper may be asleep on the finished item
         self.lease = self.reporter = self.scope = None
@@ -186,8 +207,39 @@ class _Keeper:
                 self._idle = anyio.Event()
 
 
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """What running a batch's items needs of the batch: it never changes after submission."""
+
+    metadata: dict[str, Any]
+    max_failures: int | None = None
+
+
+#: What an attempt came to before the retry policy has its say: the outcome, and the
+#: exception that failed it (`None` when none was raised: a result that is not JSON).
+_Ended = tuple[Outcome, BaseException | None]
+
+
+_NO_HISTORY = History()
+
+
 class Executor:
-    """Claims, runs and finishes items with one generator, under one set of options."""
+    """Claims, runs and finishes items with one generator, under one set of options.
+
+    Args:
+        storage: the store.
+        generator: the host's generator.
+        limits: size limits.
+        item_timeout: seconds an attempt may take, or `None`.
+        lease_seconds: how long a claim holds without a heartbeat.
+        progress_interval: at most one progress write per item per this many seconds.
+        batch_info: reads (and may cache) a batch's `BatchInfo`.
+        retry: automatic retries, or `None` for none.
+        thread_limiter: bounds the threads of a sync generator.
+        name: the runner's name in the log (a worker's id).
+        on_event: told of each transition of an item (``"started"``, ``"succeeded"``,
+            ``"failed"``, ``"retrying"``, ``"released"``, ``"cancelled"``, ``"refused"``).
+    """
 
     def __init__(
         self,
@@ -198,8 +250,11 @@ class Executor:
         item_timeout: float | None,
         lease_seconds: float,
         progress_interval: float,
-        metadata_of: Callable[[str], Awaitable[dict[str, Any]]],
+        batch_info: Callable[[str], Awaitable[BatchInfo]],
+        retry: RetryPolicy | None = None,
         thread_limiter: anyio.CapacityLimiter | None = None,
+        name: str | None = None,
+        on_event: Callable[[str, Lease], None] | None = None,
     ) -> None:
         self.storage = storage
         self.generator = generator
@@ -209,8 +264,33 @@ class Executor:
         self.lease_seconds = lease_seconds
         self.heartbeat_interval = lease_seconds / 3
         self.progress_interval = progress_interval
-        self.metadata_of = metadata_of
+        self.batch_info = batch_info
+        self.retry = retry
         self.thread_limiter = thread_limiter
+        self.name = name
+        self.on_event = on_event
+        #: When the retries this executor scheduled are due (anyio clock), as a heap.
+        self.retries_due: list[float] = []
+        self._keepers: set[_Keeper] = set()
+
+    def running(self) -> list[Lease]:
+        """The leases of the items this executor is running now."""
+        return [k.lease for k in self._keepers if k.lease is not None]
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[_Keeper]:
+        """A slot that runs one item at a time: its keeper task runs while it is open."""
+        keeper = _Keeper(self)
+        self._keepers.add(keeper)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keeper.run)
+                try:
+                    yield keeper
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._keepers.discard(keeper)
 
     async def run_slot(self, request: ClaimRequest, claim: Claim | None = None) -> int:
         """Claim and run items until none is claimable; return how many ran.
@@ -219,42 +299,196 @@ class Executor:
         propagates; so does any BaseException the generator raises.
         """
         ran = 0
-        keeper = _Keeper(self)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(keeper.run)
+        async with self.slot() as keeper:
             if claim is None:
                 claim = await self.storage.claim(request)
             while claim is not None:
-                outcome = await self._execute(claim, keeper)
+                claim = await self.work(keeper, claim, then_claim=request)
                 ran += 1
-                if outcome is None:  # lease lost: another runner owns the item now
-                    claim = await self.storage.claim(request)
-                    continue
-                try:
-                    result = await self.storage.finish(claim.lease, outcome, then_claim=request)
-                except BaseException:
-                    # The work is done: a cancellation arriving mid-write must not lose its
-                    # outcome (the item would stay running until its lease lapsed). Write
-                    # it again, shielded; fencing refuses it if the first write landed. (A
-                    # store whose step can commit before a cancellation reaches the caller
-                    # shields that step itself: see the Storage protocol.)
-                    with anyio.CancelScope(shield=True):
-                        await self.storage.finish(claim.lease, outcome)
-                    raise
-                if not result.accepted:
-                    logger.warning(
-                        "outcome refused: the lease was no longer current",
-                        extra={"batch_id": claim.lease.batch_id, "key": claim.lease.key},
-                    )
-                claim = result.claim
-            tg.cancel_scope.cancel()
         return ran
 
-    async def _execute(self, claim: Claim, keeper: _Keeper) -> Outcome | None:
+    async def work(
+        self, keeper: _Keeper, claim: Claim, *, then_claim: ClaimRequest | None
+    ) -> Claim | None:
+        """Run one claimed item to its outcome, write it, and return the next claim.
+
+        The next claim is made with ``then_claim`` (in the same step as the finish where
+        the store can), or not at all when it is `None`.
+        """
+        lease = claim.lease
+        started = time.monotonic()
+        if claim.history is None and lease.attempt == 1:
+            history, lost = _NO_HISTORY, 0  # the common case, spared the decoding
+        else:
+            history = History.decode(claim.history)
+            lost = history.lost(lease.attempt)
+            if lost:
+                history = self._note_lost(lease, history, lost)
+        retry = self.retry
+        if retry is not None and history.failures >= retry.max_attempts:
+            # The attempts lost with their runners used the item's whole budget: an item
+            # that kills every worker running it must not be run again.
+            error = history.errors[-1]
+            outcome = Outcome.failed(error, history=history.encode())
+        else:
+            if items_logger.isEnabledFor(logging.INFO):
+                self._log(logging.INFO, "started", lease)
+            ended = await self._execute(claim, keeper, history)
+            if ended is None:  # lease lost: another runner owns the item now
+                self._event("refused", lease)
+                return None if then_claim is None else await self.storage.claim(then_claim)
+            outcome, exc = ended
+            if outcome.state is ItemState.FAILED or lost:
+                outcome = self._decide(outcome, exc, history, lost)
+        limit: int | None = None
+        if outcome.state is ItemState.FAILED:
+            limit = (await self.batch_info(lease.batch_id)).max_failures
+            if limit is not None:
+                await self._limit_failures(lease, limit, failing=True)
+        try:
+            result = await self.storage.finish(lease, outcome, then_claim=then_claim)
+        except BaseException:
+            # The work is done: a cancellation arriving mid-write must not lose its
+            # outcome (the item would stay running until its lease lapsed). Write it
+            # again, shielded; fencing refuses it if the first write landed. (A store
+            # whose step can commit before a cancellation reaches the caller shields
+            # that step itself: see the Storage protocol.)
+            with anyio.CancelScope(shield=True):
+                await self.storage.finish(lease, outcome)
+            raise
+        if not result.accepted:
+            self._log(logging.WARNING, "refused", lease)
+            self._event("refused", lease)
+            return result.claim
+        self._ended(lease, outcome, time.monotonic() - started)
+        if limit is not None:
+            await self._limit_failures(lease, limit, failing=False)
+        return result.claim
+
+    def _note_lost(self, lease: Lease, history: History, lost: int) -> History:
+        first = lease.attempt - lost
+        for attempt in range(first, lease.attempt):
+            error = ItemError(
+                type="WorkerLost",
+                message=f"attempt {attempt} ended without an outcome: its runner stopped "
+                "(it crashed, was killed, or was blocked past its lease)",
+                attempt=attempt,
+            )
+            history = history.with_failure(error, keep=self.limits.max_error_history)
+        self._log(logging.WARNING, "recovered", lease, lost_attempts=lost)
+        return history
+
+    def _decide(
+        self, outcome: Outcome, exc: BaseException | None, history: History, lost: int
+    ) -> Outcome:
+        if outcome.state is not ItemState.FAILED or outcome.error is None:
+            return replace(outcome, history=history.encode()) if lost else outcome
+        error = outcome.error
+        history = history.with_failure(error, keep=self.limits.max_error_history)
+        retry = self.retry
+        if (
+            retry is not None
+            and history.failures < retry.max_attempts
+            and exc is not None
+            and retry.retries(exc)
+        ):
+            delay = retry.delay(history.failures)
+            return Outcome.released(delay=delay, error=error, history=history.encode())
+        return Outcome.failed(error, history=history.encode())
+
+    def _ended(self, lease: Lease, outcome: Outcome, duration: float) -> None:
+        state = outcome.state
+        if state is ItemState.SUCCEEDED:
+            event, level = "succeeded", logging.INFO
+        elif state is ItemState.QUEUED:
+            if outcome.error is not None:
+                event, level = "retrying", logging.WARNING
+            else:
+                event, level = "released", logging.INFO
+            if len(self.retries_due) < 10_000:
+                heapq.heappush(self.retries_due, anyio.current_time() + outcome.delay)
+        elif state is ItemState.FAILED:
+            event, level = "failed", logging.WARNING
+        else:
+            event, level = state.value, logging.INFO
+        if self.on_event is not None:
+            self.on_event(event, lease)
+        if not items_logger.isEnabledFor(level):
+            return
+        fields: dict[str, Any] = {"duration": round(duration, 6)}
+        if outcome.error is not None:
+            fields["error_type"] = outcome.error.type
+            fields["error"] = _cut(outcome.error.message, 200)
+        if event == "retrying":
+            fields["delay"] = round(outcome.delay, 3)
+        self._log(level, event, lease, **fields)
+
+    async def _limit_failures(self, lease: Lease, limit: int, *, failing: bool) -> None:
+        """Cancel the rest of the batch once more than ``limit`` of its items have failed.
+
+        Checked before the failure is written (counting it), so that a runner dying right
+        after writing it still leaves the batch cancelled, and again after (without it),
+        for failures written by other runners at the same moment.
+        """
+        batch_id = lease.batch_id
+        # Only a failure that will be written counts: the lease must still be ours.
+        seconds = self.lease_seconds
+        if failing and not (await self.storage.heartbeat(lease, lease_seconds=seconds)).held:
+            return
+        record = await self.storage.get_batch(batch_id)
+        failed = record.counts.get(ItemState.FAILED, 0) + (1 if failing else 0)
+        if failed <= limit or record.cancel_requested_at is not None:
+            return
+        if record.finished_at is not None:
+            return
+        reason = (
+            f"{failed} items failed, more than max_failures={limit}: "
+            "the rest of the batch was cancelled"
+        )
+        await self.storage.cancel_batch(batch_id, reason=reason)
+        logger.warning(
+            "batch %s cancelled: %s",
+            batch_id,
+            reason,
+            extra={"batch_id": batch_id, "failed": failed, "max_failures": limit},
+        )
+        for keeper in list(self._keepers):
+            if keeper.lease is not None and keeper.lease.batch_id == batch_id:
+                keeper.cancel_now()
+
+    def _event(self, event: str, lease: Lease) -> None:
+        if self.on_event is not None:
+            self.on_event(event, lease)
+
+    def _log(self, level: int, event: str, lease: Lease, **fields: Any) -> None:
+        if not items_logger.isEnabledFor(level):
+            return
+        extra: dict[str, Any] = {
+            "event": event,
+            "batch_id": lease.batch_id,
+            "key": lease.key,
+            "attempt": lease.attempt,
+            **fields,
+        }
+        if self.name is not None:
+            extra["worker"] = self.name
+        items_logger.log(
+            level, "item %s %s: %s", lease.batch_id, _shown(lease.key), event, extra=extra
+        )
+
+    def recently_running(self, since: float) -> list[Lease]:
+        """The items running now, or that ended at ``since`` (`time.monotonic`) or later."""
+        return [
+            lease
+            for k in self._keepers
+            if (lease := k.lease or (k.recent if k.recent_end >= since else None))
+        ]
+
+    async def _execute(self, claim: Claim, keeper: _Keeper, history: History) -> _Ended | None:
         lease = claim.lease
         reporter = _Reporter(self.limits.max_message_length)
         timeout = self.item_timeout
-        outcome: Outcome | None = None
+        ended: _Ended | None = None
         try:
             # A storage shields its writes, and a generator need not await anything: this
             # is where a cancelled run notices, once per item, whatever both do.
@@ -265,7 +499,7 @@ class Executor:
                 payload=claim.payload,
                 attempt=lease.attempt,
                 position=claim.position,
-                metadata=await self.metadata_of(lease.batch_id),
+                metadata=(await self.batch_info(lease.batch_id)).metadata,
                 reporter=reporter,
             )
             # One scope serves the item timeout (its deadline) and the keeper (which
@@ -273,28 +507,28 @@ class Executor:
             deadline = math.inf if timeout is None else anyio.current_time() + timeout
             with anyio.CancelScope(deadline=deadline) as control:
                 keeper.begin(lease, reporter, control)
-                outcome = await self._invoke(ctx)
+                ended = await self._invoke(ctx)
         except BaseException:
             keeper.end()
+            released = Outcome.released(history=history.with_release().encode())
             with anyio.CancelScope(shield=True):
-                await self.storage.finish(lease, Outcome.released())
+                done = await self.storage.finish(lease, released)
+            if done.accepted:
+                self._log(logging.INFO, "released", lease)
+                self._event("released", lease)
             raise
         keeper.end()
         if keeper.lost:
             return None
-        if outcome is not None:
-            return outcome
+        if ended is not None:
+            return ended
         if keeper.cancelled:
-            return Outcome.cancelled()
-        return Outcome.failed(
-            ItemError(
-                type="TimeoutError",
-                message=f"the item did not finish within item_timeout={timeout:g}s",
-                attempt=lease.attempt,
-            )
-        )
+            return Outcome.cancelled(), None
+        message = f"the item did not finish within item_timeout={timeout:g}s"
+        error = ItemError(type="TimeoutError", message=message, attempt=lease.attempt)
+        return Outcome.failed(error), TimeoutError(message)
 
-    async def _invoke(self, ctx: ItemContext) -> Outcome:
+    async def _invoke(self, ctx: ItemContext) -> _Ended:
         try:
             if self.generator_is_async:
                 value = await self.generator(ctx)
@@ -307,19 +541,17 @@ class Executor:
                     limiter=self.thread_limiter,
                 )
         except Exception as exc:
-            return Outcome.failed(
-                error_from_exception(exc, attempt=ctx.attempt, limits=self.limits)
-            )
+            error = error_from_exception(exc, attempt=ctx.attempt, limits=self.limits)
+            return Outcome.failed(error), exc
         if value is _FORGOT_ASYNC or inspect.isawaitable(value):
             _close(value)
-            return Outcome.failed(
-                ItemError(
-                    type="InvalidResult",
-                    message="the generator returned an awaitable; declare it `async def` "
-                    "so that batchkit awaits it",
-                    attempt=ctx.attempt,
-                )
+            error = ItemError(
+                type="InvalidResult",
+                message="the generator returned an awaitable; declare it `async def` "
+                "so that batchkit awaits it",
+                attempt=ctx.attempt,
             )
+            return Outcome.failed(error), None
         try:
             text = encode(
                 value,
@@ -328,7 +560,11 @@ class Executor:
                 what="result",
             )
         except JSONError as exc:
-            return Outcome.failed(
-                ItemError(type="InvalidResult", message=str(exc), attempt=ctx.attempt)
-            )
-        return Outcome.succeeded(text)
+            error = ItemError(type="InvalidResult", message=str(exc), attempt=ctx.attempt)
+            return Outcome.failed(error), None
+        return Outcome.succeeded(text), None
+
+
+def _shown(key: str) -> str:
+    """An item key as the log shows it: quoted, control characters escaped, cut."""
+    return repr(_cut(key, 80))

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
+import heapq
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._execution import Executor
-from .codec import JSONError, check_json, encode, loads
+from ._execution import BatchInfo, Executor
+from ._hooks import BatchFinishedHook, fire_hook
+from ._watch import watch_loop
+from .codec import JSONError, check_json, clean_text, encode, loads
 from .exceptions import BatchNotFound, InvalidBatch
 from .ids import is_batch_id, new_batch_id
 from .models import Batch, BatchStatus, Item, ItemSpec, ItemState, Limits
 from .protocols import ClaimRequest, MetadataFilter, NewBatch, NewItem, Subscription
+from .retry import RetryPolicy
 from .status import batch_from_record, status_from_record
 
 if TYPE_CHECKING:
@@ -26,12 +29,18 @@ __all__ = ["BatchFinishedHook", "BatchRunner"]
 
 logger = logging.getLogger("batchkit.runner")
 
-#: Called once when a batch becomes terminal; sync or async.
-BatchFinishedHook = Callable[[BatchStatus], Awaitable[None] | None]
-
 _ITEMS_PAGE_MAX = 1_000
 _SCALARS = (str, int, float, bool, type(None))
 _METADATA_CACHE_MAX = 1_024
+
+
+def check_max_failures(value: object) -> int | None:
+    """``max_failures`` as given to `BatchRunner.submit`: `None` or an integer of at least 0."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidBatch(f"max_failures must be None or an integer of at least 0, got {value!r}")
+    return value
 
 
 def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
@@ -66,6 +75,11 @@ class BatchRunner:
         limits: size limits on keys, payloads, results and messages.
         on_batch_finished: called once per batch when it becomes terminal, with its final
             status; with many runners and crashes it still fires once.
+        retry: automatic retries of failed items inside the batch (`RetryPolicy`);
+            `None` for none: a failure is final.
+        block_warning: report in the log each time the event loop was blocked this many
+            seconds or more while items ran (a generator doing blocking work); `None` to
+            not watch.
     """
 
     def __init__(
@@ -80,6 +94,8 @@ class BatchRunner:
         poll_interval: float = 1.0,
         limits: Limits | None = None,
         on_batch_finished: BatchFinishedHook | None = None,
+        retry: RetryPolicy | None = None,
+        block_warning: float | None = 1.0,
     ) -> None:
         if not callable(generator):
             raise TypeError(f"generator must be callable, got {generator!r}")
@@ -89,6 +105,9 @@ class BatchRunner:
         _positive("lease_seconds", lease_seconds)
         _positive("progress_interval", progress_interval)
         _positive("poll_interval", poll_interval)
+        _positive("block_warning", block_warning, allow_none=True)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         self.storage = storage
         self.generator = generator
         self.concurrency = concurrency
@@ -98,7 +117,9 @@ class BatchRunner:
         self.poll_interval = float(poll_interval)
         self.limits = limits or Limits()
         self.on_batch_finished = on_batch_finished
-        self._metadata: dict[str, dict[str, Any]] = {}
+        self.retry = retry
+        self.block_warning = block_warning
+        self._info: dict[str, BatchInfo] = {}
 
     def __repr__(self) -> str:
         return f"BatchRunner(storage={self.storage!r}, concurrency={self.concurrency})"
@@ -111,6 +132,7 @@ class BatchRunner:
         *,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        max_failures: int | None = None,
     ) -> Batch:
         """Validate and persist a batch; return at once without running anything.
 
@@ -120,13 +142,17 @@ class BatchRunner:
                 be listed by its top-level values.
             idempotency_key: submitting the same key again returns the batch it made the
                 first time and writes nothing (the items of the second call are ignored).
+            max_failures: once more items than this have failed (for good, after their
+                retries), the rest of the batch is cancelled, with the reason recorded
+                (`BatchStatus.cancel_reason`); `None` runs every item whatever fails.
 
         Raises:
             InvalidBatch: the batch is empty, too large, has a duplicate or invalid key, a
                 payload that is not JSON or over the size limit, or invalid metadata. The
                 message names the offending item; nothing is written.
         """
-        new = self._validate(items, metadata, idempotency_key)
+        limit = check_max_failures(max_failures)
+        new = self._validate(items, metadata, idempotency_key, max_failures=limit)
         return await self._create(new)
 
     def _validate(
@@ -135,6 +161,7 @@ class BatchRunner:
         metadata: Mapping[str, Any] | None,
         idempotency_key: str | None,
         parent_id: str | None = None,
+        max_failures: int | None = None,
     ) -> NewBatch:
         limits = self.limits
         if isinstance(items, str | bytes | Mapping):
@@ -214,6 +241,7 @@ class BatchRunner:
             metadata=meta,
             parent_id=parent_id,
             idempotency_key=idempotency_key,
+            max_failures=max_failures,
         )
 
     def _validate_metadata(self, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -251,11 +279,15 @@ class BatchRunner:
             BatchNotFound: no batch has this id.
         """
         self._check_id(batch_id)
-        await self._metadata_of(batch_id)  # fails early on an unknown batch
+        await self._batch_info(batch_id)  # fails early on an unknown batch
         request = ClaimRequest(lease_seconds=self.lease_seconds, batch_ids=(batch_id,))
         executor = self._executor()
         try:
             async with AsyncExitStack() as stack:
+                if self.block_warning is not None:
+                    watchers = await stack.enter_async_context(anyio.create_task_group())
+                    await watchers.start(watch_loop, executor, self.block_warning)
+                    stack.callback(watchers.cancel_scope.cancel)
                 changes: Subscription | None = None
                 while True:
                     await self._run_slots(executor, request)
@@ -269,12 +301,28 @@ class BatchRunner:
                     if changes is None:
                         changes = await stack.enter_async_context(self.storage.subscribe(batch_id))
                         continue
-                    await changes.wait(self.poll_interval)
+                    await changes.wait(self._wait_time(executor))
         except BaseExceptionGroup as group:
             _reraise_single(group)
             raise
         await self._fire_hook(batch_id)
         return status
+
+    def _wait_time(self, executor: Executor) -> float:
+        # A retry this runner scheduled is due sooner than the next poll: wake for it,
+        # a little late rather than early (the store's clock decides). One that fell due
+        # since the last look gets one quick look more.
+        due = executor.retries_due
+        now = anyio.current_time()
+        passed = False
+        while due and due[0] <= now:
+            heapq.heappop(due)
+            passed = True
+        if passed:
+            return 0.005
+        if due:
+            return min(self.poll_interval, due[0] - now + 0.005)
+        return self.poll_interval
 
     async def _run_slots(self, executor: Executor, request: ClaimRequest) -> None:
         if self.concurrency == 1:
@@ -298,37 +346,30 @@ class BatchRunner:
             item_timeout=self.item_timeout,
             lease_seconds=self.lease_seconds,
             progress_interval=self.progress_interval,
-            metadata_of=self._metadata_of,
+            batch_info=self._batch_info,
+            retry=self.retry,
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
         )
 
-    async def _metadata_of(self, batch_id: str) -> dict[str, Any]:
-        # Metadata never changes after submission, so one read per batch is enough.
-        metadata = self._metadata.get(batch_id)
-        if metadata is None:
-            metadata = (await self.storage.get_batch(batch_id)).metadata
-            if len(self._metadata) >= _METADATA_CACHE_MAX:
-                self._metadata.pop(next(iter(self._metadata)))
-            self._metadata[batch_id] = metadata
-        return metadata
+    async def _batch_info(self, batch_id: str) -> BatchInfo:
+        # What the executor needs never changes after submission: one read per batch.
+        info = self._info.get(batch_id)
+        if info is None:
+            record = await self.storage.get_batch(batch_id)
+            info = BatchInfo(metadata=record.metadata, max_failures=record.max_failures)
+            if len(self._info) >= _METADATA_CACHE_MAX:
+                self._info.pop(next(iter(self._info)))
+            self._info[batch_id] = info
+        return info
 
     async def _fire_hook(self, batch_id: str) -> None:
-        hook = self.on_batch_finished
-        if hook is None:
-            return
-        claimed = await self.storage.claim_finished_batch(
-            batch_id=batch_id, lease_seconds=self.lease_seconds
-        )
-        if claimed is None:
-            return
-        status = status_from_record(claimed.record)
-        try:
-            result = hook(status)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("on_batch_finished hook raised", extra={"batch_id": batch_id})
-        await self.storage.ack_finished_batch(batch_id, claimed.token)
+        if self.on_batch_finished is not None:
+            await fire_hook(
+                self.storage,
+                self.on_batch_finished,
+                lease_seconds=self.lease_seconds,
+                batch_id=batch_id,
+            )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -450,16 +491,28 @@ class BatchRunner:
 
     # -- acting on a batch -------------------------------------------------------------
 
-    async def cancel(self, batch_id: str) -> BatchStatus:
+    async def cancel(self, batch_id: str, *, reason: str | None = None) -> BatchStatus:
         """Cancel a batch: queued items end `cancelled` at once, running ones at their next
         heartbeat or progress call. Cancelling a finished batch changes nothing.
+
+        Args:
+            batch_id: the batch.
+            reason: why, kept as `BatchStatus.cancel_reason` (the first reason given
+                stays); cut to `Limits.max_reason_length`.
 
         Raises:
             BatchNotFound: no batch has this id.
         """
         self._check_id(batch_id)
-        status = status_from_record(await self.storage.cancel_batch(batch_id))
-        logger.info("batch cancel requested", extra={"batch_id": batch_id})
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise TypeError(f"reason must be a string or None, got {reason!r}")
+            reason = clean_text(reason)
+            limit = self.limits.max_reason_length
+            if len(reason) > limit:
+                reason = reason[: limit - 1] + "…"
+        status = status_from_record(await self.storage.cancel_batch(batch_id, reason=reason))
+        logger.info("batch cancel requested", extra={"batch_id": batch_id, "reason": reason})
         if status.is_terminal:
             await self._fire_hook(batch_id)
         return status
@@ -496,13 +549,15 @@ class BatchRunner:
         key = (
             idempotency_key if idempotency_key is not None else f"batchkit:retry-failed:{batch_id}"
         )
-        new = self._validate(failed, status.metadata, key, parent_id=batch_id)
+        new = self._validate(
+            failed, status.metadata, key, parent_id=batch_id, max_failures=status.max_failures
+        )
         return await self._create(new)
 
     async def delete(self, batch_id: str) -> bool:
         """Delete a batch and its items; `False` when there was none."""
         self._check_id(batch_id)
-        self._metadata.pop(batch_id, None)
+        self._info.pop(batch_id, None)
         return await self.storage.delete_batch(batch_id)
 
     @staticmethod

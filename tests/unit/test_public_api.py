@@ -35,6 +35,7 @@ EXPORTED = [
     "MemoryStorage",
     "MissingDependency",
     "RedisStorage",
+    "RetryPolicy",
     "SQLStorage",
     "SchemaVersionMismatch",
     "Storage",
