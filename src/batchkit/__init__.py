@@ -30,6 +30,8 @@ from .retry import RetryPolicy as RetryPolicy
 from .runner import BatchRunner as BatchRunner
 from .storage import MemoryStorage as MemoryStorage
 from .storage import open_storage as open_storage
+from .worker import Worker as Worker
+from .worker import WorkerStats as WorkerStats
 
 __version__ = "0.1.0"
 
@@ -74,6 +76,8 @@ __all__ = [
     "Storage",
     "StorageError",
     "SyncGenerator",
+    "Worker",
+    "WorkerStats",
     "__version__",
     "open_storage",
 ]

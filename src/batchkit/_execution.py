@@ -308,12 +308,17 @@ class Executor:
         return ran
 
     async def work(
-        self, keeper: _Keeper, claim: Claim, *, then_claim: ClaimRequest | None
+        self,
+        keeper: _Keeper,
+        claim: Claim,
+        *,
+        then_claim: ClaimRequest | Callable[[], ClaimRequest | None] | None,
     ) -> Claim | None:
         """Run one claimed item to its outcome, write it, and return the next claim.
 
         The next claim is made with ``then_claim`` (in the same step as the finish where
-        the store can), or not at all when it is `None`.
+        the store can), or not at all when it is `None`; a callable is asked when the
+        item has ended (a worker told to stop meanwhile answers `None`).
         """
         lease = claim.lease
         started = time.monotonic()
@@ -333,13 +338,19 @@ class Executor:
         else:
             if items_logger.isEnabledFor(logging.INFO):
                 self._log(logging.INFO, "started", lease)
+            if self.on_event is not None:
+                self.on_event("started", lease)
             ended = await self._execute(claim, keeper, history)
+            if callable(then_claim):
+                then_claim = then_claim()
             if ended is None:  # lease lost: another runner owns the item now
                 self._event("refused", lease)
                 return None if then_claim is None else await self.storage.claim(then_claim)
             outcome, exc = ended
             if outcome.state is ItemState.FAILED or lost:
                 outcome = self._decide(outcome, exc, history, lost)
+        if callable(then_claim):
+            then_claim = then_claim()
         limit: int | None = None
         if outcome.state is ItemState.FAILED:
             limit = (await self.batch_info(lease.batch_id)).max_failures
@@ -364,6 +375,13 @@ class Executor:
         if limit is not None:
             await self._limit_failures(lease, limit, failing=False)
         return result.claim
+
+    async def hand_back(self, claim: Claim) -> None:
+        """Give a claimed item back to `queued` without running it (a worker stopping)."""
+        history = History.decode(claim.history).with_release()
+        done = await self.storage.finish(claim.lease, Outcome.released(history=history.encode()))
+        if done.accepted:
+            self._log(logging.INFO, "released", claim.lease)
 
     def _note_lost(self, lease: Lease, history: History, lost: int) -> History:
         first = lease.attempt - lost

@@ -41,6 +41,8 @@ EXPORTED = [
     "Storage",
     "StorageError",
     "SyncGenerator",
+    "Worker",
+    "WorkerStats",
     "__version__",
     "open_storage",
 ]
