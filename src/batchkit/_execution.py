@@ -336,10 +336,10 @@ class Executor:
             error = history.errors[-1]
             outcome = Outcome.failed(error, history=history.encode())
         else:
-            if items_logger.isEnabledFor(logging.INFO):
-                self._log(logging.INFO, "started", lease)
             if self.on_event is not None:
                 self.on_event("started", lease)
+            if items_logger.isEnabledFor(logging.INFO):
+                self._log(logging.INFO, "started", lease)
             ended = await self._execute(claim, keeper, history)
             if callable(then_claim):
                 then_claim = then_claim()

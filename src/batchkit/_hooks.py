@@ -41,7 +41,7 @@ async def fire_hook(
     if claimed is None:
         return None
     status = status_from_record(claimed.record)
-    fields = {"event": "batch_finished", "batch_id": status.batch_id, "state": status.state.value}
+    fields = {"event": "hook_fired", "batch_id": status.batch_id, "state": status.state.value}
     if name is not None:
         fields["worker"] = name
     started = time.monotonic()
@@ -63,5 +63,5 @@ async def fire_hook(
             lease_seconds,
             extra=fields,
         )
-    logger.info("batch %s finished: %s", status.batch_id, status.state.value, extra=fields)
+    logger.info("completion hook of batch %s fired", status.batch_id, extra=fields)
     return status.batch_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..exceptions import InvalidStorageURL, MissingDependency
 
@@ -67,12 +67,17 @@ def require(module: str, extra: str) -> None:
         raise
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, **options: Any) -> Storage:
     """Build the storage a URL names; use it as an async context manager.
 
     ``memory://`` gives a `MemoryStorage`. The SQL and Redis schemes
     (``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://...``, ``mysql+asyncmy://...``,
     ``redis://...``) load their adapter only when asked for.
+
+    Args:
+        url: the storage URL.
+        options: keyword options of the adapter's class (``table_prefix=`` of
+            `SQLStorage`, ``prefix=`` or ``finished_ttl=`` of `RedisStorage`).
 
     Raises:
         InvalidStorageURL: the URL names no storage batchkit knows, or a synchronous
@@ -89,7 +94,7 @@ def open_storage(url: str) -> Storage:
             raise InvalidStorageURL(f"'memory://' takes no host or path, got {url!r}")
         from .memory import MemoryStorage
 
-        return MemoryStorage()
+        return MemoryStorage(**options)
     if scheme in _SYNC_SPELLINGS:
         fixed = _SYNC_SPELLINGS[scheme]
         raise InvalidStorageURL(
@@ -109,5 +114,5 @@ def open_storage(url: str) -> Storage:
         raise InvalidStorageURL(
             f"{scheme}:// needs {adapter.factory}, which this version of batchkit does not include"
         ) from None
-    storage: Storage = getattr(module, adapter.factory).from_url(url)
+    storage: Storage = getattr(module, adapter.factory).from_url(url, **options)
     return storage

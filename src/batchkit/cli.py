@@ -1,0 +1,389 @@
+"""The command line: ``python -m batchkit worker --storage URL --generator module:attr``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import __version__
+from ._console import JSONFormatter, LiveSummary, TextFormatter
+from ._execution import redact
+from .exceptions import BatchkitError
+from .ids import is_batch_id
+from .retry import RetryPolicy
+from .worker import Worker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+logger = logging.getLogger("batchkit.worker")
+
+#: Exit codes: 0 the worker stopped cleanly, 1 it could not start, 2 bad options.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+_DESCRIPTION = """\
+Run a worker: it claims queued items of any batch (or of the batches you choose) from a
+shared storage and runs your generator on each, until it receives SIGTERM or SIGINT.
+Run as many as you like, on as many machines as share the storage.
+
+On SIGTERM or SIGINT (Ctrl-C) it stops claiming, lets running items finish within the
+grace period, then hands the rest back to `queued` for another worker. A second signal
+hands them back at once."""
+
+_EPILOG = """\
+examples:
+  python -m batchkit worker --storage postgresql+asyncpg://app@db/app \\
+      --generator myapp.videos:render --concurrency 8
+  BATCHKIT_STORAGE=redis://cache:6379/0 python -m batchkit worker \\
+      --generator myapp.videos:render --max-attempts 3 --where queue=video
+
+exit status: 0 stopped cleanly, 1 could not start (storage, generator), 2 bad options."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own, with our exit code
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(*, zero: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not value == value or value in (float("inf"), float("-inf")) or value < 0:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+        if value == 0 and not zero:
+            raise argparse.ArgumentTypeError("must be more than 0 seconds")
+        return value
+
+    return parse
+
+
+def _batch_id(text: str) -> str:
+    if not is_batch_id(text):
+        raise argparse.ArgumentTypeError(f"not a batch id: {text!r}")
+    return text
+
+
+def _where(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw  # plain text
+    if not isinstance(value, str | int | float | bool | type(None)):
+        raise argparse.ArgumentTypeError(f"{key}: a filter value is a single JSON scalar")
+    return key, value
+
+
+def _target(text: str) -> str:
+    module, sep, attr = text.partition(":")
+    if not sep or not module or not attr:
+        raise argparse.ArgumentTypeError(f"expected MODULE:ATTRIBUTE, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m batchkit`` argument parser."""
+    parser = _Parser(prog="python -m batchkit", description="batchkit's command line.")
+    parser.add_argument("--version", action="version", version=f"batchkit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker that executes queued items from a shared storage",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = worker.add_argument_group("what to run")
+    where.add_argument(
+        "--storage",
+        metavar="URL",
+        default=os.environ.get("BATCHKIT_STORAGE"),
+        help="the shared storage: sqlite+aiosqlite:///path.db, postgresql+asyncpg://..., "
+        "mysql+asyncmy://..., redis://... (default: $BATCHKIT_STORAGE)",
+    )
+    where.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        default=None,
+        help="the storage's table prefix (SQL) or key prefix (Redis), when the app set one "
+        "(default: the storage's own: batchkit_ / batchkit)",
+    )
+    where.add_argument(
+        "--generator",
+        metavar="MODULE:ATTR",
+        type=_target,
+        required=True,
+        help="the generator to run on each item, e.g. myapp.videos:render (the current "
+        "directory is importable)",
+    )
+    where.add_argument(
+        "--batch",
+        metavar="ID",
+        dest="batch_ids",
+        type=_batch_id,
+        action="append",
+        help="only items of this batch (repeat for several); default: any batch",
+    )
+    where.add_argument(
+        "--where",
+        metavar="KEY=VALUE",
+        type=_where,
+        action="append",
+        help="only batches whose metadata has KEY equal to VALUE (VALUE is read as JSON "
+        "when it parses, as text otherwise: --where owner=ada --where priority=1); repeat "
+        "to require several",
+    )
+    how = worker.add_argument_group("how to run it")
+    how.add_argument(
+        "--concurrency",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="items run at once by this worker (default: 1)",
+    )
+    how.add_argument(
+        "--lease",
+        metavar="SECONDS",
+        type=_seconds(),
+        default=30.0,
+        help="how long a claim holds without a heartbeat; heartbeats renew it every third "
+        "of this, and an item whose worker died runs again after it (default: 30)",
+    )
+    how.add_argument(
+        "--item-timeout",
+        metavar="SECONDS",
+        type=_seconds(),
+        default=None,
+        help="fail an attempt that runs longer than this (default: no limit)",
+    )
+    how.add_argument(
+        "--max-attempts",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="attempts per item, retries included: a failed attempt with attempts left "
+        "goes back to queued after a backoff (default: 1, no retries)",
+    )
+    how.add_argument(
+        "--backoff",
+        metavar="SECONDS",
+        type=_seconds(zero=True),
+        default=1.0,
+        help="wait before the first retry, doubled after each further failure (default: 1)",
+    )
+    how.add_argument(
+        "--max-backoff",
+        metavar="SECONDS",
+        type=_seconds(zero=True),
+        default=300.0,
+        help="the longest wait between two attempts (default: 300)",
+    )
+    how.add_argument(
+        "--on-batch-finished",
+        metavar="MODULE:ATTR",
+        type=_target,
+        default=None,
+        help="a function called once per batch when it finishes, with its BatchStatus "
+        "(sync or async), whichever worker finished it",
+    )
+    life = worker.add_argument_group("starting and stopping")
+    life.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=_seconds(zero=True),
+        default=30.0,
+        help="on SIGTERM/SIGINT, how long running items may take to finish before they "
+        "are handed back to queued (default: 30)",
+    )
+    life.add_argument(
+        "--poll-interval",
+        metavar="SECONDS",
+        type=_seconds(),
+        default=1.0,
+        help="how often an idle worker looks for new work (default: 1)",
+    )
+    life.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once nothing is left to claim (with --batch: once those batches are finished)",
+    )
+    life.add_argument("--name", help="the worker's name in the log (default: host:pid:xxxx)")
+    out = worker.add_argument_group("output")
+    out.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the least severe log lines shown (default: INFO: one line per item transition)",
+    )
+    out.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines with key=value fields, or one JSON object per line (default: text)",
+    )
+    live = out.add_mutually_exclusive_group()
+    live.add_argument(
+        "--live",
+        dest="live",
+        action="store_true",
+        default=None,
+        help="keep a live summary line at the bottom (default: when stderr is a terminal)",
+    )
+    live.add_argument("--no-live", dest="live", action="store_false", help="no live summary")
+    return parser
+
+
+def load(target: str) -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted); the current directory is importable."""
+    module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BatchkitError(f"cannot import {module_name!r} (from {target!r}): {exc}") from exc
+    for part in attr.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise BatchkitError(f"{module_name!r} has no attribute {attr!r}") from None
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "worker":
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if not args.storage:
+        parser.exit(
+            EXIT_USAGE,
+            "python -m batchkit worker: error: give --storage URL or set BATCHKIT_STORAGE\n",
+        )
+    if args.storage.startswith("memory:"):
+        parser.exit(
+            EXIT_USAGE,
+            "python -m batchkit worker: error: memory:// lives in one process; a worker "
+            "needs a storage it shares with the app (SQLite, PostgreSQL, MySQL, Redis)\n",
+        )
+    try:
+        return anyio.run(_run_worker, args)
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        return EXIT_FAILED
+
+
+async def _run_worker(args: argparse.Namespace) -> int:
+    from .storage import open_storage
+
+    try:
+        generator = load(args.generator)
+        hook = None if args.on_batch_finished is None else load(args.on_batch_finished)
+        if not callable(generator):
+            raise BatchkitError(f"{args.generator!r} is not callable: {generator!r}")
+        if hook is not None and not callable(hook):
+            raise BatchkitError(f"{args.on_batch_finished!r} is not callable: {hook!r}")
+        options: dict[str, Any] = {}
+        if args.prefix is not None:
+            is_redis = args.storage.partition("://")[0].lower() in ("redis", "rediss", "unix")
+            options["prefix" if is_redis else "table_prefix"] = args.prefix
+        storage = open_storage(args.storage, **options)
+    except (BatchkitError, ValueError) as exc:
+        print(f"python -m batchkit worker: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    retry = None
+    if args.max_attempts > 1:
+        retry = RetryPolicy(
+            max_attempts=args.max_attempts, backoff=args.backoff, max_backoff=args.max_backoff
+        )
+    try:
+        async with storage:
+            worker = Worker(
+                storage,
+                generator,
+                concurrency=args.concurrency,
+                lease=args.lease,
+                batch_ids=args.batch_ids,
+                metadata=dict(args.where) if args.where else None,
+                retry=retry,
+                item_timeout=args.item_timeout,
+                grace_period=args.grace,
+                poll_interval=args.poll_interval,
+                on_batch_finished=hook,
+                exit_when_idle=args.exit_when_idle,
+                name=args.name,
+            )
+            await _serve(worker, args)
+    except BatchkitError as exc:
+        print(f"python -m batchkit worker: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _serve(worker: Worker, args: argparse.Namespace) -> None:
+    live = sys.stderr.isatty() if args.live is None else args.live
+    handler: logging.Handler
+    handler = LiveSummary(worker) if live else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if args.log_format == "json" else TextFormatter())
+    root = logging.getLogger("batchkit")
+    root.addHandler(handler)
+    root.setLevel(args.log_level)
+    root.propagate = False
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_on_signals, worker, tg.cancel_scope)
+            if isinstance(handler, LiveSummary):
+                tg.start_soon(handler.run)
+            await worker.run()
+            tg.cancel_scope.cancel()
+    finally:
+        root.removeHandler(handler)
+        root.propagate = True
+
+
+async def _on_signals(worker: Worker, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not worker.stopping:
+                logger.info(
+                    "%s received: stopping (send it again to hand running items back now)",
+                    name,
+                    extra={"event": "signal", "signal": name, "worker": worker.name},
+                )
+                worker.stop()
+            else:
+                logger.warning(
+                    "%s received again: handing running items back now",
+                    name,
+                    extra={"event": "signal", "signal": name, "worker": worker.name},
+                )
+                worker.stop(grace_period=0)

@@ -1,0 +1,148 @@
+"""Real worker processes on real stores, hurt on purpose: nothing may be lost.
+
+* SIGKILL: a worker is killed at random moments 20 times and started again.
+* Connection drop: the store's server drops every connection while a worker runs.
+* Race: four workers on one 5,000-item batch.
+* The worker that finished a batch dies before its completion hook has run.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from batchkit import BatchRunner, BatchState, ItemState
+from batchkit.status import recount
+from batchkit.testing.contract import all_items
+
+from .conftest import Store, Workers, assert_never_at_once
+
+if TYPE_CHECKING:
+    from batchkit import Batch
+
+pytestmark = pytest.mark.anyio
+
+KILLS = 20
+
+
+async def _nothing(ctx: object) -> None:
+    return None
+
+
+async def _submit(store: Store, size: int) -> Batch:
+    async with store.storage() as storage:
+        return await BatchRunner(storage, _nothing).submit([f"item-{n:05}" for n in range(size)])
+
+
+async def _check_finished(store: Store, batch: Batch, workers: Workers) -> dict[str, int]:
+    """Every item succeeded exactly once in the store's books; its runs per key."""
+    async with store.storage() as storage:
+        runner = BatchRunner(storage, _nothing)
+        status = await runner.status(batch.id)
+        items = await all_items(storage, batch.id, page=1_000)
+    assert status.state is BatchState.COMPLETED, (status, workers.logs())
+    assert [i.key for i in items] == [f"item-{n:05}" for n in range(batch.total)]
+    assert status.counts == recount(i.state for i in items)
+    assert sum(status.counts.values()) == status.total == batch.total
+    assert all(i.state is ItemState.SUCCEEDED for i in items)
+    runs = workers.runs()
+    for item in items:
+        attempts = runs.get(item.key, [])
+        assert attempts, f"{item.key} succeeded but its generator never ran"
+        # The result is that of a finished run of the attempt the store accepted.
+        finished = [(r.pid, r.attempt) for r in attempts if r.end is not None]
+        assert (item.result["pid"], item.result["attempt"]) in finished, (item, attempts)
+        assert item.attempt >= len(attempts)
+    return {key: len(attempts) for key, attempts in runs.items()}
+
+
+def _hooks_of(workers: Workers, batch: Batch) -> list[str]:
+    return [h["state"] for h in workers.hooks() if h["batch_id"] == batch.id]
+
+
+async def test_a_worker_killed_twenty_times_loses_nothing(store: Store, workers: Workers) -> None:
+    batch = await _submit(store, 500)
+    # 500 items of 0.1 s on 4 slots: 12.5 s of work, more than the kills leave time for.
+    options = ["--concurrency", "4", "--lease", "1", "--poll-interval", "0.05"]
+    rng = random.Random()
+    for _ in range(KILLS):
+        process = await workers.start(*options, sleep=0.1)
+        with anyio.fail_after(30):
+            while not workers.started_by(process.pid):  # noqa: ASYNC110 - a file, no event
+                await anyio.sleep(0.02)
+        await anyio.sleep(rng.uniform(0.0, 0.5))
+        process.send_signal(signal.SIGKILL)
+        assert await workers.wait(process, 10) == -signal.SIGKILL
+    # The last one is left to finish: more slots, so that it does not take long.
+    options[1] = "8"
+    last = await workers.start(*options, "--batch", batch.id, "--exit-when-idle", sleep=0.1)
+    assert await workers.wait(last, 120) == 0, workers.logs()
+
+    runs = await _check_finished(store, batch, workers)
+    assert max(runs.values()) <= KILLS + 1
+    assert sum(runs.values()) > batch.total, "no kill hit a running item: the test proved nothing"
+    assert _hooks_of(workers, batch) == ["completed"]
+
+
+async def test_dropped_connections_lose_nothing(server_store: Store, workers: Workers) -> None:
+    batch = await _submit(server_store, 500)
+    process = await workers.start(
+        "--concurrency", "4", "--batch", batch.id, "--exit-when-idle", sleep=0.005
+    )
+    dropped = 0
+    with anyio.fail_after(120):
+        while process.returncode is None:
+            await anyio.sleep(0.2)
+            if workers.started_by(process.pid):
+                dropped += await server_store.kill_connections()
+    assert await process.wait() == 0, workers.logs()
+    assert dropped >= 3, "no connection was dropped: the test proved nothing"
+    await _check_finished(server_store, batch, workers)
+    assert "retrying" in workers.logs(), "no step was hit by a drop: the test proved nothing"
+    assert _hooks_of(workers, batch) == ["completed"]
+
+
+async def test_four_workers_race_on_one_batch(server_store: Store, workers: Workers) -> None:
+    batch = await _submit(server_store, 5_000)
+    processes = [
+        await workers.start(
+            "--concurrency", "2", "--batch", batch.id, "--exit-when-idle", sleep=0.002
+        )
+        for _ in range(4)
+    ]
+    for process in processes:
+        assert await workers.wait(process, 240) == 0, workers.logs()
+    runs = await _check_finished(server_store, batch, workers)
+    assert set(runs.values()) == {1}, "an item ran twice, though no lease lapsed"
+    assert_never_at_once(workers.runs())
+    per_worker: dict[int, int] = {}
+    for attempts in workers.runs().values():
+        per_worker[attempts[0].pid] = per_worker.get(attempts[0].pid, 0) + 1
+    assert len(per_worker) == 4, per_worker  # every worker took part
+    assert _hooks_of(workers, batch) == ["completed"]
+
+
+async def test_a_hook_fires_once_though_the_finishing_worker_died(
+    store: Store, workers: Workers
+) -> None:
+    batch = await _submit(store, 3)
+    options = ["--lease", "1", "--poll-interval", "0.05", "--batch", batch.id]
+    # It finishes the batch, claims the hook and dies before the hook has run.
+    dying = await workers.start(*options, hook="dying_hook")
+    assert await workers.wait(dying, 60) == -signal.SIGKILL, workers.logs()
+    async with store.storage() as storage:
+        assert (await BatchRunner(storage, _nothing).status(batch.id)).is_terminal
+    assert _hooks_of(workers, batch) == []
+    # Another worker, with no work left, fires it once the dead one's claim has lapsed.
+    again = await workers.start("--lease", "1", "--poll-interval", "0.05")
+    with anyio.fail_after(30):
+        while not _hooks_of(workers, batch):  # noqa: ASYNC110 - a file, no event
+            await anyio.sleep(0.05)
+    await anyio.sleep(1.5)  # past another lease: it must not fire again
+    again.send_signal(signal.SIGTERM)
+    assert await workers.wait(again, 30) == 0, workers.logs()
+    assert _hooks_of(workers, batch) == ["completed"]
