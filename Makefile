@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck docs demo bench bench-storage clean venv
+.PHONY: test lint typecheck docs demo bench bench-storage bench-workers soak clean venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ bench: $(STAMP)
 ## (BATCHKIT_BENCH_POSTGRES_URL, BATCHKIT_BENCH_MYSQL_URL). Minutes; ARGS=--quick is faster.
 bench-storage: $(STAMP)
 	$(PY) benchmarks/storages.py $(ARGS)
+
+## 1, 2 and 4 worker processes on one 20,000-item batch, on PostgreSQL and Redis (minutes).
+bench-workers: $(STAMP)
+	$(PY) benchmarks/scale_out.py $(ARGS)
+
+## The soak variants of the fault tests (100 SIGKILLs on 5,000 items...): tens of minutes.
+soak: $(STAMP)
+	$(PY) -m pytest -m slow -p no:cacheprovider tests/workers
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis

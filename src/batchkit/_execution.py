@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from .protocols import Generator, SyncGenerator
     from .retry import RetryPolicy
 
-__all__ = ["BatchInfo", "Executor", "error_from_exception", "is_async_callable", "redact"]
+__all__ = [
+    "BatchInfo",
+    "BatchInfoCache",
+    "Executor",
+    "error_from_exception",
+    "is_async_callable",
+    "redact",
+]
 
 logger = logging.getLogger("batchkit.runner")
 #: One line per transition of an item (started, succeeded, failed, retrying, released,
@@ -215,6 +222,39 @@ class BatchInfo:
     max_failures: int | None = None
 
 
+class BatchInfoCache:
+    """Reads a batch's `BatchInfo` once and keeps it (it never changes after submission).
+
+    Args:
+        storage: where to read it.
+        size: how many batches to keep; the oldest read is dropped first.
+    """
+
+    def __init__(self, storage: Storage, size: int = 1_024) -> None:
+        self._storage = storage
+        self._size = size
+        self._info: dict[str, BatchInfo] = {}
+
+    async def __call__(self, batch_id: str) -> BatchInfo:
+        """The batch's info.
+
+        Raises:
+            BatchNotFound: no batch has this id.
+        """
+        info = self._info.get(batch_id)
+        if info is None:
+            record = await self._storage.get_batch(batch_id)
+            info = BatchInfo(metadata=record.metadata, max_failures=record.max_failures)
+            if len(self._info) >= self._size:
+                self._info.pop(next(iter(self._info)))
+            self._info[batch_id] = info
+        return info
+
+    def forget(self, batch_id: str) -> None:
+        """Drop what is kept of a batch (it was deleted, or it finished)."""
+        self._info.pop(batch_id, None)
+
+
 #: What an attempt came to before the retry policy has its say: the outcome, and the
 #: exception that failed it (`None` when none was raised: a result that is not JSON).
 _Ended = tuple[Outcome, BaseException | None]
@@ -329,6 +369,8 @@ class Executor:
             lost = history.lost(lease.attempt)
             if lost:
                 history = self._note_lost(lease, history, lost)
+        if self.on_event is not None:
+            self.on_event("started", lease)
         retry = self.retry
         if retry is not None and history.failures >= retry.max_attempts:
             # The attempts lost with their runners used the item's whole budget: an item
@@ -336,8 +378,6 @@ class Executor:
             error = history.errors[-1]
             outcome = Outcome.failed(error, history=history.encode())
         else:
-            if self.on_event is not None:
-                self.on_event("started", lease)
             if items_logger.isEnabledFor(logging.INFO):
                 self._log(logging.INFO, "started", lease)
             ended = await self._execute(claim, keeper, history)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._execution import BatchInfo, Executor
+from ._execution import BatchInfoCache, Executor
 from ._hooks import BatchFinishedHook, fire_hook
 from ._watch import watch_loop
 from .codec import JSONError, check_json, clean_text, encode, loads
@@ -31,7 +31,6 @@ logger = logging.getLogger("batchkit.runner")
 
 _ITEMS_PAGE_MAX = 1_000
 _SCALARS = (str, int, float, bool, type(None))
-_METADATA_CACHE_MAX = 1_024
 
 
 def check_max_failures(value: object) -> int | None:
@@ -119,7 +118,7 @@ class BatchRunner:
         self.on_batch_finished = on_batch_finished
         self.retry = retry
         self.block_warning = block_warning
-        self._info: dict[str, BatchInfo] = {}
+        self._batch_info = BatchInfoCache(storage)
 
     def __repr__(self) -> str:
         return f"BatchRunner(storage={self.storage!r}, concurrency={self.concurrency})"
@@ -351,17 +350,6 @@ class BatchRunner:
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
         )
 
-    async def _batch_info(self, batch_id: str) -> BatchInfo:
-        # What the executor needs never changes after submission: one read per batch.
-        info = self._info.get(batch_id)
-        if info is None:
-            record = await self.storage.get_batch(batch_id)
-            info = BatchInfo(metadata=record.metadata, max_failures=record.max_failures)
-            if len(self._info) >= _METADATA_CACHE_MAX:
-                self._info.pop(next(iter(self._info)))
-            self._info[batch_id] = info
-        return info
-
     async def _fire_hook(self, batch_id: str) -> None:
         if self.on_batch_finished is not None:
             await fire_hook(
@@ -557,7 +545,7 @@ class BatchRunner:
     async def delete(self, batch_id: str) -> bool:
         """Delete a batch and its items; `False` when there was none."""
         self._check_id(batch_id)
-        self._info.pop(batch_id, None)
+        self._batch_info.forget(batch_id)
         return await self.storage.delete_batch(batch_id)
 
     @staticmethod

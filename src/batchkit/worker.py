@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Self
 import anyio
 import anyio.abc
 
-from ._execution import BatchInfo, Executor
+from ._execution import BatchInfoCache, Executor
 from ._hooks import BatchFinishedHook, fire_hook
 from ._watch import watch_loop
 from .exceptions import BatchNotFound, StorageError
@@ -36,7 +36,7 @@ __all__ = ["Worker", "WorkerStats"]
 
 logger = logging.getLogger("batchkit.worker")
 
-_INFO_CACHE_MAX = 1_024
+_CACHE_MAX = 1_024
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -219,7 +219,7 @@ class Worker:
             lease_seconds=self.lease, batch_ids=self.batch_ids, metadata=self.metadata
         )
         self._same_batch: dict[str, ClaimRequest] = {}
-        self._info: dict[str, BatchInfo] = {}
+        self._batch_info = BatchInfoCache(storage)
         self._stopping = False
         self._grace = self.grace_period
         self._wake = anyio.Event()
@@ -285,6 +285,14 @@ class Worker:
         if self._running:
             raise RuntimeError("this worker is already running")
         self._running = True
+        if self.stats.started_at is not None:
+            # It ran before and was stopped: run afresh (a stop() before the first run
+            # still counts, so that a signal arriving during start-up is not lost).
+            self.stats = WorkerStats()
+            self._stopping = False
+            self._grace = self.grace_period
+            self._wake = anyio.Event()
+            self._stop_requested = anyio.Event()
 
     async def _run(self) -> WorkerStats:
         self.stats.started_at = time.time()
@@ -307,7 +315,7 @@ class Worker:
             retry=self.retry,
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
             name=self.name,
-            on_event=self.stats._count,
+            on_event=lambda event, lease: self.stats._count(event, lease),
         )
         try:
             async with anyio.create_task_group() as outer:
@@ -473,21 +481,11 @@ class Worker:
     def _same_batch_request(self, batch_id: str) -> ClaimRequest:
         request = self._same_batch.get(batch_id)
         if request is None:
-            if len(self._same_batch) >= _INFO_CACHE_MAX:
+            if len(self._same_batch) >= _CACHE_MAX:
                 self._same_batch.clear()
             request = ClaimRequest(lease_seconds=self.lease, batch_ids=(batch_id,))
             self._same_batch[batch_id] = request
         return request
-
-    async def _batch_info(self, batch_id: str) -> BatchInfo:
-        info = self._info.get(batch_id)
-        if info is None:
-            record = await self.storage.get_batch(batch_id)
-            info = BatchInfo(metadata=record.metadata, max_failures=record.max_failures)
-            if len(self._info) >= _INFO_CACHE_MAX:
-                self._info.pop(next(iter(self._info)))
-            self._info[batch_id] = info
-        return info
 
     async def _batch_drained(self, batch_id: str) -> None:
         """Nothing of the batch is claimable now: if it just finished, say so and fire its hook."""
@@ -497,7 +495,7 @@ class Worker:
             return
         if not status.is_terminal:
             return
-        self._info.pop(batch_id, None)
+        self._batch_info.forget(batch_id)
         self._same_batch.pop(batch_id, None)
         if batch_id not in self.stats.batches_finished:
             if len(self.stats.batches_finished) >= 10_000:

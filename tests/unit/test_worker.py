@@ -227,6 +227,14 @@ async def test_leaving_the_async_with_block_stops_the_worker(storage: MemoryStor
     assert worker.stats.succeeded == 20
 
 
+async def test_a_stopped_worker_can_run_again(storage: MemoryStorage) -> None:
+    worker = Worker(storage, _noop, exit_when_idle=True)
+    await _submitter(storage).submit(["a"])
+    assert (await worker.run()).succeeded == 1
+    await _submitter(storage).submit(["b", "c"])
+    assert (await worker.run()).succeeded == 2  # counted afresh
+
+
 async def test_a_worker_runs_once_at_a_time(storage: MemoryStorage) -> None:
     worker = Worker(storage, _noop, poll_interval=0.05)
     async with worker:

@@ -64,13 +64,22 @@ def _hooks_of(workers: Workers, batch: Batch) -> list[str]:
     return [h["state"] for h in workers.hooks() if h["batch_id"] == batch.id]
 
 
-async def test_a_worker_killed_twenty_times_loses_nothing(store: Store, workers: Workers) -> None:
-    batch = await _submit(store, 500)
-    # 500 items of 0.1 s on 4 slots: 12.5 s of work, more than the kills leave time for.
+@pytest.mark.parametrize(
+    ("kills", "size", "sleep"),
+    [
+        # 500 items of 0.1 s on 4 slots: 12.5 s of work, more than 20 kills leave time for.
+        pytest.param(KILLS, 500, 0.1, id="20-kills"),
+        pytest.param(200, 10_000, 0.05, id="soak-200-kills", marks=pytest.mark.slow),
+    ],
+)
+async def test_a_worker_killed_again_and_again_loses_nothing(
+    store: Store, workers: Workers, kills: int, size: int, sleep: float
+) -> None:
+    batch = await _submit(store, size)
     options = ["--concurrency", "4", "--lease", "1", "--poll-interval", "0.05"]
     rng = random.Random()
-    for _ in range(KILLS):
-        process = await workers.start(*options, sleep=0.1)
+    for _ in range(kills):
+        process = await workers.start(*options, sleep=sleep)
         with anyio.fail_after(30):
             while not workers.started_by(process.pid):  # noqa: ASYNC110 - a file, no event
                 await anyio.sleep(0.02)
@@ -79,11 +88,11 @@ async def test_a_worker_killed_twenty_times_loses_nothing(store: Store, workers:
         assert await workers.wait(process, 10) == -signal.SIGKILL
     # The last one is left to finish: more slots, so that it does not take long.
     options[1] = "8"
-    last = await workers.start(*options, "--batch", batch.id, "--exit-when-idle", sleep=0.1)
-    assert await workers.wait(last, 120) == 0, workers.logs()
+    last = await workers.start(*options, "--batch", batch.id, "--exit-when-idle", sleep=sleep)
+    assert await workers.wait(last, 600) == 0, workers.logs()
 
     runs = await _check_finished(store, batch, workers)
-    assert max(runs.values()) <= KILLS + 1
+    assert max(runs.values()) <= kills + 1
     assert sum(runs.values()) > batch.total, "no kill hit a running item: the test proved nothing"
     assert _hooks_of(workers, batch) == ["completed"]
 
@@ -106,8 +115,17 @@ async def test_dropped_connections_lose_nothing(server_store: Store, workers: Wo
     assert _hooks_of(workers, batch) == ["completed"]
 
 
-async def test_four_workers_race_on_one_batch(server_store: Store, workers: Workers) -> None:
-    batch = await _submit(server_store, 5_000)
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(5_000, id="5000-items"),
+        pytest.param(50_000, id="soak-50000-items", marks=pytest.mark.slow),
+    ],
+)
+async def test_four_workers_race_on_one_batch(
+    server_store: Store, workers: Workers, size: int
+) -> None:
+    batch = await _submit(server_store, size)
     processes = [
         await workers.start(
             "--concurrency", "2", "--batch", batch.id, "--exit-when-idle", sleep=0.002
@@ -115,7 +133,7 @@ async def test_four_workers_race_on_one_batch(server_store: Store, workers: Work
         for _ in range(4)
     ]
     for process in processes:
-        assert await workers.wait(process, 240) == 0, workers.logs()
+        assert await workers.wait(process, 240 if size <= 5_000 else 3_600) == 0, workers.logs()
     runs = await _check_finished(server_store, batch, workers)
     assert set(runs.values()) == {1}, "an item ran twice, though no lease lapsed"
     assert_never_at_once(workers.runs())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from contextlib import asynccontextmanager
@@ -67,6 +68,8 @@ _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _PAGE = 200
 #: Connections a storage keeps for its hot path between calls.
 _LANES = 4
+#: Seconds between two repairs of the finished-batch index (see `_repair_finished`).
+_REPAIR_INTERVAL = 10.0
 
 
 def validate_prefix(prefix: str) -> str:
@@ -144,6 +147,7 @@ class RedisStorage:
         self._heads: dict[str, tuple[list[str], bytes]] = {}
         # Connections kept out of the pool for the hot path (see `_hot`).
         self._lanes: list[Any] = []
+        self._repair_due = -math.inf
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStorage:
@@ -744,7 +748,12 @@ class RedisStorage:
             if found == "gone":
                 raise BatchNotFound(batch_id)
             return found if isinstance(found, FinishedBatch) else None
-        await self._repair_finished()
+        now = time.monotonic()
+        if now >= self._repair_due:
+            # Workers look for due hooks every second or so; the repair reads every active
+            # batch, so it runs at most once per interval.
+            self._repair_due = now + _REPAIR_INTERVAL
+            await self._repair_finished()
         lower = "-"
         while True:
             ids = await self._page("hooks", lower)

@@ -1,0 +1,229 @@
+"""Scale-out benchmark: 1, 2 and 4 worker processes on one batch, on a shared store.
+
+Usage::
+
+    python benchmarks/scale_out.py                      # PostgreSQL and Redis
+    python benchmarks/scale_out.py --stores postgres,mysql,redis --items 20000
+    python benchmarks/scale_out.py --quick              # 4,000 items
+
+For each store and each number of workers it submits one batch of ``--items`` items
+(20,000 by default) whose generator sleeps ``--sleep`` seconds (5 ms: work that waits, as
+a model call or an upload does), starts that many ``python -m batchkit worker`` processes
+on the batch (``--concurrency`` slots each, 1 by default), and waits for them to finish
+it. Throughput is the batch's size over the time from its first claim to its last item's
+end, both read from the store (`BatchStatus.started_at`, `finished_at`), so the workers'
+start-up does not count. The scaling ratio is the throughput of N workers over that of
+one: ideally N, while the store is not the bottleneck.
+
+The servers come from ``BATCHKIT_BENCH_POSTGRES_URL``, ``BATCHKIT_BENCH_MYSQL_URL`` and
+``BATCHKIT_BENCH_REDIS_URL`` (by default the local test servers); one that is not reachable
+is skipped with a line saying so. Each run uses tables or keys of its own, dropped after.
+Progress goes to standard error; the Markdown table to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import anyio
+
+import batchkit
+from batchkit import BatchRunner, ItemState
+
+# The storage benchmark's clean-up: run as a script, its folder is importable.
+from storages import _drop as drop_prefix
+
+if TYPE_CHECKING:
+    from batchkit import ItemContext
+    from batchkit.protocols import Storage
+
+__all__ = ["generate", "main"]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+URLS = {
+    "postgres": os.environ.get(
+        "BATCHKIT_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("BATCHKIT_BENCH_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"),
+    "redis": os.environ.get("BATCHKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+_SLEEP = float(os.environ.get("BATCHKIT_BENCH_SLEEP", "0.005"))
+
+
+async def generate(ctx: ItemContext) -> None:
+    """The benchmark's generator (run by the worker processes): it only waits."""
+    await anyio.sleep(_SLEEP)
+
+
+@dataclass
+class Result:
+    store: str
+    workers: int
+    items: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 2):
+            return True
+    except OSError:
+        return False
+
+
+def _storage(store: str, prefix: str) -> Storage:
+    if store == "redis":
+        from batchkit.storage.redis import RedisStorage
+
+        return RedisStorage(URLS[store], prefix=prefix)
+    from batchkit.storage.sql import SQLStorage
+
+    return SQLStorage(URLS[store], table_prefix=prefix)
+
+
+async def _nothing(ctx: object) -> None:
+    return None
+
+
+async def _submit(store: str, prefix: str, items: int) -> str:
+    async with _storage(store, prefix) as storage:
+        batch = await BatchRunner(storage, _nothing).submit([f"item-{n}" for n in range(items)])
+        return batch.id
+
+
+async def _elapsed(store: str, prefix: str, batch_id: str) -> tuple[float, dict[str, int]]:
+    async with _storage(store, prefix) as storage:
+        status = await BatchRunner(storage, _nothing).status(batch_id)
+    assert status.started_at is not None, status
+    assert status.finished_at is not None, status
+    counts = {state.value: n for state, n in status.counts.items() if n}
+    return (status.finished_at - status.started_at).total_seconds(), counts
+
+
+async def _drop(store: str, prefix: str) -> None:
+    await drop_prefix("redis" if store == "redis" else "sql", URLS[store], prefix)
+
+
+def measure(store: str, workers: int, items: int, concurrency: int, sleep: float) -> Result:
+    """One batch of ``items`` run by ``workers`` worker processes."""
+    prefix = f"bs{secrets.token_hex(3)}" + ("" if store == "redis" else "_")
+    batch_id = anyio.run(_submit, store, prefix, items)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "BATCHKIT_BENCH_SLEEP": repr(sleep),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "batchkit",
+        "worker",
+        "--storage",
+        URLS[store],
+        "--prefix",
+        prefix,
+        "--generator",
+        "scale_out:generate",
+        "--batch",
+        batch_id,
+        "--exit-when-idle",
+        "--concurrency",
+        str(concurrency),
+        "--poll-interval",
+        "0.05",
+        "--log-level",
+        "WARNING",
+        "--no-live",
+    ]
+    try:
+        processes = [
+            subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.DEVNULL)
+            for _ in range(workers)
+        ]
+        codes = [p.wait(timeout=3_600) for p in processes]
+        if codes != [0] * workers:
+            raise SystemExit(f"a worker failed: exit codes {codes}")
+        seconds, counts = anyio.run(_elapsed, store, prefix, batch_id)
+        if counts != {ItemState.SUCCEEDED.value: items}:
+            raise SystemExit(f"the batch did not complete: {counts}")
+    finally:
+        anyio.run(_drop, store, prefix)
+    return Result(store, workers, items, seconds)
+
+
+def _table(results: list[Result], concurrency: int, sleep: float) -> str:
+    lines = [
+        "| store | workers | items | seconds | items/s | items/s over 1 worker (ideal) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base: dict[str, float] = {}
+    for r in results:
+        if r.workers == 1:
+            base[r.store] = r.rate
+        ratio = r.rate / base[r.store] if r.store in base else float("nan")
+        lines.append(
+            f"| {r.store} | {r.workers} | {r.items:,} | {r.seconds:.1f} | {r.rate:,.0f} | "
+            f"{ratio:.2f} ({r.workers}) |"
+        )
+    cpus = os.cpu_count()
+    lines.append("")
+    lines.append(
+        f"Each worker: `--concurrency {concurrency}`; the generator sleeps {sleep * 1000:g} ms. "
+        f"batchkit {batchkit.__version__}, Python {platform.python_version()}, {cpus} CPU "
+        f"cores shared by the workers and the store."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--stores", default="postgres,redis", help="comma-separated stores")
+    parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--sleep", type=float, default=0.005, help="generator seconds")
+    parser.add_argument("--concurrency", type=int, default=1, help="slots per worker")
+    parser.add_argument("--quick", action="store_true", help="4,000 items")
+    args = parser.parse_args(argv)
+    items = 4_000 if args.quick else args.items
+    counts = [int(n) for n in args.workers.split(",")]
+    results: list[Result] = []
+    for store in args.stores.split(","):
+        if store not in URLS:
+            parser.error(f"unknown store {store!r}; known: {', '.join(URLS)}")
+        if not _reachable(URLS[store]):
+            print(f"{store}: not reachable at {URLS[store]}, skipped", file=sys.stderr)
+            continue
+        for workers in counts:
+            started = time.monotonic()
+            result = measure(store, workers, items, args.concurrency, args.sleep)
+            took = time.monotonic() - started
+            print(
+                f"{store}, {workers} worker(s): {result.rate:,.0f} items/s "
+                f"({result.seconds:.1f} s; {took:.0f} s with start-up and set-up)",
+                file=sys.stderr,
+                flush=True,
+            )
+            results.append(result)
+    print(_table(results, args.concurrency, args.sleep))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
