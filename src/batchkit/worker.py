@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
-    from ._execution import _Keeper
+    from ._keeper import Keeper
     from .protocols import Claim, Generator, Lease, Storage, SyncGenerator
 
 __all__ = ["Worker", "WorkerStats"]
@@ -414,7 +414,7 @@ class Worker:
                     )
                     await self._sleep(self.poll_interval)
 
-    async def _work_one(self, executor: Executor, keeper: _Keeper) -> None:
+    async def _work_one(self, executor: Executor, keeper: Keeper) -> None:
         claim = await self._next_claim()
         if claim is None:
             return

@@ -1,0 +1,113 @@
+"""The keeper: heartbeats and throttled progress writes for the item a slot is running."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from ._execution import Executor
+    from .context import _Reporter
+    from .protocols import Lease, LeaseStatus
+
+__all__ = ["Keeper"]
+
+logger = logging.getLogger("batchkit.runner")
+
+
+class Keeper:
+    """Heartbeats and throttled progress writes for the item a slot is running."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._ex = executor
+        self.lease: Lease | None = None
+        self.reporter: _Reporter | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.lost = False
+        self.cancelled = False
+        self._idle = anyio.Event()
+        #: The item this slot ran last, and when it ended (what a blocked loop reports).
+        self.recent: Lease | None = None
+        self.recent_end = -math.inf
+
+    def begin(self, lease: Lease, reporter: _Reporter, scope: anyio.CancelScope) -> None:
+        self.lease, self.reporter, self.scope = lease, reporter, scope
+        self.lost = self.cancelled = False
+        self._idle.set()
+
+    def cancel_now(self) -> None:
+        """Stop the running item as cancelled (its batch was just cancelled here)."""
+        if self.reporter is not None and self.scope is not None:
+            self.reporter.cancel_requested = True
+            self.cancelled = True
+            self.scope.cancel()
+
+    def end(self) -> None:
+        self.recent, self.recent_end = self.lease, time.monotonic()
+        if self.reporter is not None and self.reporter.wake is not None:
+            self.reporter.wake.set()  # the keeper may be asleep on the finished item
+        self.lease = self.reporter = self.scope = None
+        self._idle = anyio.Event()
+
+    async def run(self) -> None:
+        ex = self._ex
+        while True:
+            await self._idle.wait()
+            lease, reporter, scope = self.lease, self.reporter, self.scope
+            if lease is None or reporter is None or scope is None:
+                await anyio.lowlevel.checkpoint()
+                continue
+            last_write = -math.inf
+            next_beat = anyio.current_time() + ex.heartbeat_interval
+            while self.lease is lease:
+                now = anyio.current_time()
+                due = next_beat
+                if reporter.pending is not None:
+                    due = min(due, last_write + ex.progress_interval)
+                elif not ex.generator_is_async:
+                    due = min(due, now + ex.progress_interval)  # a thread cannot wake us
+                if due > now:
+                    reporter.wake = anyio.Event()
+                    with anyio.move_on_after(due - now):
+                        await reporter.wake.wait()
+                    reporter.wake = None
+                    if self.lease is not lease:
+                        break
+                    now = anyio.current_time()
+                status: LeaseStatus | None = None
+                pending = reporter.pending
+                if pending is not None and now >= last_write + ex.progress_interval:
+                    reporter.pending = None
+                    # Shielded: cancelling a driver mid-write (the item ended meanwhile)
+                    # can leave its connection half-closed; the write is short anyway.
+                    with anyio.CancelScope(shield=True):
+                        status = await ex.storage.record_progress(
+                            lease, pending[0], pending[1], lease_seconds=ex.lease_seconds
+                        )
+                    last_write = now
+                    next_beat = now + ex.heartbeat_interval
+                elif now >= next_beat:
+                    with anyio.CancelScope(shield=True):
+                        status = await ex.storage.heartbeat(lease, lease_seconds=ex.lease_seconds)
+                    next_beat = now + ex.heartbeat_interval
+                if status is None or self.lease is not lease:
+                    continue
+                if not status.held:
+                    logger.warning(
+                        "lease lost: another runner took the item over",
+                        extra={"batch_id": lease.batch_id, "key": lease.key},
+                    )
+                    self.lost = True
+                    scope.cancel()
+                    break
+                if status.cancel_requested:
+                    reporter.cancel_requested = True
+                    self.cancelled = True
+                    scope.cancel()
+                    break
+            if self.lease is lease:  # stopped this item; wait for the next one
+                self._idle = anyio.Event()
