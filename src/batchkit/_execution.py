@@ -268,6 +268,7 @@ class Executor:
         item has ended (a worker told to stop meanwhile answers `None`).
         """
         lease = claim.lease
+        logging_items = items_logger.isEnabledFor(logging.INFO)
         started = time.monotonic()
         if claim.history is None and lease.attempt == 1:
             history, lost = _NO_HISTORY, 0  # the common case, spared the decoding
@@ -285,7 +286,7 @@ class Executor:
             error = history.errors[-1]
             outcome = Outcome.failed(error, history=history.encode())
         else:
-            if items_logger.isEnabledFor(logging.INFO):
+            if logging_items:
                 self._log(logging.INFO, "started", lease)
             ended = await self._execute(claim, keeper, history)
             if callable(then_claim):
@@ -318,7 +319,8 @@ class Executor:
             self._log(logging.WARNING, "refused", lease)
             self._event("refused", lease)
             return result.claim
-        self._ended(lease, outcome, time.monotonic() - started)
+        if logging_items or self.on_event is not None or outcome.state is not ItemState.SUCCEEDED:
+            self._ended(lease, outcome, time.monotonic() - started)
         if limit is not None:
             await self._limit_failures(lease, limit, failing=False)
         return result.claim

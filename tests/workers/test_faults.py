@@ -69,7 +69,13 @@ def _hooks_of(workers: Workers, batch: Batch) -> list[str]:
     [
         # 500 items of 0.1 s on 4 slots: 12.5 s of work, more than 20 kills leave time for.
         pytest.param(KILLS, 500, 0.1, id="20-kills"),
-        pytest.param(200, 10_000, 0.05, id="soak-200-kills", marks=pytest.mark.slow),
+        pytest.param(
+            200,
+            10_000,
+            0.05,
+            id="soak-200-kills",
+            marks=[pytest.mark.slow, pytest.mark.timeout(1_800)],
+        ),
     ],
 )
 async def test_a_worker_killed_again_and_again_loses_nothing(
@@ -119,7 +125,11 @@ async def test_dropped_connections_lose_nothing(server_store: Store, workers: Wo
     "size",
     [
         pytest.param(5_000, id="5000-items"),
-        pytest.param(50_000, id="soak-50000-items", marks=pytest.mark.slow),
+        pytest.param(
+            50_000,
+            id="soak-50000-items",
+            marks=[pytest.mark.slow, pytest.mark.timeout(3_600)],
+        ),
     ],
 )
 async def test_four_workers_race_on_one_batch(
