@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck docs demo bench bench-storage bench-workers soak clean venv
+.PHONY: test lint typecheck docs demo web bench bench-storage bench-workers soak clean venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ docs: $(STAMP)
 ## A small demo batch with live per-item progress, kept in ./batchkit-demo.db.
 demo: $(STAMP)
 	$(PY) -m examples.demo
+
+## The studio web app (examples/fastapi_app) on http://127.0.0.1:$(PORT), its batches in SQLite.
+PORT ?= 8000
+web: $(STAMP)
+	PORT=$(PORT) $(PY) -m examples.fastapi_app
 
 bench: $(STAMP)
 	$(PY) benchmarks/runner_overhead.py

@@ -1,0 +1,185 @@
+"""The studio under test: in process (httpx over ASGI) and as a real uvicorn server.
+
+The browser tests drive Debian's Chromium (``/usr/bin/chromium``, installed by
+``.ci/run``; ``BATCHKIT_TEST_CHROMIUM`` names another) through Playwright. Without it they
+skip, and fail when ``CI=true``: CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["ARTIFACTS", "Studio"]
+
+ROOT = Path(__file__).resolve().parents[3]
+#: Screenshots and logs of the browser tests (kept after the run; CI can collect them).
+ARTIFACTS = Path(os.environ.get("BATCHKIT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM = os.environ.get("BATCHKIT_TEST_CHROMIUM", "/usr/bin/chromium")
+#: How each pause of the generator is scaled: items take about 1.2 s.
+SPEED = "0.6"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def studio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The studio's settings for one test: its own database and output folder."""
+    env = {
+        "BATCHKIT_STORAGE": f"sqlite+aiosqlite:///{tmp_path / 'studio.db'}",
+        "BATCHKIT_STUDIO_OUTPUT": str(tmp_path / "output"),
+        "BATCHKIT_STUDIO_SPEED": SPEED,
+        "BATCHKIT_STUDIO_CONCURRENCY": "2",
+        "BATCHKIT_STUDIO_LEASE": "2",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+class Studio:
+    """``python -m examples.fastapi_app`` on a free port, started and stopped at will."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
+        self.port = _free_port()
+        self.env = {**os.environ, **env, "PORT": str(self.port), "PYTHONPATH": str(ROOT)}
+        self.tmp_path = tmp_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._logs: list[Any] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.tmp_path / f"studio-{self.starts}.log").open("wb")
+        self._logs.append(log)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "examples.fastapi_app"],
+            cwd=self.tmp_path,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/openapi.json", timeout=2):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the studio did not start\n{self.logs()}") from None
+                time.sleep(0.05)
+
+    def stop(self, how: signal.Signals = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(how)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("studio-*.log"))
+        )
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        for log in self._logs:
+            log.close()
+
+
+@pytest.fixture
+def studio(studio_env: dict[str, str], tmp_path: Path) -> Iterator[Studio]:
+    server = Studio(studio_env, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _require_chromium() -> None:
+    if Path(CHROMIUM).exists() or shutil.which(CHROMIUM):
+        return
+    reason = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true requires it")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright."""
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            # This machine's network is closed: Chromium must not try to reach out.
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, studio: Studio) -> Iterator[Any]:
+    """A new browser page, signed in to the studio as "ada"."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=studio.url)
+    tab = context.new_page()
+    tab.set_default_timeout(20_000)
+    tab.goto("/products")
+    tab.fill("input[name=name]", "ada")
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/products")
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+def screenshot(tab: Any, name: str, *, full_page: bool = True) -> Path:
+    """Save a screenshot (of the whole page, or of the window) among the test artifacts."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    tab.wait_for_timeout(400)  # the progress bars' transitions end
+    tab.screenshot(path=str(path), full_page=full_page)
+    return path

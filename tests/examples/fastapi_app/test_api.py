@@ -1,0 +1,302 @@
+"""The studio's JSON API, through httpx, with the app and its worker in this process."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import pytest
+from examples.fastapi_app.catalog import catalog
+from examples.fastapi_app.main import MAX_PRODUCTS, create_app
+
+from examples.fastapi_app import owners
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+pytestmark = pytest.mark.anyio
+
+USABLE = [p.id for p in catalog() if p.usable]
+UNUSABLE = [p.id for p in catalog() if not p.usable]
+
+
+@pytest.fixture
+async def app(studio_env: dict[str, str]) -> AsyncIterator[Any]:
+    studio = create_app()
+    async with studio.router.lifespan_context(studio):
+        yield studio
+
+
+def _client(app: Any, owner: str | None = "ada") -> httpx.AsyncClient:
+    cookies = {} if owner is None else {owners.COOKIE: owners.sign(owner)}
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://studio", cookies=cookies
+    )
+
+
+@pytest.fixture
+async def ada(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with _client(app) as client:
+        yield client
+
+
+async def _until_terminal(client: httpx.AsyncClient, batch_id: str) -> dict[str, Any]:
+    with anyio.fail_after(30):
+        while True:
+            answer = await client.get(f"/api/v1/products/batch/{batch_id}/status")
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            if body["is_terminal"]:
+                return body
+            await anyio.sleep(0.1)
+
+
+async def test_a_batch_is_submitted_at_once_and_each_product_ends_on_its_own(
+    ada: httpx.AsyncClient,
+) -> None:
+    chosen = [USABLE[0], UNUSABLE[0], USABLE[1], UNUSABLE[1]]
+    started = time.monotonic()
+    answer = await ada.post("/api/v1/products/batch-generate", json={"product_ids": chosen})
+    assert time.monotonic() - started < 1.0  # submitted, not run: an item takes over a second
+    assert answer.status_code == 202
+    created = answer.json()
+    assert set(created) >= {"batch_id", "total"}
+    assert created["total"] == 4
+
+    first = (await ada.get(f"/api/v1/products/batch/{created['batch_id']}/status")).json()
+    assert first["state"] in ("queued", "running")
+    final = await _until_terminal(ada, created["batch_id"])
+    assert final["state"] == "completed_with_errors"
+    assert final["counts"] == {
+        "queued": 0,
+        "running": 0,
+        "succeeded": 2,
+        "failed": 2,
+        "cancelled": 0,
+    }
+    assert (final["total"], final["progress"]) == (4, 1.0)
+    products = {p["product_id"]: p for p in final["products"]}
+    assert list(products) == chosen  # submission order
+    for product_id in USABLE[:2]:
+        done = products[product_id]
+        assert (done["state"], done["progress"], done["error"]) == ("succeeded", 1.0, None)
+        video = await ada.get(done["result_url"])
+        assert video.status_code == 200
+        assert video.content[:6] == b"GIF89a"
+    for product_id in UNUSABLE[:2]:
+        failed = products[product_id]
+        assert failed["state"] == "failed"
+        assert failed["result_url"] is None
+        assert product_id in failed["error"]
+        assert "no image" in failed["error"] or "no price" in failed["error"]
+
+
+@pytest.fixture(params=["postgres", "redis"])
+async def server_app(
+    request: pytest.FixtureRequest, studio_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Any]:
+    """The studio on PostgreSQL or Redis (``BATCHKIT_STORAGE``), under a prefix of its own."""
+    from tests.storage.conftest import (
+        POSTGRES_URL,
+        REDIS_URL,
+        _drop_tables,
+        drop_redis_keys,
+        require_server,
+    )
+
+    url = POSTGRES_URL if request.param == "postgres" else REDIS_URL
+    require_server(url, request.param)
+    prefix = f"studio{secrets.token_hex(3)}" + ("_" if request.param == "postgres" else "")
+    monkeypatch.setenv("BATCHKIT_STORAGE", url)
+    monkeypatch.setenv("BATCHKIT_STORAGE_PREFIX", prefix)
+    studio = create_app()
+    try:
+        async with studio.router.lifespan_context(studio):
+            yield studio
+    finally:
+        if request.param == "postgres":
+            await _drop_tables(url, [prefix])
+        else:
+            await drop_redis_keys(url, prefix)
+
+
+async def test_the_storage_can_be_postgres_or_redis(server_app: Any) -> None:
+    async with _client(server_app) as ada:
+        chosen = [USABLE[0], UNUSABLE[0]]
+        answer = await ada.post("/api/v1/products/batch-generate", json={"product_ids": chosen})
+        assert answer.status_code == 202
+        final = await _until_terminal(ada, answer.json()["batch_id"])
+        assert final["state"] == "completed_with_errors"
+        assert [p["state"] for p in final["products"]] == ["succeeded", "failed"]
+        assert [b["batch_id"] for b in (await ada.get("/api/v1/batches")).json()] == [
+            final["batch_id"]
+        ]
+
+
+async def test_retry_failed_makes_a_batch_of_exactly_the_failed_products(
+    ada: httpx.AsyncClient,
+) -> None:
+    chosen = [USABLE[2], UNUSABLE[2], UNUSABLE[3]]
+    batch = (await ada.post("/api/v1/products/batch-generate", json={"product_ids": chosen})).json()
+    too_soon = await ada.post(f"/api/v1/products/batch/{batch['batch_id']}/retry-failed")
+    if too_soon.status_code != 202:  # still running: refused with the reason
+        assert too_soon.status_code == 409
+        assert "still" in too_soon.json()["detail"]
+    await _until_terminal(ada, batch["batch_id"])
+    answer = await ada.post(f"/api/v1/products/batch/{batch['batch_id']}/retry-failed")
+    assert answer.status_code == 202
+    again = answer.json()
+    assert (again["total"], again["parent_id"]) == (2, batch["batch_id"])
+    twice = await ada.post(f"/api/v1/products/batch/{batch['batch_id']}/retry-failed")
+    assert twice.json()["batch_id"] == again["batch_id"]  # a double click: one retry
+    retried = (await ada.get(f"/api/v1/products/batch/{again['batch_id']}/status")).json()
+    assert [p["product_id"] for p in retried["products"]] == chosen[1:]
+    final = await _until_terminal(ada, again["batch_id"])
+    assert final["state"] == "failed"  # still unusable
+    none_failed = await ada.post(f"/api/v1/products/batch/{again['batch_id']}/retry-failed")
+    assert none_failed.status_code == 202  # its products failed again: a further retry
+    ok = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:1]})
+    ).json()
+    await _until_terminal(ada, ok["batch_id"])
+    nothing = await ada.post(f"/api/v1/products/batch/{ok['batch_id']}/retry-failed")
+    assert nothing.status_code == 409
+    assert "no failed items" in nothing.json()["detail"]
+
+
+async def test_each_owner_sees_their_own_batches_only(app: Any, ada: httpx.AsyncClient) -> None:
+    mine = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:2]})
+    ).json()
+    async with _client(app, "bob") as bob:
+        theirs = (
+            await bob.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[3:4]})
+        ).json()
+        for path in ("status", "events"):
+            assert (
+                await bob.get(f"/api/v1/products/batch/{mine['batch_id']}/{path}")
+            ).status_code == 404
+        assert (
+            await bob.post(f"/api/v1/products/batch/{mine['batch_id']}/retry-failed")
+        ).status_code == 404
+        listed = (await bob.get("/api/v1/batches")).json()
+        assert [b["batch_id"] for b in listed] == [theirs["batch_id"]]
+    listed = (await ada.get("/api/v1/batches")).json()
+    assert [b["batch_id"] for b in listed] == [mine["batch_id"]]
+    assert set(listed[0]) >= {"batch_id", "state", "counts", "total", "progress", "created_at"}
+    unknown = "01890000-0000-7000-8000-000000000000"
+    assert (await ada.get(f"/api/v1/products/batch/{unknown}/status")).status_code == 404
+    assert (await ada.get("/api/v1/products/batch/not-an-id/status")).status_code == 404
+
+
+async def test_the_api_needs_a_signed_in_owner(app: Any) -> None:
+    async with _client(app, None) as anonymous:
+        answer = await anonymous.post(
+            "/api/v1/products/batch-generate", json={"product_ids": USABLE[:1]}
+        )
+        assert answer.status_code == 401
+        assert (await anonymous.get("/api/v1/batches")).status_code == 401
+        page = await anonymous.get("/products")
+        assert page.status_code == 303
+        assert page.headers["location"].startswith("/login")
+    forged = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://studio",
+        cookies={owners.COOKIE: "ada|" + "0" * 32},
+    )
+    async with forged:
+        assert (await forged.get("/api/v1/batches")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"product_ids": []}, "choose at least one product"),
+        ({"product_ids": ["P-001", "NOPE-1", "NOPE-2"]}, "unknown product ids: NOPE-1, NOPE-2"),
+        ({"product_ids": [f"P-{n:03d}" for n in range(1, MAX_PRODUCTS + 2)]}, "at most 200"),
+        ({"product_ids": ["P-001", "P-001"]}, "chosen twice: P-001"),
+        ({"products": ["P-001"]}, "Field required"),
+        ({"product_ids": "P-001"}, "valid list"),
+    ],
+)
+async def test_bad_input_is_a_422_with_a_clear_message(
+    ada: httpx.AsyncClient, body: dict[str, Any], message: str
+) -> None:
+    answer = await ada.post("/api/v1/products/batch-generate", json=body)
+    assert answer.status_code == 422
+    assert message in answer.text
+    assert (await ada.get("/api/v1/batches")).json() == []  # nothing was written
+
+
+async def test_malformed_json_is_a_422(ada: httpx.AsyncClient) -> None:
+    answer = await ada.post(
+        "/api/v1/products/batch-generate",
+        content=b'{"product_ids": ["P-001"',
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 422
+    assert "JSON" in answer.text
+
+
+async def test_the_same_request_id_makes_one_batch(ada: httpx.AsyncClient) -> None:
+    body = {"product_ids": USABLE[:2], "request_id": "click-1"}
+    first = (await ada.post("/api/v1/products/batch-generate", json=body)).json()
+    second = (await ada.post("/api/v1/products/batch-generate", json=body)).json()
+    assert first["batch_id"] == second["batch_id"]
+    assert len((await ada.get("/api/v1/batches")).json()) == 1
+
+
+async def test_events_stream_each_change_and_end_with_the_batch(ada: httpx.AsyncClient) -> None:
+    batch = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:2]})
+    ).json()
+    answer = await ada.get(f"/api/v1/products/batch/{batch['batch_id']}/events")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    events = [block for block in answer.text.split("\n\n") if block.strip()]
+    kinds = [block.splitlines()[0] for block in events]
+    assert kinds[-1] == "event: end"
+    assert set(kinds[:-1]) == {"event: status"}
+    statuses = [json.loads(block.splitlines()[1].removeprefix("data: ")) for block in events[:-1]]
+    assert len(statuses) >= 3  # several changes were streamed, not just the end
+    assert statuses[-1]["state"] == "completed"
+    progress = [s["progress"] for s in statuses]
+    assert progress == sorted(progress)
+    assert all(len(s["products"]) == 2 for s in statuses)
+
+
+async def test_the_openapi_schema_documents_the_api(ada: httpx.AsyncClient) -> None:
+    schema = (await ada.get("/openapi.json")).json()
+    paths = schema["paths"]
+    for path, method in [
+        ("/api/v1/products/batch-generate", "post"),
+        ("/api/v1/products/batch/{batch_id}/status", "get"),
+        ("/api/v1/products/batch/{batch_id}/retry-failed", "post"),
+        ("/api/v1/batches", "get"),
+        ("/api/v1/products/batch/{batch_id}/events", "get"),
+    ]:
+        assert method in paths[path], path
+        assert paths[path][method].get("description") or paths[path][method].get("summary")
+    status = schema["components"]["schemas"]["ProductStatus"]["properties"]
+    assert set(status) >= {
+        "product_id",
+        "title",
+        "state",
+        "progress",
+        "message",
+        "error",
+        "result_url",
+    }
+
+
+def test_the_catalog_has_forty_products_and_a_few_unusable_ones() -> None:
+    products = catalog()
+    assert len(products) >= 40
+    assert len({p.id for p in products}) == len(products)
+    assert any(p.image is None for p in products)
+    assert any(p.price == 0 for p in products)
+    assert 2 <= len(UNUSABLE) <= 8
