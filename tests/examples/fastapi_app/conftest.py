@@ -133,9 +133,14 @@ def _require_chromium() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright."""
+    """Debian's Chromium, headless, driven by Playwright.
+
+    Module-scoped, not session-scoped: Playwright's synchronous API keeps an event loop
+    running in this thread while it is open, and the async tests of other modules need
+    the thread to themselves.
+    """
     _require_chromium()
     from playwright.sync_api import sync_playwright
 
