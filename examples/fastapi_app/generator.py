@@ -53,7 +53,8 @@ def _publish(path: Path, data: bytes) -> None:
 async def generate(ctx: ItemContext) -> dict[str, Any]:
     """Make one product's video; report each stage; fail clearly on an unusable product."""
     speed = _speed()
-    product = Product(**ctx.payload)
+    # The web app sends the whole product; a CSV row (the CLI) may leave the id to the key.
+    product = Product(**{"id": ctx.key, **ctx.payload})
     await ctx.progress(0.02, "script: writing the script")
     await anyio.sleep(0.4 * speed)
     if product.image is None:
@@ -78,6 +79,7 @@ async def generate(ctx: ItemContext) -> dict[str, Any]:
     await anyio.sleep(0.3 * speed)
     return {
         "video": f"/media/{ctx.batch_id}/{product.id}.gif",
+        "file": str(path),
         "frames": FRAMES,
         "bytes": len(data),
     }
