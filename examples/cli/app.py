@@ -302,12 +302,11 @@ def generate(
     except BadItems as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    run_generator = _generator_runner  # loaded before anything is written
-    _load(generator)
+    _load(generator)  # a generator that cannot be loaded is refused before anything is written
     out = _output(generator, output)
 
     async def work(store: Storage) -> int:
-        runner = run_generator(store, generator, concurrency)
+        runner = _generator_runner(store, generator, concurrency)
         try:
             batch = await runner.submit(specs, metadata={"source": items_csv.name})
         except InvalidBatch as exc:

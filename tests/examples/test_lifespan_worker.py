@@ -7,93 +7,55 @@ SIGTERM) while items are running and starts it again.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._servers import ServerProcess, free_port
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__: list[str] = []
 
-ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("fastapi", reason="the examples extra is not installed")
 pytest.importorskip("uvicorn", reason="the examples extra is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
+class Server(ServerProcess):
     """The example app under uvicorn, started and stopped at will."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = _free_port()
-        self.tmp_path = tmp_path
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.lifespan_worker:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        env = {
             "BATCHKIT_STORAGE": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
             "BATCHKIT_EXAMPLE_ITEM_SECONDS": "0.4",
             "BATCHKIT_EXAMPLE_LEASE": "1",
         }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self._logs: list[Any] = []
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.tmp_path / f"server-{self.starts}.log").open("wb")
-        self._logs.append(log)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "examples.lifespan_worker:app",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=self.tmp_path,
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.get("/openapi.json")
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the server did not start\n{self.logs()}") from None
-                time.sleep(0.05)
-
-    def stop(self, how: signal.Signals) -> int:
-        assert self.process is not None
-        self.process.send_signal(how)
-        code = self.process.wait(timeout=30)
-        self.process = None
-        return code
+        super().__init__(command, port, tmp_path, env)
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as answer:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as answer:
             return json.loads(answer.read())
 
     def post(self, path: str, body: Any) -> Any:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
+            f"{self.url}{path}",
             data=json.dumps(body).encode(),
             headers={"content-type": "application/json"},
             method="POST",
@@ -110,16 +72,6 @@ class Server:
             if time.monotonic() > deadline:
                 raise AssertionError(f"gave up waiting: {status}\n{self.logs()}")
             time.sleep(0.05)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("*.log")))
-
-    def close(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-        for log in self._logs:
-            log.close()
 
 
 @pytest.fixture

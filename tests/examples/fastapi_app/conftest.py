@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from .._servers import ServerProcess, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -31,12 +28,6 @@ ARTIFACTS = Path(os.environ.get("BATCHKIT_TEST_ARTIFACTS", ROOT / "test-artifact
 CHROMIUM = os.environ.get("BATCHKIT_TEST_CHROMIUM", "/usr/bin/chromium")
 #: How each pause of the generator is scaled: items take about 1.2 s.
 SPEED = "0.6"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -59,59 +50,13 @@ def studio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     return env
 
 
-class Studio:
-    """``python -m examples.fastapi_app`` on a free port, started and stopped at will."""
+class Studio(ServerProcess):
+    """``python -m examples.fastapi_app`` (what ``make web`` runs) on a free port."""
 
     def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
-        self.port = _free_port()
-        self.env = {**os.environ, **env, "PORT": str(self.port), "PYTHONPATH": str(ROOT)}
-        self.tmp_path = tmp_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self._logs: list[Any] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.tmp_path / f"studio-{self.starts}.log").open("wb")
-        self._logs.append(log)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "examples.fastapi_app"],
-            cwd=self.tmp_path,
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/openapi.json", timeout=2):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the studio did not start\n{self.logs()}") from None
-                time.sleep(0.05)
-
-    def stop(self, how: signal.Signals = signal.SIGTERM) -> None:
-        assert self.process is not None
-        self.process.send_signal(how)
-        self.process.wait(timeout=30)
-        self.process = None
-
-    def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("studio-*.log"))
-        )
-
-    def close(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-        for log in self._logs:
-            log.close()
+        port = free_port()
+        command = [sys.executable, "-m", "examples.fastapi_app"]
+        super().__init__(command, port, tmp_path, {**env, "PORT": str(port)})
 
 
 @pytest.fixture
