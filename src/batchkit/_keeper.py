@@ -8,6 +8,9 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
+
+from .exceptions import StorageError
 
 if TYPE_CHECKING:
     from ._execution import Executor
@@ -80,20 +83,34 @@ class Keeper:
                     now = anyio.current_time()
                 status: LeaseStatus | None = None
                 pending = reporter.pending
-                if pending is not None and now >= last_write + ex.progress_interval:
-                    reporter.pending = None
-                    # Shielded: cancelling a driver mid-write (the item ended meanwhile)
-                    # can leave its connection half-closed; the write is short anyway.
-                    with anyio.CancelScope(shield=True):
-                        status = await ex.storage.record_progress(
-                            lease, pending[0], pending[1], lease_seconds=ex.lease_seconds
-                        )
-                    last_write = now
-                    next_beat = now + ex.heartbeat_interval
-                elif now >= next_beat:
-                    with anyio.CancelScope(shield=True):
-                        status = await ex.storage.heartbeat(lease, lease_seconds=ex.lease_seconds)
-                    next_beat = now + ex.heartbeat_interval
+                try:
+                    if pending is not None and now >= last_write + ex.progress_interval:
+                        reporter.pending = None
+                        last_write = now
+                        next_beat = now + ex.heartbeat_interval
+                        # Shielded: cancelling a driver mid-write (the item ended meanwhile)
+                        # can leave its connection half-closed; the write is short anyway.
+                        with anyio.CancelScope(shield=True):
+                            status = await ex.storage.record_progress(
+                                lease, pending[0], pending[1], lease_seconds=ex.lease_seconds
+                            )
+                    elif now >= next_beat:
+                        next_beat = now + ex.heartbeat_interval
+                        with anyio.CancelScope(shield=True):
+                            status = await ex.storage.heartbeat(
+                                lease, lease_seconds=ex.lease_seconds
+                            )
+                except (StorageError, OSError) as exc:
+                    # The store stayed away past its own retries. The item goes on: its
+                    # lease is renewed soon, and lapses (as after a crash) only if the
+                    # store stays away longer than the lease.
+                    logger.warning(
+                        "could not renew a lease, trying again soon: %s",
+                        exc,
+                        extra={"batch_id": lease.batch_id, "key": lease.key},
+                    )
+                    next_beat = anyio.current_time() + ex.heartbeat_interval / 3
+                    continue
                 if status is None or self.lease is not lease:
                     continue
                 if not status.held:

@@ -317,6 +317,43 @@ async def test_a_worker_outlives_a_storage_that_fails_for_a_while(
     assert any("the database is restarting" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_heartbeat_that_fails_for_a_while_does_not_stop_the_item(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = CountingStorage()
+    failures = 4
+
+    async def flaky(*args: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise StorageError("the connection was closed by the server")
+
+    storage.before["heartbeat"] = flaky
+    storage.before["record_progress"] = flaky
+
+    async def slow(ctx: ItemContext) -> str:
+        for step in range(10):
+            await ctx.progress(step / 10, f"step {step}")
+            await anyio.sleep(0.05)
+        return "done"
+
+    batch = await _submitter(storage).submit(["a", "b"])
+    worker = Worker(
+        storage,  # type: ignore[arg-type]
+        slow,
+        lease=0.3,  # a heartbeat every 0.1 s
+        progress_interval=0.05,
+        batch_ids=[batch.id],
+        exit_when_idle=True,
+    )
+    with anyio.fail_after(10):
+        stats = await worker.run()
+    assert failures == 0, "the storage never failed: the test proved nothing"
+    assert (stats.succeeded, stats.storage_errors) == (2, 0)
+    assert any("could not renew a lease" in r.getMessage() for r in caplog.records)
+
+
 async def test_retries_happen_on_a_worker_too(storage: MemoryStorage) -> None:
     async def flaky(ctx: ItemContext) -> int:
         if ctx.attempt < 2:

@@ -287,9 +287,13 @@ class RedisStorage:
         except redis_errors.ResponseError:
             await self._keep(conn)  # an error answer: the connection is fine
             raise
-        except BaseException:
+        except BaseException as exc:
             await conn.disconnect()
             await pool.release(conn)
+            if isinstance(exc, _TRANSIENT):
+                # The server dropped this connection (a restart, CLIENT KILL): the ones
+                # kept beside it are most likely gone too, so the retry takes a new one.
+                await self._close_lanes(disconnect=True)
             raise
         await self._keep(conn)
         return reply
@@ -300,10 +304,12 @@ class RedisStorage:
         else:
             await self.client.connection_pool.release(conn)
 
-    async def _close_lanes(self) -> None:
+    async def _close_lanes(self, *, disconnect: bool = False) -> None:
         lanes, self._lanes = self._lanes, []
         if self._client is not None:
             for conn in lanes:
+                if disconnect:
+                    await conn.disconnect()
                 await self._client.connection_pool.release(conn)
 
     # -- calls -------------------------------------------------------------------------

@@ -451,6 +451,9 @@ class SQLStorage:
         except _DriverFault as fault:
             if fault.broken:
                 await lane.conn.invalidate()
+                # The server dropped this connection (a restart, a kill): the ones kept
+                # beside it are most likely gone too, so the retry opens a new one.
+                await self._close_lanes(invalidate=True)
             await lane.conn.close()
             raise
         except BaseException:
@@ -471,10 +474,12 @@ class SQLStorage:
             raise
         return _Lane(conn, raw.driver_connection)
 
-    async def _close_lanes(self) -> None:
+    async def _close_lanes(self, *, invalidate: bool = False) -> None:
         lanes, self._lanes = self._lanes, []
         with anyio.CancelScope(shield=True):
             for lane in lanes:
+                if invalidate:
+                    await lane.conn.invalidate()
                 await lane.conn.close()
 
     # -- executing steps -------------------------------------------------------------------
