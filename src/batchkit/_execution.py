@@ -10,7 +10,6 @@ import heapq
 import inspect
 import logging
 import math
-import re
 import time
 import traceback
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._keeper import Keeper
+from ._secrets import redact
 from .codec import JSONError, clean_text, encode
 from .context import ItemContext, _Reporter
 from .history import History
@@ -47,21 +47,6 @@ logger = logging.getLogger("batchkit.runner")
 #: One line per transition of an item (started, succeeded, failed, retrying, released,
 #: cancelled, recovered), with the fields ``event batch_id key attempt`` and more.
 items_logger = logging.getLogger("batchkit.items")
-
-# user:password@ in URLs (database DSNs, API endpoints) never reaches storage or logs.
-# The scheme is bounded so that a long run of letters costs linear time, not quadratic
-# (messages are redacted whole, before being cut). The password is greedy to the last
-# "@" of the authority: one written with a raw "@" is hidden whole, not just its head.
-_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,39}://)(?P<user>[^\s:/@]*):[^\s/]+@"
-)
-
-
-def redact(text: str) -> str:
-    """Hide passwords embedded in URLs."""
-    if "://" not in text:
-        return text
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 def _cut(text: str, limit: int, *, keep_end: bool = False) -> str:

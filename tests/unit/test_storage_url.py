@@ -74,7 +74,7 @@ def test_a_url_must_be_text(url: Any) -> None:
 @pytest.mark.parametrize(
     ("url", "fixed"),
     [
-        ("postgresql://user:pw@db:5432/app", "postgresql+asyncpg://user:pw@db:5432/app"),
+        ("postgresql://user:s3cret@db:5432/app", "postgresql+asyncpg://user:***@db:5432/app"),
         ("postgres://db/app", "postgresql+asyncpg://db/app"),
         ("postgresql+psycopg2://db/app", "postgresql+asyncpg://db/app"),
         ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
@@ -89,6 +89,32 @@ def test_sync_spellings_are_refused_with_the_async_one(url: str, fixed: str) -> 
     message = str(info.value)
     assert "synchronous" in message
     assert fixed in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret@db/app",
+        "mysql+pymysql://root:s3cret@db/app",
+        "memory://app:s3cret@db/",
+    ],
+)
+def test_a_password_in_a_refused_url_stays_out_of_the_message(url: str) -> None:
+    # Hosts log exceptions: the message names the URL with its password hidden.
+    with pytest.raises(InvalidStorageURL) as info:
+        open_storage(url)
+    assert "s3cret" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_sql_storage_refuses_a_sync_url_without_showing_its_password() -> None:
+    from batchkit.storage.sql import SQLStorage
+
+    with pytest.raises(ValueError, match="synchronous") as info:
+        SQLStorage("postgresql://app:s3cret@db/app")
+    assert "s3cret" not in str(info.value)
+    assert "postgresql+asyncpg://app:***@db/app" in str(info.value)
 
 
 # -- missing extras -------------------------------------------------------------------------

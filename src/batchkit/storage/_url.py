@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._secrets import redact
 from ..exceptions import InvalidStorageURL, MissingDependency
 
 if TYPE_CHECKING:
@@ -91,14 +92,16 @@ def open_storage(url: str, **options: Any) -> Storage:
     scheme = scheme.lower()
     if scheme == "memory":
         if rest.strip("/"):
-            raise InvalidStorageURL(f"'memory://' takes no host or path, got {url!r}")
+            raise InvalidStorageURL(f"'memory://' takes no host or path, got {redact(url)!r}")
         from .memory import MemoryStorage
 
         return MemoryStorage(**options)
     if scheme in _SYNC_SPELLINGS:
         fixed = _SYNC_SPELLINGS[scheme]
+        # The password stays out of the message: a host may log its exceptions.
         raise InvalidStorageURL(
-            f"{scheme}:// names a synchronous driver; batchkit is async: use {fixed}://{rest}"
+            f"{scheme}:// names a synchronous driver; batchkit is async: use "
+            f"{redact(f'{fixed}://{rest}')}"
         )
     adapter = _ADAPTERS.get(scheme)
     if adapter is None:

@@ -17,6 +17,7 @@ import anyio.lowlevel
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from ..._secrets import redact
 from ...codec import dumps, loads, same_json
 from ...exceptions import BatchNotFound, ItemNotFound, StorageError
 from ...history import errors_of
@@ -155,7 +156,7 @@ class RedisStorage:
         return cls(url, **options)
 
     def __repr__(self) -> str:
-        where = "a host's client" if self._url is None else _hide_password(self._url)
+        where = "a host's client" if self._url is None else redact(self._url)
         return f"RedisStorage({where}, prefix={self.prefix!r})"
 
     @property
@@ -883,10 +884,6 @@ def _bulk(value: str | bytes) -> bytes:
 
 def _matches(metadata: dict[str, Any], wanted: MetadataFilter) -> bool:
     return all(k in metadata and same_json(metadata[k], v) for k, v in wanted.items())
-
-
-def _hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 class _PubSubSubscription:

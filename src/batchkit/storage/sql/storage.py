@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from ..._secrets import redact
 from ...codec import dumps, loads
 from ...exceptions import BatchNotFound, ItemNotFound, SchemaVersionMismatch, StorageError
 from ...history import errors_of
@@ -151,9 +152,10 @@ class SQLStorage:
             scheme = url_or_engine.partition("://")[0].lower()
             if scheme in _SYNC_URLS:
                 fixed = _SYNC_URLS[scheme]
+                rest = url_or_engine.partition("://")[2]
                 raise ValueError(
                     f"{scheme}:// names a synchronous driver; batchkit is async: use "
-                    f"{fixed}://{url_or_engine.partition('://')[2]}"
+                    f"{redact(f'{fixed}://{rest}')}"
                 )
             self._url: str | None = url_or_engine
             self._engine: AsyncEngine | None = None
