@@ -5,9 +5,9 @@ Exit codes (the same for every command):
 ====  ==========================================================================
  0    done: the batch completed without errors (or the read command succeeded)
  1    the batch finished, and some items failed (``retry-failed`` retries them)
- 2    bad usage or bad input (an unreadable CSV, an unknown option)
+ 2    bad usage or bad input (an unreadable CSV, an unknown option, a bad storage URL)
  3    the batch was cancelled
- 4    no such batch, or the storage cannot be opened
+ 4    no such batch, or the storage cannot be reached
  130  interrupted (Ctrl-C): nothing is left running; ``resume`` finishes the batch
 ====  ==========================================================================
 """
@@ -18,11 +18,14 @@ import importlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import anyio
 import typer
@@ -62,7 +65,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
     epilog="Exit codes: 0 completed without errors, 1 some items failed, 2 bad usage or "
-    "input, 3 cancelled, 4 no such batch or no storage, 130 interrupted (resume it).",
+    "input, 3 cancelled, 4 no such batch or storage unreachable, 130 interrupted (resume it).",
 )
 
 Storage_ = Annotated[
@@ -71,6 +74,16 @@ Storage_ = Annotated[
         "--storage",
         envvar="BATCHKIT_STORAGE",
         help="where batches are kept (default: an SQLite file in this directory)",
+        show_default=False,
+    ),
+]
+Prefix_ = Annotated[
+    str | None,
+    typer.Option(
+        "--prefix",
+        envvar="BATCHKIT_STORAGE_PREFIX",
+        help="the table prefix (SQL) or key prefix (Redis) of the batches, to keep them apart "
+        "from another app's in the same database (default: batchkit's)",
         show_default=False,
     ),
 ]
@@ -129,18 +142,55 @@ def _load(target: str) -> Any:
     return value
 
 
-def _hint(storage: str) -> str:
-    """The ``--storage`` part of a command to print, when it is not the default."""
-    if storage == DEFAULT_STORAGE or storage == os.environ.get("BATCHKIT_STORAGE"):
-        return ""
-    return f" --storage {storage}"
+@dataclass(frozen=True)
+class Where:
+    """Where the batches are: a storage URL, and the prefix of their tables or keys."""
+
+    url: str
+    prefix: str | None = None
+
+    def open(self) -> Storage:
+        """The storage, not yet opened. Raises ValueError or BatchkitError on bad input."""
+        options: dict[str, Any] = {}
+        scheme = self.url.partition("://")[0].lower()
+        if self.prefix is not None and scheme != "memory":
+            options["prefix" if scheme.startswith("redis") else "table_prefix"] = self.prefix
+        return open_storage(self.url, **options)
+
+    def hint(self) -> str:
+        """The options to repeat in a printed command: those not given by default or env.
+
+        A password in the URL is shown as ``***``: printed commands end up in logs.
+        """
+        parts = ""
+        if self.url not in (DEFAULT_STORAGE, os.environ.get("BATCHKIT_STORAGE")):
+            parts += f" --storage {shlex.quote(_hide_password(self.url))}"
+        if self.prefix is not None and self.prefix != os.environ.get("BATCHKIT_STORAGE_PREFIX"):
+            parts += f" --prefix {shlex.quote(self.prefix)}"
+        return parts
 
 
-def _run(work: Callable[[Storage], Awaitable[int]], storage: str) -> None:
+def _hide_password(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.password:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _run(work: Callable[[Storage], Awaitable[int]], where: Where) -> None:
     """Open the storage, run ``work`` in it, exit with the code it returns."""
+    try:
+        storage = where.open()
+    except (BatchkitError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
 
     async def body() -> int:
-        async with open_storage(storage) as store:
+        async with storage as store:
             return await work(store)
 
     try:
@@ -206,7 +256,7 @@ async def _execute(
     batch_id: str,
     *,
     plain: bool,
-    storage: str,
+    where: Where,
     title: str,
     output: Path | None,
 ) -> int:
@@ -243,15 +293,15 @@ async def _execute(
         left = status.counts[ItemState.QUEUED] + status.counts[ItemState.RUNNING]
         typer.echo(
             f"\nInterrupted: {left} of {status.total} items are left, and none is running.\n"
-            f"Finish them with:\n  {PROGRAM} resume {batch_id}{_hint(storage)}"
+            f"Finish them with:\n  {PROGRAM} resume {batch_id}{where.hint()}"
         )
         return EXIT_INTERRUPTED
-    await _summary(runner, status, time.monotonic() - started, storage=storage, output=output)
+    await _summary(runner, status, time.monotonic() - started, where=where, output=output)
     return _code(status)
 
 
 async def _summary(
-    runner: BatchRunner, status: BatchStatus, seconds: float, *, storage: str, output: Path | None
+    runner: BatchRunner, status: BatchStatus, seconds: float, *, where: Where, output: Path | None
 ) -> None:
     typer.echo(
         f"\nBatch {status.batch_id}: {status.state.value} in {seconds:.1f} s "
@@ -266,9 +316,9 @@ async def _summary(
     if output is not None and status.counts[ItemState.SUCCEEDED]:
         typer.echo(f"Videos: {output / status.batch_id}")
     typer.echo("Next:")
-    typer.echo(f"  {PROGRAM} status {status.batch_id}{_hint(storage)}")
+    typer.echo(f"  {PROGRAM} status {status.batch_id}{where.hint()}")
     if failed:
-        typer.echo(f"  {PROGRAM} retry-failed {status.batch_id}{_hint(storage)}")
+        typer.echo(f"  {PROGRAM} retry-failed {status.batch_id}{where.hint()}")
 
 
 def _generator_runner(store: Storage, generator: str, concurrency: int) -> BatchRunner:
@@ -291,6 +341,7 @@ def generate(
         Path, typer.Argument(metavar="ITEMS.csv", help="a 'key' column, then payload columns")
     ],
     storage: Storage_ = DEFAULT_STORAGE,
+    prefix: Prefix_ = None,
     generator: Generator_ = DEFAULT_GENERATOR,
     concurrency: Concurrency_ = 4,
     output: Output_ = Path("batchkit-output"),
@@ -305,6 +356,8 @@ def generate(
     _load(generator)  # a generator that cannot be loaded is refused before anything is written
     out = _output(generator, output)
 
+    where = Where(storage, prefix)
+
     async def work(store: Storage) -> int:
         runner = _generator_runner(store, generator, concurrency)
         try:
@@ -313,17 +366,16 @@ def generate(
             typer.echo(f"error: {exc}", err=True)
             return EXIT_USAGE
         title = f"Batch {batch.id}: {batch.total} items from {items_csv.name}"
-        return await _execute(
-            runner, batch.id, plain=plain, storage=storage, title=title, output=out
-        )
+        return await _execute(runner, batch.id, plain=plain, where=where, title=title, output=out)
 
-    _run(work, storage)
+    _run(work, where)
 
 
 @app.command()
 def resume(
     batch_id: str,
     storage: Storage_ = DEFAULT_STORAGE,
+    prefix: Prefix_ = None,
     generator: Generator_ = DEFAULT_GENERATOR,
     concurrency: Concurrency_ = 4,
     output: Output_ = Path("batchkit-output"),
@@ -333,21 +385,22 @@ def resume(
     _load(generator)
     out = _output(generator, output)
 
+    where = Where(storage, prefix)
+
     async def work(store: Storage) -> int:
         runner = _generator_runner(store, generator, concurrency)
         status = await runner.status(batch_id)
         title = f"Resuming batch {batch_id}: {format_counts(status)}"
-        return await _execute(
-            runner, batch_id, plain=plain, storage=storage, title=title, output=out
-        )
+        return await _execute(runner, batch_id, plain=plain, where=where, title=title, output=out)
 
-    _run(work, storage)
+    _run(work, where)
 
 
 @app.command("retry-failed")
 def retry_failed(
     batch_id: str,
     storage: Storage_ = DEFAULT_STORAGE,
+    prefix: Prefix_ = None,
     generator: Generator_ = DEFAULT_GENERATOR,
     concurrency: Concurrency_ = 4,
     output: Output_ = Path("batchkit-output"),
@@ -358,6 +411,8 @@ def retry_failed(
     _load(generator)
     out = _output(generator, output)
 
+    where = Where(storage, prefix)
+
     async def work(store: Storage) -> int:
         runner = _generator_runner(store, generator, concurrency)
         try:
@@ -367,19 +422,24 @@ def retry_failed(
             return EXIT_USAGE
         typer.echo(f"Batch {again.id} retries the {again.total} failed items of {batch_id}.")
         if not run:
-            typer.echo(f"Run it with:\n  {PROGRAM} resume {again.id}{_hint(storage)}")
+            typer.echo(f"Run it with:\n  {PROGRAM} resume {again.id}{where.hint()}")
             return EXIT_OK
         title = f"Batch {again.id}: {again.total} items retried from {batch_id}"
-        return await _execute(
-            runner, again.id, plain=plain, storage=storage, title=title, output=out
-        )
+        return await _execute(runner, again.id, plain=plain, where=where, title=title, output=out)
 
-    _run(work, storage)
+    _run(work, where)
 
 
 @app.command()
-def status(batch_id: str, storage: Storage_ = DEFAULT_STORAGE, as_json: Json_ = False) -> None:
+def status(
+    batch_id: str,
+    storage: Storage_ = DEFAULT_STORAGE,
+    prefix: Prefix_ = None,
+    as_json: Json_ = False,
+) -> None:
     """A batch's derived state, its counts, and its failed items with their errors."""
+
+    where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
         runner = BatchRunner(store, _nothing)
@@ -412,16 +472,19 @@ def status(batch_id: str, storage: Storage_ = DEFAULT_STORAGE, as_json: Json_ = 
             console.print(errors)
         return EXIT_OK
 
-    _run(work, storage)
+    _run(work, where)
 
 
 @app.command("list")
 def list_batches(
     storage: Storage_ = DEFAULT_STORAGE,
+    prefix: Prefix_ = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1_000, help="how many")] = 10,
     as_json: Json_ = False,
 ) -> None:
     """Recent batches, newest first, with their derived state."""
+
+    where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
         listed = await BatchRunner(store, _nothing).batches(limit=limit)
@@ -430,7 +493,7 @@ def list_batches(
             return EXIT_OK
         if not listed:
             typer.echo(
-                "No batches yet: try  python -m examples.cli generate examples/cli/products.csv"
+                f"No batches yet: try  {PROGRAM} generate examples/cli/products.csv{where.hint()}"
             )
             return EXIT_OK
         from rich.console import Console
@@ -447,17 +510,20 @@ def list_batches(
         Console(width=160).print(table)
         return EXIT_OK
 
-    _run(work, storage)
+    _run(work, where)
 
 
 @app.command()
 def watch(
     batch_id: str,
     storage: Storage_ = DEFAULT_STORAGE,
+    prefix: Prefix_ = None,
     plain: Plain_ = False,
     as_json: Json_ = False,
 ) -> None:
     """Follow a batch that another process runs, until it finishes."""
+
+    where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
         runner = BatchRunner(store, _nothing, poll_interval=0.2)
@@ -477,7 +543,7 @@ def watch(
         typer.echo(f"\nBatch {batch_id}: {final.state.value} ({format_counts(final)})")
         return _code(final)
 
-    _run(work, storage)
+    _run(work, where)
 
 
 async def _nothing(ctx: object) -> None:

@@ -41,6 +41,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory of the test's own: the CLI keeps its SQLite file and videos there."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BATCHKIT_STORAGE", raising=False)
+    monkeypatch.delenv("BATCHKIT_STORAGE_PREFIX", raising=False)
     monkeypatch.setenv("BATCHKIT_STUDIO_SPEED", "0.05")
     return tmp_path
 
@@ -231,9 +232,10 @@ def test_a_generator_of_your_own_and_typed_payloads(workdir: Path) -> None:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("BATCHKIT_STORAGE", None)
-    return env
+    env.pop("BATCHKIT_STORAGE_PREFIX", None)
+    return {**env, **extra}
 
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
@@ -329,3 +331,124 @@ def test_the_live_display_in_a_terminal(tmp_path: Path) -> None:
     )
     assert "Failed (3):" in plain
     assert "retry-failed" in plain
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def server_store(request: pytest.FixtureRequest) -> Any:
+    """A PostgreSQL or Redis URL and two prefixes of the test's own, emptied after it."""
+    from tests.storage.conftest import (
+        POSTGRES_URL,
+        REDIS_URL,
+        _drop_tables,
+        drop_redis_keys,
+        require_server,
+    )
+
+    url = POSTGRES_URL if request.param == "postgres" else REDIS_URL
+    require_server(url, request.param)
+    prefix = f"cli{os.urandom(3).hex()}" + ("_" if request.param == "postgres" else "")
+    other = f"{prefix}x"
+    yield url, prefix, other
+    if request.param == "postgres":
+        anyio.run(_drop_tables, url, [prefix, other])
+    else:
+        for each in (prefix, other):
+            anyio.run(drop_redis_keys, url, each)
+
+
+def test_watch_follows_a_batch_that_another_process_runs(
+    tmp_path: Path, server_store: tuple[str, str, str]
+) -> None:
+    url, prefix, other = server_store
+    csv = _small_csv(tmp_path / "few.csv", ["P-001", "P-002", "P-003", "P-007"])
+    # The runner names its store by options; the watcher by the environment.
+    runner = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "examples.cli", "generate", str(csv), "--plain"),
+            *("-c", "2", "--storage", url, "--prefix", prefix),
+        ],
+        cwd=tmp_path,
+        env=_env(BATCHKIT_STUDIO_SPEED="0.3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert runner.stdout is not None
+    first = runner.stdout.readline()
+    found = BATCH_ID.search(first)
+    assert found is not None, first + runner.communicate(timeout=60)[0]
+    batch_id = found.group(1)
+    watched = subprocess.run(
+        [sys.executable, "-m", "examples.cli", "watch", batch_id, "--json"],
+        cwd=tmp_path,
+        env=_env(BATCHKIT_STORAGE=url, BATCHKIT_STORAGE_PREFIX=prefix),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    rest, _ = runner.communicate(timeout=60)
+    assert runner.returncode == EXIT_FAILED_ITEMS, first + rest
+    assert watched.returncode == EXIT_FAILED_ITEMS, watched.stdout + watched.stderr
+    seen = [json.loads(line) for line in watched.stdout.splitlines()]
+    # It saw the batch while it ran, and then its end, as the runner did.
+    assert any(s["counts"]["running"] > 0 for s in seen), seen
+    assert seen[-1]["state"] == "completed_with_errors"
+    assert seen[-1]["counts"] == {
+        "queued": 0,
+        "running": 0,
+        "succeeded": 3,
+        "failed": 1,
+        "cancelled": 0,
+    }
+    # The printed follow-up commands name the store, its password hidden, and the prefix.
+    assert f"--prefix {prefix}" in rest
+    # Under its own prefix, the batch is not in batchkit's default tables or keys.
+    elsewhere = _cli("list", "--json", "--storage", url, "--prefix", other)
+    assert elsewhere.exit_code == EXIT_OK
+    assert batch_id not in elsewhere.output
+
+
+def test_a_password_in_the_storage_url_is_not_printed(workdir: Path) -> None:
+    from tests.storage.conftest import POSTGRES_URL, require_server
+
+    require_server(POSTGRES_URL, "postgres")
+    scheme, _, rest = POSTGRES_URL.partition("://")
+    user, _, host = rest.rpartition("@")
+    url = f"{scheme}://{user.partition(':')[0]}:s3cret@{host}"  # trust auth: not checked
+    prefix = f"cli{os.urandom(3).hex()}_"
+    try:
+        done = _cli("list", "--storage", url, "--prefix", prefix)
+        assert done.exit_code == EXIT_OK, done.output
+        assert "s3cret" not in done.output
+        assert ":***@" in done.output  # the hint to generate names the store
+    finally:
+        from tests.storage.conftest import _drop_tables
+
+        anyio.run(_drop_tables, POSTGRES_URL, [prefix])
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["status", "01a2313a-c443-77ea-bef8-99f1385eba9b"], EXIT_NOT_FOUND, "no batch"),
+        (["watch", "nope"], EXIT_NOT_FOUND, "no batch"),
+        (["list", "--storage", "bogus://x"], EXIT_USAGE, "unknown storage scheme"),
+        (["list", "--prefix", "no spaces"], EXIT_USAGE, "table_prefix must be"),
+        (["list", "--storage", "postgresql://u:s3cret@db/x"], EXIT_USAGE, "synchronous"),
+        (
+            ["list", "--storage", "postgresql+asyncpg://u:s3cret@127.0.0.1:1/x"],
+            EXIT_NOT_FOUND,
+            "cannot open",
+        ),
+        (["list", "--storage", "redis://:s3cret@127.0.0.1:1/0"], EXIT_NOT_FOUND, "cannot open"),
+    ],
+)
+def test_a_bad_batch_id_or_storage_says_so_and_exits_with_its_code(
+    workdir: Path, args: list[str], code: int, message: str
+) -> None:
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == code, done.output
+    assert message in done.output
+    assert "s3cret" not in done.output
+    assert "Traceback" not in done.output
