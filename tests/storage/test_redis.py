@@ -21,10 +21,16 @@ from batchkit import BatchRunner, BatchState, ItemSpec, ItemState, open_storage
 from batchkit.storage.redis import BATCH_KEYS, RedisStorage
 
 from .conftest import REDIS_URL, drop_redis_keys, require_server
-from .test_sql import AWKWARD, _check_shared_run, _run_processes, _run_while_killing
+from .test_sql import (
+    AWKWARD,
+    _check_shared_run,
+    _run_processes,
+    _run_while_killing,
+    check_lost_replies,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from batchkit import ItemContext
@@ -288,3 +294,25 @@ async def test_watch_falls_back_to_polling_when_pubsub_fails(
                 tg.start_soon(watch)
                 await runner.run(batch.id)
         assert states[-1] is BatchState.COMPLETED
+
+
+class LosesReplies(RedisStorage):
+    """A RedisStorage whose next ``lose`` writes run on the server, and then lose their
+    reply as if the connection had dropped at that moment."""
+
+    lose = 0
+
+    async def _call(self, work: Callable[[], Awaitable[Any]], *, write: bool = True) -> Any:
+        async def ran_then_dropped() -> Any:
+            result = await work()
+            if write and self.lose:
+                self.lose -= 1
+                raise RedisConnectionError("the connection dropped before the reply came")
+            return result
+
+        return await super()._call(ran_then_dropped, write=write)
+
+
+async def test_a_claim_or_finish_whose_reply_was_lost_is_not_done_twice(prefix: str) -> None:
+    async with LosesReplies(REDIS_URL, prefix=prefix) as storage:
+        await check_lost_replies(storage)

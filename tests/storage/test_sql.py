@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import ExitStack, aclosing, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -483,6 +483,78 @@ async def test_postgres_connection_killed_during_a_large_submit_is_retried(
     finally:
         logger.removeHandler(retries)
         await admin.dispose()
+
+
+class LosesReplies(SQLStorage):
+    """An SQLStorage whose next ``lose`` write transactions commit, and then lose their
+    reply as if the connection had dropped at that moment."""
+
+    lose = 0
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[Any]], *, write: bool) -> Any:
+        async def commit_then_drop() -> Any:
+            result = await attempt()
+            if write and self.lose:
+                self.lose -= 1
+                raise ConnectionResetError("the connection dropped before the reply came")
+            return result
+
+        return await super()._retrying(commit_then_drop, write=write)
+
+
+async def test_a_claim_or_finish_whose_reply_was_lost_is_not_done_twice(db: Database) -> None:
+    async with LosesReplies(db.url, table_prefix=db.new_prefix()) as storage:
+        await check_lost_replies(storage)
+
+
+async def check_lost_replies(storage: Any) -> None:
+    """Claims and finishes whose write landed and whose reply was lost (``storage.lose``
+    sets how many): the retry neither does them again nor calls them refused."""
+    record, _ = await storage.create_batch(new_batch(4))
+    request = ClaimRequest(batch_ids=(record.id,), lease_seconds=30)
+
+    async def running() -> int:
+        return (await storage.get_batch(record.id)).counts[ItemState.RUNNING]
+
+    storage.lose = 1
+    first = await storage.claim(request)
+    # The retry finds the item the lost try claimed, instead of claiming another and
+    # leaving the first running, with nobody working on it, for a whole lease.
+    assert first is not None
+    assert (first.position, first.lease.attempt, await running()) == (0, 1, 1)
+
+    storage.lose = 1
+    done = await storage.finish(first.lease, Outcome.succeeded('"a"'), then_claim=request)
+    assert done.accepted, "the finish went through: its retry must not be called refused"
+    assert done.claim is not None
+    assert (done.claim.position, done.claim.lease.attempt, await running()) == (1, 1, 1)
+
+    storage.lose = 1
+    alone = await storage.finish(done.claim.lease, Outcome.succeeded('"b"'))
+    assert alone.accepted
+    assert alone.claim is None
+    assert await running() == 0
+
+    # A finish whose lease was really lost is still refused, retry or not.
+    third = await storage.claim(request)
+    assert third is not None
+    storage.lose = 1
+    stale = replace(third.lease, attempt=third.lease.attempt + 1, token="not-the-token")
+    assert not (await storage.finish(stale, Outcome.succeeded('"c"'))).accepted
+
+    # A claim of any batch's item, too.
+    storage.lose = 1
+    fourth = await storage.claim(ClaimRequest(lease_seconds=30))
+    assert fourth is not None
+    assert (fourth.position, await running()) == (3, 2)
+    items = await all_items(storage, record.id)
+    assert [i.state for i in items] == [
+        ItemState.SUCCEEDED,
+        ItemState.SUCCEEDED,
+        ItemState.RUNNING,
+        ItemState.RUNNING,
+    ]
+    _check_accounting(status_from_record(await storage.get_batch(record.id)), items)
 
 
 async def test_a_host_engine_gets_every_connection_back(db: Database) -> None:

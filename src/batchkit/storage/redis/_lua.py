@@ -231,6 +231,22 @@ local function claim_here(lease, token, t)
   }
 end
 
+-- The claim that an earlier try of this call made, its reply lost with the connection:
+-- the running item holding the call's token, in the shape of claim_here's reply, or nil.
+-- Only a retry looks, so the scan of the running items costs nothing on the hot path.
+local function claimed_by(token)
+  for _, pos in ipairs(redis.call('ZRANGE', RUNNING, 0, -1)) do
+    local rec = load(pos)
+    if rec and rec[TOKEN] == token then
+      return {
+        1, rec[KEY], tonumber(pos), redis.call('HGET', PAYLOADS, pos), rec[ATTEMPT],
+        rec[HISTORY] or false,
+      }
+    end
+  end
+  return nil
+end
+
 local function item_reply(pos, rec)
   local result = false
   if rec[STATE] == 'succeeded' then result = rec[RESULT] end
@@ -377,13 +393,14 @@ return out
 """
 )
 
-#: Claim the next item of this batch. ARGV: 3 lease seconds, 4 a new token.
+#: Claim the next item of this batch. ARGV: 3 lease seconds, 4 a new token, 5 '1' when
+#: the call is tried again (an earlier try's claim, if it ran, is the claim).
 #: Returns the claim (see claim_here) followed by finished now (1/0).
 CLAIM = (
     _COMMON
     + r"""
 local t = clock()
-local claim = claim_here(tonumber(ARGV[3]), ARGV[4], t)
+local claim = (ARGV[5] == '1' and claimed_by(ARGV[4])) or claim_here(tonumber(ARGV[3]), ARGV[4], t)
 flush()
 claim[#claim + 1] = finished_now and 1 or 0
 return claim
@@ -393,7 +410,8 @@ return claim
 #: End a leased attempt, then maybe claim the next item of the same batch.
 #: ARGV: 3 key, 4 token, 5 state, 6 result, 7 error JSON ('' for none), 8 delay,
 #: 9 lease seconds of the next claim ('' for no claim), 10 the next claim's token,
-#: 11 the item's history ('' to keep it).
+#: 11 the item's history ('' to keep it), 12 the leased attempt when the call is tried
+#: again ('': the first try), so that what an earlier try did is not refused or redone.
 #: Returns {accepted (1/0), finished now (1/0)} followed by the claim's fields.
 FINISH = (
     _COMMON
@@ -434,9 +452,19 @@ if pos then
     bump('running', state, 1, t)
   end
   publish()
+elseif ARGV[12] ~= '' then
+  -- Ended as asked, in the leased attempt, and held by nobody: an earlier try did it.
+  local p = redis.call('HGET', KEYMAP, ARGV[3])
+  local r = p and load(p)
+  if r and not r[TOKEN] and r[ATTEMPT] == tonumber(ARGV[12])
+      and (r[STATE] == ARGV[5] or (ARGV[5] == 'queued' and r[STATE] == 'cancelled')) then
+    accepted = 1
+  end
 end
 local claim = {0}
-if ARGV[9] ~= '' then claim = claim_here(tonumber(ARGV[9]), ARGV[10], t) end
+if ARGV[9] ~= '' then
+  claim = (ARGV[12] ~= '' and claimed_by(ARGV[10])) or claim_here(tonumber(ARGV[9]), ARGV[10], t)
+end
 flush()
 table.insert(claim, 1, finished_now and 1 or 0)
 table.insert(claim, 1, accepted)

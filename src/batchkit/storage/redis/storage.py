@@ -631,9 +631,15 @@ class RedisStorage:
             if not _matches(record.metadata, request.metadata):
                 return None
         token = new_token()
-        reply = await self._call(
-            lambda: self._hot("CLAIM", batch_id, repr(float(request.lease_seconds)), token)
-        )
+        tries = 0
+
+        def claim() -> Awaitable[Any]:
+            # Every try sends the same token; a retry asks for an earlier try's claim first.
+            nonlocal tries
+            again, tries = "1" if tries else "", tries + 1
+            return self._hot("CLAIM", batch_id, repr(float(request.lease_seconds)), token, again)
+
+        reply = await self._call(claim)
         return await self._settle_claim(batch_id, token, reply[:-1], bool(reply[-1]))
 
     async def _settle_claim(
@@ -706,22 +712,29 @@ class RedisStorage:
         lease_arg = repr(float(then_claim.lease_seconds)) if same_batch and then_claim else ""
         accepted = False
         claim: Claim | None = None
-        if is_batch_id(lease.batch_id):
-            reply = await self._call(
-                lambda: self._hot(
-                    "FINISH",
-                    lease.batch_id,
-                    lease.key,
-                    lease.token,
-                    outcome.state.value,
-                    outcome.result or "",
-                    "" if outcome.error is None else outcome.error.model_dump_json(),
-                    repr(max(0.0, float(outcome.delay))),
-                    lease_arg,
-                    token,
-                    outcome.history or "",
-                )
+        tries = 0
+
+        def finish() -> Awaitable[Any]:
+            # A retry names the leased attempt: what an earlier try did is recognised.
+            nonlocal tries
+            again, tries = str(lease.attempt) if tries else "", tries + 1
+            return self._hot(
+                "FINISH",
+                lease.batch_id,
+                lease.key,
+                lease.token,
+                outcome.state.value,
+                outcome.result or "",
+                "" if outcome.error is None else outcome.error.model_dump_json(),
+                repr(max(0.0, float(outcome.delay))),
+                lease_arg,
+                token,
+                outcome.history or "",
+                again,
             )
+
+        if is_batch_id(lease.batch_id):
+            reply = await self._call(finish)
             accepted = bool(reply[0])
             if bool(reply[1]):
                 await self._call(lambda: self._finished(lease.batch_id))

@@ -10,7 +10,7 @@ import time
 from collections import namedtuple
 from collections.abc import Generator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar, cast
 
@@ -951,13 +951,42 @@ class SQLStorage:
 
     async def claim(self, request: ClaimRequest) -> Claim | None:
         """Claim the oldest claimable item (see `Storage.claim`)."""
-        return await self._write(lambda: self._claim(request))
+        pending = _PendingClaim()
+        return await self._write(lambda: self._claim(request, pending))
 
-    def _claim(self, request: ClaimRequest) -> Steps[Claim | None]:
+    def _claim(self, request: ClaimRequest, pending: _PendingClaim) -> Steps[Claim | None]:
         if request.batch_ids is not None and not request.batch_ids:
             return None
-        query, params = self._claim_query(request)
         i = self.tables.items
+        if pending.at is not None:
+            # An earlier try of this claim sent its UPDATE and then lost the connection: if
+            # it committed, the item is this claim's, not a stray running until its lease
+            # lapses (one lease of delay, and an attempt counted for nothing).
+            found = self._stmt(
+                "claim_found",
+                lambda: select(i.c.key, i.c.payload, i.c.attempt, i.c.history).where(
+                    i.c.batch_id == bindparam("b_id"),
+                    i.c.position == bindparam("b_pos"),
+                    i.c.token == bindparam("b_token"),
+                    i.c.state == _R,
+                ),
+            )
+            batch_id, position = pending.at
+            row = (
+                yield (
+                    found,
+                    {"b_id": batch_id, "b_pos": position, "b_token": pending.token},
+                )
+            ).first()
+            if row is not None:
+                return Claim(
+                    lease=Lease(batch_id, row.key, pending.token, row.attempt),
+                    position=position,
+                    payload=loads(row.payload),
+                    history=row.history,
+                )
+            pending.at = None
+        query, params = self._claim_query(request)
         update = self._stmt(
             "claim_update",
             lambda: (
@@ -986,8 +1015,9 @@ class SQLStorage:
                 yield self._terminal_at(_C), {"b_id": batch_id, "b_pos": position, "b_now": now}
                 yield from self._bump(batch_id, _R, _C, now)
                 continue
-            token = new_token()
+            token = pending.token
             attempt = row.attempt + 1
+            pending.at = (batch_id, position)
             yield (
                 update,
                 {
@@ -1195,18 +1225,24 @@ class SQLStorage:
             and then_claim.batch_ids == (lease.batch_id,)
             and not then_claim.metadata
         ):
+            sent = _PendingClaim()
             if self._pg_lanes:
                 return await self._run_lane(
-                    lambda lane: self._pg_finish_and_claim(lane, lease, outcome, then_claim)
+                    lambda lane: self._pg_finish_and_claim(lane, lease, outcome, then_claim, sent)
                 )
             return await self._run(
-                lambda conn: self._pg_finish_and_claim(conn, lease, outcome, then_claim),
+                lambda conn: self._pg_finish_and_claim(conn, lease, outcome, then_claim, sent),
                 autocommit=True,
             )
 
+        pending = _PendingClaim()
+
         def steps() -> Steps[FinishResult]:
+            again, pending.finishing = pending.finishing, True
             accepted = yield from self._finish(lease, outcome)
-            claim = None if then_claim is None else (yield from self._claim(then_claim))
+            if not accepted and again:
+                accepted = yield from self._ended_as(lease, outcome)
+            claim = None if then_claim is None else (yield from self._claim(then_claim, pending))
             return FinishResult(accepted=accepted, claim=claim)
 
         return await self._write(steps)
@@ -1217,15 +1253,21 @@ class SQLStorage:
         lease: Lease,
         outcome: Outcome,
         request: ClaimRequest,
+        sent: _PendingClaim,
     ) -> FinishResult:
         # The runner's steady state, in ONE statement (so one round trip and one commit):
         # end the leased item, claim the next item of the same batch, and move both in the
         # batch's counters. A statement is atomic on its own, hence autocommit. On asyncpg
         # it goes to the driver directly: SQLAlchemy's execution path would cost more than
         # the statement.
+        if sent.at is not None:
+            done = await self._pg_sent_before(via, lease, outcome, sent.token)
+            if done is not None:
+                return done
         state = outcome.state.value
         now = self._now()
-        token = new_token()
+        token = sent.token
+        sent.at = (lease.batch_id, -1)  # the position the statement claims is not known
         stmt = self._stmt(("pg_finish_claim", state), lambda: self._pg_finish_claim_sql(state))
         params = {
             "lb": lease.batch_id,
@@ -1256,6 +1298,54 @@ class SQLStorage:
                 history=history,
             )
         return FinishResult(accepted=bool(accepted), claim=claim)
+
+    async def _pg_sent_before(
+        self, via: _Lane | AsyncConnection, lease: Lease, outcome: Outcome, token: str
+    ) -> FinishResult | None:
+        """What an earlier try of a finish-and-claim did, if its reply was lost after it ran.
+
+        Its claim, if it committed, is the running item of the batch holding its token; its
+        finish was accepted if the leased item ended as asked in the same attempt.
+        """
+
+        def build() -> Any:
+            items = self.tables.items.name
+            return text(f"""
+SELECT key, payload, attempt, position, history FROM {items}
+WHERE batch_id = :lb AND state = 'running' AND token = :token
+UNION ALL
+SELECT NULL, NULL, attempt, NULL, state FROM {items}
+WHERE batch_id = :lb AND key = :lk AND token IS NULL
+""")
+
+        stmt = self._stmt("pg_sent_before", build)
+        params = {"lb": lease.batch_id, "token": token, "lk": lease.key}
+        rows: list[Any]
+        if isinstance(via, _Lane):
+            sql, args, _ = self._plan(stmt, params)
+            try:
+                rows = list(await via.driver.fetch(sql, *args))
+            except Exception as exc:
+                raise _asyncpg_fault(via.driver, exc) from exc
+        else:
+            rows = list(await via.execute(stmt, params))
+        claimed = [r for r in rows if r[0] is not None]
+        if not claimed:
+            return None
+        key, payload, attempt, position, history = claimed[0]
+        ended = [r for r in rows if r[0] is None]
+        accepted = (
+            bool(ended) and ended[0][2] == lease.attempt and ended[0][4] == outcome.state.value
+        )
+        return FinishResult(
+            accepted=accepted,
+            claim=Claim(
+                lease=Lease(lease.batch_id, key, token, attempt),
+                position=position,
+                payload=loads(payload),
+                history=history,
+            ),
+        )
 
     def _pg_finish_claim_sql(self, state: str) -> Any:
         items, batches = self.tables.items.name, self.tables.batches.name
@@ -1346,6 +1436,24 @@ FROM n LEFT JOIN u ON true
             return stmt
 
         return self._stmt(("finish", state), build)
+
+    def _ended_as(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
+        """Whether an earlier try of this finish committed (its reply lost with the
+        connection): the item ended as asked, in the leased attempt, and nobody holds it."""
+        i = self.tables.items
+        query = self._stmt(
+            "ended_as",
+            lambda: select(i.c.state, i.c.attempt).where(
+                i.c.batch_id == bindparam("b_id"),
+                i.c.key == bindparam("b_key"),
+                i.c.token.is_(None),
+            ),
+        )
+        row = (yield query, {"b_id": lease.batch_id, "b_key": lease.key}).first()
+        if row is None or row.attempt != lease.attempt:
+            return False
+        asked = outcome.state.value
+        return bool(row.state == asked or (asked == _Q and row.state == _C))
 
     def _finish(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
         i = self.tables.items
@@ -1539,6 +1647,19 @@ class _Plan:
     compiled: Any
     row_type: Any
     expanding: bool
+
+
+@dataclass
+class _PendingClaim:
+    """What one claim (or finish) call has sent, kept across the retries of its transaction.
+
+    Every try uses the same token, so the item of a try whose commit went through (its
+    reply lost with the connection) is recognised by the next try.
+    """
+
+    token: str = field(default_factory=new_token)
+    at: tuple[str, int] | None = None  # (batch_id, position) of the UPDATE last sent
+    finishing: bool = False  # a try of the finish before it has been sent
 
 
 class _DriverFault(Exception):
