@@ -151,11 +151,7 @@ class Where:
 
     def open(self) -> Storage:
         """The storage, not yet opened. Raises ValueError or BatchkitError on bad input."""
-        options: dict[str, Any] = {}
-        scheme = self.url.partition("://")[0].lower()
-        if self.prefix is not None and scheme != "memory":
-            options["prefix" if scheme.startswith("redis") else "table_prefix"] = self.prefix
-        return open_storage(self.url, **options)
+        return open_storage(self.url, prefix=self.prefix)
 
     def hint(self) -> str:
         """The options to repeat in a printed command: those not given by default or env.
@@ -321,10 +317,6 @@ async def _summary(
         typer.echo(f"  {PROGRAM} retry-failed {status.batch_id}{where.hint()}")
 
 
-def _generator_runner(store: Storage, generator: str, concurrency: int) -> BatchRunner:
-    return BatchRunner(store, _load(generator), concurrency=concurrency)
-
-
 def _output(generator: str, output: Path) -> Path | None:
     if generator != DEFAULT_GENERATOR:
         return None
@@ -353,13 +345,12 @@ def generate(
     except BadItems as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    _load(generator)  # a generator that cannot be loaded is refused before anything is written
+    fn = _load(generator)  # a generator that cannot be loaded is refused before anything is written
     out = _output(generator, output)
-
     where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
-        runner = _generator_runner(store, generator, concurrency)
+        runner = BatchRunner(store, fn, concurrency=concurrency)
         try:
             batch = await runner.submit(specs, metadata={"source": items_csv.name})
         except InvalidBatch as exc:
@@ -382,13 +373,12 @@ def resume(
     plain: Plain_ = False,
 ) -> None:
     """Finish what is left of a batch (after Ctrl-C or a crash)."""
-    _load(generator)
+    fn = _load(generator)
     out = _output(generator, output)
-
     where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
-        runner = _generator_runner(store, generator, concurrency)
+        runner = BatchRunner(store, fn, concurrency=concurrency)
         status = await runner.status(batch_id)
         title = f"Resuming batch {batch_id}: {format_counts(status)}"
         return await _execute(runner, batch_id, plain=plain, where=where, title=title, output=out)
@@ -408,13 +398,12 @@ def retry_failed(
     run: Annotated[bool, typer.Option("--run/--no-run", help="run the new batch now")] = True,
 ) -> None:
     """Submit a new batch of exactly the failed items of a finished batch, and run it."""
-    _load(generator)
+    fn = _load(generator)
     out = _output(generator, output)
-
     where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
-        runner = _generator_runner(store, generator, concurrency)
+        runner = BatchRunner(store, fn, concurrency=concurrency)
         try:
             again = await runner.retry_failed(batch_id)
         except InvalidBatch as exc:
@@ -438,7 +427,6 @@ def status(
     as_json: Json_ = False,
 ) -> None:
     """A batch's derived state, its counts, and its failed items with their errors."""
-
     where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
@@ -483,7 +471,6 @@ def list_batches(
     as_json: Json_ = False,
 ) -> None:
     """Recent batches, newest first, with their derived state."""
-
     where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:
@@ -522,7 +509,6 @@ def watch(
     as_json: Json_ = False,
 ) -> None:
     """Follow a batch that another process runs, until it finishes."""
-
     where = Where(storage, prefix)
 
     async def work(store: Storage) -> int:

@@ -194,17 +194,14 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
     url = storage_url or os.environ.get(
         "BATCHKIT_STORAGE", "sqlite+aiosqlite:///batchkit-studio.db"
     )
-    prefix = os.environ.get("BATCHKIT_STORAGE_PREFIX")
-    options: dict[str, Any] = {}
-    if prefix:
-        options["prefix" if url.startswith("redis") else "table_prefix"] = prefix
+    prefix = os.environ.get("BATCHKIT_STORAGE_PREFIX") or None
     slots = concurrency or int(os.environ.get("BATCHKIT_STUDIO_CONCURRENCY", "4"))
     lease = float(os.environ.get("BATCHKIT_STUDIO_LEASE", "10"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         output_dir().mkdir(parents=True, exist_ok=True)
-        async with open_storage(url, **options) as storage:
+        async with open_storage(url, prefix=prefix) as storage:
             app.state.runner = BatchRunner(storage, generate)
             # The work runs here, not in the requests: a restarted server's worker claims
             # what is left, and a stopped one hands its running items back.

@@ -311,11 +311,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             raise BatchkitError(f"{args.generator!r} is not callable: {generator!r}")
         if hook is not None and not callable(hook):
             raise BatchkitError(f"{args.on_batch_finished!r} is not callable: {hook!r}")
-        options: dict[str, Any] = {}
-        if args.prefix is not None:
-            is_redis = args.storage.partition("://")[0].lower() in ("redis", "rediss", "unix")
-            options["prefix" if is_redis else "table_prefix"] = args.prefix
-        storage = open_storage(args.storage, **options)
+        storage = open_storage(args.storage, prefix=args.prefix)
     except (BatchkitError, ValueError) as exc:
         print(f"python -m batchkit worker: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED

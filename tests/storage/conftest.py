@@ -168,3 +168,20 @@ def redis_storage_factory() -> Iterator[Callable[[], Storage]]:
 def storage_factory(request: pytest.FixtureRequest) -> Callable[[], Storage]:
     factory: Callable[[], Storage] = request.getfixturevalue(f"{request.param}_storage_factory")
     return factory
+
+
+def server_store(name: str, tag: str) -> tuple[str, str]:
+    """The URL of the ``postgres`` or ``redis`` server under test, and a new prefix of the
+    test's own starting with ``tag``; skips (fails with CI=true) as `require_server`."""
+    url = POSTGRES_URL if name == "postgres" else REDIS_URL
+    require_server(url, name)
+    return url, f"{tag}{secrets.token_hex(3)}" + ("_" if name == "postgres" else "")
+
+
+async def drop_prefixes(url: str, prefixes: list[str]) -> None:
+    """Delete what a test made under its prefixes: tables on SQL, keys on Redis."""
+    if url.startswith("redis"):
+        for prefix in prefixes:
+            await drop_redis_keys(url, prefix)
+    else:
+        await _drop_tables(url, prefixes)

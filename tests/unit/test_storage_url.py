@@ -197,3 +197,17 @@ def test_open_storage_without_the_extra_says_how_to_install_it(
         open_storage(url)
     assert f"pip install 'batchkit[{extra}]'" in str(info.value)
     assert info.value.extra == extra
+
+
+# -- prefix= ---------------------------------------------------------------------------------
+
+
+def test_one_prefix_option_names_each_stores_own(tmp_path: Path) -> None:
+    # Hosts pass one prefix whatever the URL: the tables' on SQL, the keys' on Redis.
+    sqlite = open_storage(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", prefix="app_")
+    assert sqlite.table_prefix == "app_"  # type: ignore[attr-defined]
+    redis = open_storage("redis://127.0.0.1:6379/0", prefix="app")
+    assert redis.prefix == "app"  # type: ignore[attr-defined]
+    assert isinstance(open_storage("memory://", prefix="app"), MemoryStorage)
+    with pytest.raises(ValueError, match="table_prefix must be"):
+        open_storage(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", prefix="no spaces")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from batchkit import BatchRunner, ItemState
 from batchkit.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser
 from batchkit.testing.contract import all_items
+from tests._terminal import run_in_terminal
 
 from .conftest import GENERATORS, ROOT, Store, Workers
 
@@ -250,43 +250,26 @@ def test_the_live_summary_in_a_terminal(sqlite_store: Store, tmp_path: Path) -> 
         "BATCHKIT_TEST_SLEEP": "0.15",
         "COLUMNS": "160",
     }
-    leader, follower = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "batchkit",
-                "worker",
-                *sqlite_store.cli(),
-                "--generator",
-                f"{GENERATORS}:generate",
-                "--concurrency",
-                "2",
-                "--exit-when-idle",
-                "--name",
-                "tty-worker",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdin=follower,
-            stdout=follower,
-            stderr=follower,
-        )
-        os.close(follower)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the other end closed: the worker exited
-                break
-            if not chunk:
-                break
-            output += chunk
-        assert process.wait(timeout=60) == EXIT_OK
-    finally:
-        os.close(leader)
-    text = output.decode(errors="replace")
+    code, text = run_in_terminal(
+        [
+            sys.executable,
+            "-m",
+            "batchkit",
+            "worker",
+            *sqlite_store.cli(),
+            "--generator",
+            f"{GENERATORS}:generate",
+            "--concurrency",
+            "2",
+            "--exit-when-idle",
+            "--name",
+            "tty-worker",
+        ],
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert code == EXIT_OK, text[-2000:]
     summaries = re.findall(r"\x1b\[7m((?:idle|working|stopping): [^\x1b]*)\x1b\[0m", text)
     assert summaries, text[-2000:]
     assert any("running 2/2" in s for s in summaries)

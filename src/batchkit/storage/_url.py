@@ -19,26 +19,25 @@ class _Adapter(NamedTuple):
     factory: str
     extra: str
     drivers: tuple[str, ...]
+    prefix_option: str  # the keyword of the factory that `open_storage(prefix=)` sets
 
+
+def _sql(extra: str, driver: str) -> _Adapter:
+    return _Adapter(
+        "batchkit.storage.sql", "SQLStorage", extra, ("sqlalchemy", driver), "table_prefix"
+    )
+
+
+_REDIS = _Adapter("batchkit.storage.redis", "RedisStorage", "redis", ("redis",), "prefix")
 
 _ADAPTERS: dict[str, _Adapter] = {
-    "sqlite+aiosqlite": _Adapter(
-        "batchkit.storage.sql", "SQLStorage", "sql", ("sqlalchemy", "aiosqlite")
-    ),
-    "postgresql+asyncpg": _Adapter(
-        "batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "asyncpg")
-    ),
-    "postgresql+psycopg": _Adapter(
-        "batchkit.storage.sql", "SQLStorage", "postgres", ("sqlalchemy", "psycopg")
-    ),
-    "mysql+asyncmy": _Adapter(
-        "batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")
-    ),
-    "mariadb+asyncmy": _Adapter(
-        "batchkit.storage.sql", "SQLStorage", "mysql", ("sqlalchemy", "asyncmy")
-    ),
-    "redis": _Adapter("batchkit.storage.redis", "RedisStorage", "redis", ("redis",)),
-    "rediss": _Adapter("batchkit.storage.redis", "RedisStorage", "redis", ("redis",)),
+    "sqlite+aiosqlite": _sql("sql", "aiosqlite"),
+    "postgresql+asyncpg": _sql("postgres", "asyncpg"),
+    "postgresql+psycopg": _sql("postgres", "psycopg"),
+    "mysql+asyncmy": _sql("mysql", "asyncmy"),
+    "mariadb+asyncmy": _sql("mysql", "asyncmy"),
+    "redis": _REDIS,
+    "rediss": _REDIS,
 }
 
 #: Synchronous spellings people paste from elsewhere, and the async one to use instead.
@@ -68,7 +67,7 @@ def require(module: str, extra: str) -> None:
         raise
 
 
-def open_storage(url: str, **options: Any) -> Storage:
+def open_storage(url: str, *, prefix: str | None = None, **options: Any) -> Storage:
     """Build the storage a URL names; use it as an async context manager.
 
     ``memory://`` gives a `MemoryStorage`. The SQL and Redis schemes
@@ -77,14 +76,19 @@ def open_storage(url: str, **options: Any) -> Storage:
 
     Args:
         url: the storage URL.
-        options: keyword options of the adapter's class (``table_prefix=`` of
-            `SQLStorage`, ``prefix=`` or ``finished_ttl=`` of `RedisStorage`).
+        prefix: what keeps these batches apart from others in the same database,
+            whatever the store: `SQLStorage`'s ``table_prefix``, `RedisStorage`'s key
+            ``prefix``. A ``memory://`` store is private to its process and ignores it.
+            `None`: the adapter's default.
+        options: other keyword options of the adapter's class (``finished_ttl=`` of
+            `RedisStorage`, ``engine_options=`` of `SQLStorage`...).
 
     Raises:
         InvalidStorageURL: the URL names no storage batchkit knows, or a synchronous
             driver (the message gives the async spelling to use).
         MissingDependency: the adapter's extra is not installed (the message gives the
             ``pip install`` line).
+        ValueError: the adapter refuses the prefix (see its class).
     """
     if not isinstance(url, str) or "://" not in url:
         raise InvalidStorageURL(f"{url!r} is not a storage URL (expected e.g. 'memory://')")
@@ -117,5 +121,7 @@ def open_storage(url: str, **options: Any) -> Storage:
         raise InvalidStorageURL(
             f"{scheme}:// needs {adapter.factory}, which this version of batchkit does not include"
         ) from None
+    if prefix is not None:
+        options[adapter.prefix_option] = prefix
     storage: Storage = getattr(module, adapter.factory).from_url(url, **options)
     return storage

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from examples.cli.items import read_items
 from typer.testing import CliRunner
 
 from batchkit import BatchRunner, ItemState, open_storage
+from tests._terminal import run_in_terminal
 
 ROOT = Path(__file__).resolve().parents[3]
 CSV = ROOT / "examples" / "cli" / "products.csv"
@@ -289,36 +288,11 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
 
 
 def test_the_live_display_in_a_terminal(tmp_path: Path) -> None:
-    leader, follower = pty.openpty()
     env = _env(BATCHKIT_STUDIO_SPEED="0.4", COLUMNS="110", LINES="40", TERM="xterm-256color")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "examples.cli", "generate", str(CSV)],
-        cwd=tmp_path,
-        env=env,
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
+    code, text = run_in_terminal(
+        [sys.executable, "-m", "examples.cli", "generate", str(CSV)], cwd=tmp_path, env=env
     )
-    os.close(follower)
-    output = b""
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(leader, 65536)
-                except OSError:  # the other end closed: the program has exited
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            elif process.poll() is not None:
-                break
-        assert process.wait(timeout=30) == EXIT_FAILED_ITEMS
-    finally:
-        os.close(leader)
-    text = output.decode(errors="replace")
+    assert code == EXIT_FAILED_ITEMS, text[-2000:]
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     # A row per running item: its key, its title, its own bar and percentage, its stage.
     assert re.search(r"P-001\s+Ceramic mug\s+[━╺╸ ]+\s+\d+%\s+(script|frames|encode|upload)", plain)
@@ -336,24 +310,12 @@ def test_the_live_display_in_a_terminal(tmp_path: Path) -> None:
 @pytest.fixture(params=["postgres", "redis"])
 def server_store(request: pytest.FixtureRequest) -> Any:
     """A PostgreSQL or Redis URL and two prefixes of the test's own, emptied after it."""
-    from tests.storage.conftest import (
-        POSTGRES_URL,
-        REDIS_URL,
-        _drop_tables,
-        drop_redis_keys,
-        require_server,
-    )
+    from tests.storage.conftest import drop_prefixes, server_store
 
-    url = POSTGRES_URL if request.param == "postgres" else REDIS_URL
-    require_server(url, request.param)
-    prefix = f"cli{os.urandom(3).hex()}" + ("_" if request.param == "postgres" else "")
+    url, prefix = server_store(request.param, "cli")
     other = f"{prefix}x"
     yield url, prefix, other
-    if request.param == "postgres":
-        anyio.run(_drop_tables, url, [prefix, other])
-    else:
-        for each in (prefix, other):
-            anyio.run(drop_redis_keys, url, each)
+    anyio.run(drop_prefixes, url, [prefix, other])
 
 
 def test_watch_follows_a_batch_that_another_process_runs(

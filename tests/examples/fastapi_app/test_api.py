@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -100,17 +99,9 @@ async def server_app(
     request: pytest.FixtureRequest, studio_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Any]:
     """The studio on PostgreSQL or Redis (``BATCHKIT_STORAGE``), under a prefix of its own."""
-    from tests.storage.conftest import (
-        POSTGRES_URL,
-        REDIS_URL,
-        _drop_tables,
-        drop_redis_keys,
-        require_server,
-    )
+    from tests.storage.conftest import drop_prefixes, server_store
 
-    url = POSTGRES_URL if request.param == "postgres" else REDIS_URL
-    require_server(url, request.param)
-    prefix = f"studio{secrets.token_hex(3)}" + ("_" if request.param == "postgres" else "")
+    url, prefix = server_store(request.param, "studio")
     monkeypatch.setenv("BATCHKIT_STORAGE", url)
     monkeypatch.setenv("BATCHKIT_STORAGE_PREFIX", prefix)
     studio = create_app()
@@ -118,10 +109,7 @@ async def server_app(
         async with studio.router.lifespan_context(studio):
             yield studio
     finally:
-        if request.param == "postgres":
-            await _drop_tables(url, [prefix])
-        else:
-            await drop_redis_keys(url, prefix)
+        await drop_prefixes(url, [prefix])
 
 
 async def test_the_storage_can_be_postgres_or_redis(server_app: Any) -> None:
