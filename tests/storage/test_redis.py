@@ -124,9 +124,10 @@ async def test_awkward_keys_and_payloads_round_trip_and_never_name_a_key(prefix:
         listed = await runner.batches(metadata={"name": "{x}:*"})
         assert {b.batch_id for b in listed} == {b.id for b in batches}
         for name in await _keys(prefix):
+            own = name.removeprefix(f"{prefix}:")  # the random prefix may hold "a:b" itself
             for key in keys:
                 if len(key) > 2 and key not in (" a", "a ", "A", "a", "%", "_"):
-                    assert key not in name, (key, name)
+                    assert key not in own, (key, name)
 
 
 async def test_connections_killed_during_a_run_are_retried(prefix: str) -> None:
