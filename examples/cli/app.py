@@ -297,12 +297,15 @@ async def _execute(
 
 
 async def _summary(
-    runner: BatchRunner, status: BatchStatus, seconds: float, *, where: Where, output: Path | None
+    runner: BatchRunner,
+    status: BatchStatus,
+    seconds: float | None,
+    *,
+    where: Where,
+    output: Path | None,
 ) -> None:
-    typer.echo(
-        f"\nBatch {status.batch_id}: {status.state.value} in {seconds:.1f} s "
-        f"({format_counts(status)})"
-    )
+    took = "" if seconds is None else f" in {seconds:.1f} s"
+    typer.echo(f"\nBatch {status.batch_id}: {status.state.value}{took} ({format_counts(status)})")
     failed = await _failed(runner, status.batch_id)
     if failed:
         typer.echo(f"Failed ({len(failed)}):")
@@ -380,6 +383,10 @@ def resume(
     async def work(store: Storage) -> int:
         runner = BatchRunner(store, fn, concurrency=concurrency)
         status = await runner.status(batch_id)
+        if status.is_terminal:
+            typer.echo(f"Batch {batch_id} has ended already: nothing is left to run.")
+            await _summary(runner, status, None, where=where, output=out)
+            return _code(status)
         title = f"Resuming batch {batch_id}: {format_counts(status)}"
         return await _execute(runner, batch_id, plain=plain, where=where, title=title, output=out)
 

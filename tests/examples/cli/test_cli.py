@@ -177,6 +177,13 @@ def test_resume_and_watch_finish_and_follow_a_batch(workdir: Path) -> None:
     assert resumed.exit_code == EXIT_FAILED_ITEMS, resumed.output
     assert "Resuming batch" in resumed.output
     assert set(_states(url, batch_id).values()) == {ItemState.SUCCEEDED, ItemState.FAILED}
+    # Resumed once more, an ended batch runs nothing and keeps its exit code and summary.
+    again = _cli("resume", batch_id)
+    assert again.exit_code == EXIT_FAILED_ITEMS, again.output
+    assert "has ended already: nothing is left to run" in again.output
+    assert f"Batch {batch_id}: completed_with_errors (2 succeeded · 1 failed)" in again.output
+    assert "Resuming batch" not in again.output
+    assert f"retry-failed {batch_id}" in again.output
     lines = [json.loads(line) for line in _cli("watch", batch_id, "--json").output.splitlines()]
     assert lines[-1]["state"] == "completed_with_errors"
     plain = _cli("watch", batch_id)
