@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

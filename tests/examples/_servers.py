@@ -59,7 +59,10 @@ class ServerProcess:
         while True:
             try:
                 with urllib.request.urlopen(f"{self.url}/openapi.json", timeout=2):
-                    return
+                    pass
+                if self.process.poll() is None:
+                    return  # it answers, and it is ours: a process that could not bind ended
+                raise AssertionError(f"the server ended at its start\n{self.logs()}")
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"the server did not start\n{self.logs()}") from None

@@ -1124,7 +1124,7 @@ async def test_postgres_notification_crosses_storages(postgres_db: Database) -> 
                 woke = time.monotonic()
         assert second.state is BatchState.RUNNING
         assert second.counts[ItemState.RUNNING] == 1
-        assert woke - changed[0] < 0.5
+        assert woke - changed[0] < 2.0  # far sooner than the 30 s poll, even on a busy host
 
 
 def test_sql_storage_refuses_trio_clearly(tmp_path: Path) -> None:

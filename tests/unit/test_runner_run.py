@@ -599,10 +599,11 @@ async def test_heartbeats_keep_the_lease_of_a_long_item(storage: MemoryStorage) 
 
     async def gen(ctx: ItemContext) -> str:
         started.set()
-        await anyio.sleep(1.0)  # more than three lease lengths
+        await anyio.sleep(2.0)  # more than three lease lengths
         return "done"
 
-    runner = BatchRunner(storage, gen, lease_seconds=0.3)
+    # Heartbeats every 0.2 s: a host that stalls for under 0.4 s cannot lose the lease.
+    runner = BatchRunner(storage, gen, lease_seconds=0.6)
     batch = await runner.submit(["long"])
     stolen: list[Any] = []
     attempts = 0
@@ -614,7 +615,7 @@ async def test_heartbeats_keep_the_lease_of_a_long_item(storage: MemoryStorage) 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         await started.wait()
-        request = ClaimRequest(lease_seconds=0.3, batch_ids=(batch.id,))
+        request = ClaimRequest(lease_seconds=0.6, batch_ids=(batch.id,))
         while not done.is_set():
             attempts += 1
             claim = await storage.claim(request)

@@ -114,7 +114,8 @@ async def test_an_idle_worker_polls_once_per_interval_whatever_its_concurrency()
     worker = Worker(storage, _noop, concurrency=8, poll_interval=0.1)  # type: ignore[arg-type]
     with anyio.move_on_after(0.55):
         await worker.run()
-    assert 4 <= storage.calls["claim"] <= 8, storage.calls
+    # About 6 polls; a poll per slot would be about 48. Late timers on a busy host lower it.
+    assert 2 <= storage.calls["claim"] <= 8, storage.calls
 
 
 async def test_new_work_is_picked_up_by_a_running_worker(storage: MemoryStorage) -> None:

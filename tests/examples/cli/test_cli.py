@@ -329,37 +329,45 @@ def test_watch_follows_a_batch_that_another_process_runs(
     tmp_path: Path, server_store: tuple[str, str, str]
 ) -> None:
     url, prefix, other = server_store
-    csv = _small_csv(tmp_path / "few.csv", ["P-001", "P-002", "P-003", "P-007"])
-    # The runner names its store by options; the watcher by the environment.
-    runner = subprocess.Popen(
+    specs = read_items(_small_csv(tmp_path / "few.csv", ["P-001", "P-002", "P-003", "P-007"]))
+
+    async def submit() -> str:
+        async with open_storage(url, prefix=prefix) as storage:
+            return (await BatchRunner(storage, lambda ctx: None).submit(specs)).id
+
+    batch_id = anyio.run(submit)
+    # The watcher names its store by the environment; the runner by options. The watcher is
+    # following before the run starts, so it cannot miss the items running.
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "examples.cli", "watch", batch_id, "--json"],
+        cwd=tmp_path,
+        env=_env(BATCHKIT_STORAGE=url, BATCHKIT_STORAGE_PREFIX=prefix),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    first = watcher.stdout.readline()
+    assert first, "".join(watcher.communicate(timeout=60))
+    assert json.loads(first)["state"] == "queued", first
+    ran = subprocess.run(
         [
-            *(sys.executable, "-m", "examples.cli", "generate", str(csv), "--plain"),
+            *(sys.executable, "-m", "examples.cli", "resume", batch_id, "--plain"),
             *("-c", "2", "--storage", url, "--prefix", prefix),
         ],
         cwd=tmp_path,
         env=_env(BATCHKIT_STUDIO_SPEED="0.3"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert runner.stdout is not None
-    first = runner.stdout.readline()
-    found = BATCH_ID.search(first)
-    assert found is not None, first + runner.communicate(timeout=60)[0]
-    batch_id = found.group(1)
-    watched = subprocess.run(
-        [sys.executable, "-m", "examples.cli", "watch", batch_id, "--json"],
-        cwd=tmp_path,
-        env=_env(BATCHKIT_STORAGE=url, BATCHKIT_STORAGE_PREFIX=prefix),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    rest, _ = runner.communicate(timeout=60)
-    assert runner.returncode == EXIT_FAILED_ITEMS, first + rest
-    assert watched.returncode == EXIT_FAILED_ITEMS, watched.stdout + watched.stderr
-    seen = [json.loads(line) for line in watched.stdout.splitlines()]
+    rest = ran.stdout + ran.stderr
+    assert ran.returncode == EXIT_FAILED_ITEMS, rest
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == EXIT_FAILED_ITEMS, first + out + err
+    watched = first + out
+    seen = [json.loads(line) for line in watched.splitlines()]
     # It saw the batch while it ran, and then its end, as the runner did.
     assert any(s["counts"]["running"] > 0 for s in seen), seen
     assert seen[-1]["state"] == "completed_with_errors"
