@@ -282,6 +282,13 @@ class SQLStorage:
                 options = {"poolclass": StaticPool}
             else:
                 options = {}
+        # Every transaction here ends through SQLAlchemy's connection (committed, or rolled
+        # back as the connection closes), and a lane runs single autocommit statements or
+        # rolls back itself: no connection goes back to the pool inside a transaction. The
+        # pool's own ROLLBACK on every return would be a round trip per transaction, and,
+        # on a connection the server dropped meanwhile, an ERROR with a traceback in the
+        # host's log for a fault the next call retries anyway.
+        options["pool_reset_on_return"] = None
         options.update(self._engine_options)
         return create_async_engine(url, **options)
 
