@@ -200,6 +200,11 @@ def test_resume_and_watch_finish_and_follow_a_batch(workdir: Path) -> None:
         ("key,title\n,Mug\n", "line 2: the key is empty"),
         ("key,title\n", "no rows"),
         ("key,title\nA,Mug,extra\n", "more cells than columns"),
+        ('key,title\nA,"two\nlines"\nA,Lamp\n', "line 4: the key 'A' is on line 2 already"),
+        ("key,title,title\nA,Mug,Lamp\n", "the column 'title' is named twice"),
+        ("key,title,\nA,Mug,\n", "column 3 of the first line has no name"),
+        ('key,title\nA,"open\n', "line 2: not CSV (unexpected end of data)"),
+        ('key,title\nA,"q"x\n', "line 2: not CSV"),
     ],
 )
 def test_a_bad_csv_exits_2_and_writes_nothing(
@@ -220,7 +225,10 @@ def test_a_generator_of_your_own_and_typed_payloads(workdir: Path) -> None:
         "    return {'text': ctx.payload['word'].upper() * ctx.payload['times'],\n"
         "            'none': ctx.payload['note']}\n"
     )
-    (workdir / "words.csv").write_text("key,word,times,note\na,hi,2,\nb,yo,3,x\n")
+    # A quoted cell keeps its comma and line break; "007" is a code, not the number 7.
+    (workdir / "words.csv").write_text(
+        'key,word,times,note\na,hi,2,\nb,yo,3,"x, and\n007"\nc,007,1,1_000\n'
+    )
     done = _cli("generate", "words.csv", "--generator", "mygen:shout")
     assert done.exit_code == EXIT_OK, done.output
     assert "Videos:" not in done.output  # only the bundled generator writes videos
@@ -234,7 +242,11 @@ def test_a_generator_of_your_own_and_typed_payloads(workdir: Path) -> None:
             newest = (await runner.batches(limit=1))[0]
             return [i.result for i in await runner.items(newest.batch_id)]
 
-    assert anyio.run(results) == [{"text": "HIHI", "none": None}, {"text": "YOYOYO", "none": "x"}]
+    assert anyio.run(results) == [
+        {"text": "HIHI", "none": None},
+        {"text": "YOYOYO", "none": "x, and\n007"},
+        {"text": "007", "none": "1_000"},
+    ]
 
 
 def _env(**extra: str) -> dict[str, str]:
