@@ -24,9 +24,10 @@ from ._keeper import Keeper
 from ._secrets import redact
 from .codec import JSONError, clean_text, encode
 from .context import ItemContext, _Reporter
+from .exceptions import StorageError
 from .history import History
 from .models import ItemError, ItemState, Limits
-from .protocols import Claim, ClaimRequest, Lease, Outcome, Storage
+from .protocols import Claim, ClaimRequest, FinishResult, Lease, Outcome, Storage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -171,6 +172,9 @@ class Executor:
         name: the runner's name in the log (a worker's id).
         on_event: told of each transition of an item (``"started"``, ``"succeeded"``,
             ``"failed"``, ``"retrying"``, ``"released"``, ``"cancelled"``, ``"refused"``).
+        patient: when the store cannot take an item's outcome past its own retries, keep
+            the outcome and write it once the store answers again (a worker outliving an
+            outage), instead of raising `StorageError` (a run, whose caller decides).
     """
 
     def __init__(
@@ -187,8 +191,10 @@ class Executor:
         thread_limiter: anyio.CapacityLimiter | None = None,
         name: str | None = None,
         on_event: Callable[[str, Lease], None] | None = None,
+        patient: bool = False,
     ) -> None:
         self.storage = storage
+        self.patient = patient
         self.generator = generator
         self.generator_is_async = is_async_callable(generator)
         self.limits = limits
@@ -290,7 +296,7 @@ class Executor:
             if limit is not None:
                 await self._limit_failures(lease, limit, failing=True)
         try:
-            result = await self.storage.finish(lease, outcome, then_claim=then_claim)
+            result = await self._write(lease, outcome, then_claim)
         except BaseException:
             # The work is done: a cancellation arriving mid-write must not lose its
             # outcome (the item would stay running until its lease lapsed). Write it
@@ -309,6 +315,53 @@ class Executor:
         if limit is not None:
             await self._limit_failures(lease, limit, failing=False)
         return result.claim
+
+    async def _write(
+        self, lease: Lease, outcome: Outcome, then_claim: ClaimRequest | None
+    ) -> FinishResult:
+        """Write an item's outcome; a patient executor outlasts the store's outage."""
+        try:
+            return await self.storage.finish(lease, outcome, then_claim=then_claim)
+        except (StorageError, OSError) as exc:
+            if not self.patient:
+                raise
+            error = exc
+        # The work is done and only its record is missing: running it again after its
+        # lease lapsed would cost a whole attempt. Try again until the store answers (the
+        # lease fences the write, so one landing late is refused, never doubled); the
+        # next item is claimed by the slot afterwards.
+        self._log(
+            logging.WARNING,
+            "outcome_pending",
+            lease,
+            says=f"could not write its outcome, trying again soon: {redact(str(error))}",
+        )
+        pause = min(1.0, self.heartbeat_interval / 3)
+        tries = 1
+        while True:
+            await anyio.sleep(pause)
+            tries += 1
+            try:
+                result = await self.storage.finish(lease, outcome)
+            except (StorageError, OSError):
+                continue
+            if not result.accepted and await self._landed(lease, outcome):
+                result = FinishResult(accepted=True)  # a try whose reply was lost landed
+            self._log(logging.INFO, "outcome_written", lease, says="outcome written", tries=tries)
+            return result
+
+    async def _landed(self, lease: Lease, outcome: Outcome) -> bool:
+        """Whether the item ended as ``outcome`` says, in this very attempt."""
+        try:
+            item = await self.storage.get_item(lease.batch_id, lease.key)
+        except (StorageError, OSError, LookupError):
+            return False
+        if item.attempt != lease.attempt or item.state is ItemState.RUNNING:
+            return False
+        asked = outcome.state
+        return item.state is asked or (
+            asked is ItemState.QUEUED and item.state is ItemState.CANCELLED
+        )
 
     async def hand_back(self, claim: Claim) -> None:
         """Give a claimed item back to `queued` without running it (a worker stopping)."""
@@ -412,7 +465,10 @@ class Executor:
         if self.on_event is not None:
             self.on_event(event, lease)
 
-    def _log(self, level: int, event: str, lease: Lease, **fields: Any) -> None:
+    def _log(
+        self, level: int, event: str, lease: Lease, *, says: str | None = None, **fields: Any
+    ) -> None:
+        """Log an item's ``event``; the line says ``says`` when given, else the event."""
         if not items_logger.isEnabledFor(level):
             return
         extra: dict[str, Any] = {
@@ -425,7 +481,7 @@ class Executor:
         if self.name is not None:
             extra["worker"] = self.name
         items_logger.log(
-            level, "item %s %s: %s", lease.batch_id, _shown(lease.key), event, extra=extra
+            level, "item %s %s: %s", lease.batch_id, _shown(lease.key), says or event, extra=extra
         )
 
     def recently_running(self, since: float) -> list[Lease]:

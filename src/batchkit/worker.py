@@ -316,6 +316,7 @@ class Worker:
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
             name=self.name,
             on_event=lambda event, lease: self.stats._count(event, lease),
+            patient=True,
         )
         try:
             async with anyio.create_task_group() as outer:

@@ -20,7 +20,7 @@ from batchkit import (
     StorageError,
     Worker,
 )
-from batchkit.protocols import ClaimRequest
+from batchkit.protocols import ClaimRequest, Lease, Outcome
 
 from .helpers import CountingStorage, all_items, wait_until
 
@@ -353,6 +353,52 @@ async def test_a_heartbeat_that_fails_for_a_while_does_not_stop_the_item(
     assert failures == 0, "the storage never failed: the test proved nothing"
     assert (stats.succeeded, stats.storage_errors) == (2, 0)
     assert any("could not renew a lease" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("lands", [False, True], ids=["write-failed", "reply-lost"])
+async def test_an_outcome_the_store_cannot_take_for_a_while_is_kept_and_written(
+    caplog: pytest.LogCaptureFixture, lands: bool
+) -> None:
+    """The store is down past its own retries as items end: the worker keeps each outcome
+    and writes it once the store answers, instead of dropping the work and running the
+    item again after its lease lapses. A try whose write landed but whose reply was lost
+    counts as written."""
+    storage = CountingStorage()
+    failures = 6
+    runs: Counter[str] = Counter()
+
+    async def down(lease: Lease, outcome: Outcome, **kwargs: Any) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            if lands and failures == 5:
+                await storage.inner.finish(lease, outcome)  # written; the answer is lost
+            raise StorageError("Error 111 connecting to 127.0.0.1:6379")
+
+    async def count(ctx: ItemContext) -> str:
+        runs[ctx.key] += 1
+        return ctx.key
+
+    batch = await _submitter(storage).submit(["a", "b"])
+    storage.before["finish"] = down
+    worker = Worker(
+        storage,  # type: ignore[arg-type]
+        count,
+        lease=0.3,  # tries again every 0.033 s
+        batch_ids=[batch.id],
+        exit_when_idle=True,
+    )
+    with anyio.fail_after(10):
+        stats = await worker.run()
+    assert failures == 0, "the storage never failed: the test proved nothing"
+    assert runs == {"a": 1, "b": 1}, "an item ran again"
+    assert (stats.succeeded, stats.storage_errors) == (2, 0)
+    items = await all_items(_submitter(storage.inner), batch.id)
+    assert [(i.state, i.attempt, i.result) for i in items] == [
+        (ItemState.SUCCEEDED, 1, "a"),
+        (ItemState.SUCCEEDED, 1, "b"),
+    ]
+    assert any("could not write its outcome" in r.getMessage() for r in caplog.records)
 
 
 async def test_retries_happen_on_a_worker_too(storage: MemoryStorage) -> None:

@@ -4,6 +4,8 @@
 * Connection drop: the store's server drops every connection while a worker runs.
 * Race: four workers on one 5,000-item batch.
 * The worker that finished a batch dies before its completion hook has run.
+
+A Redis server that crashes under a worker: `test_redis_restart.py`.
 """
 
 from __future__ import annotations
