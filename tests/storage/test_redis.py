@@ -26,6 +26,7 @@ from .test_sql import (
     _check_shared_run,
     _run_processes,
     _run_while_killing,
+    check_claims_in_doubt,
     check_lost_replies,
 )
 
@@ -317,3 +318,10 @@ class LosesReplies(RedisStorage):
 async def test_a_claim_or_finish_whose_reply_was_lost_is_not_done_twice(prefix: str) -> None:
     async with LosesReplies(REDIS_URL, prefix=prefix) as storage:
         await check_lost_replies(storage)
+
+
+async def test_a_claim_in_doubt_past_the_retries_is_taken_by_the_next_claim(
+    prefix: str,
+) -> None:
+    async with LosesReplies(REDIS_URL, prefix=prefix) as storage:
+        await check_claims_in_doubt(storage)

@@ -540,6 +540,70 @@ async def test_a_claim_or_finish_whose_reply_was_lost_is_not_done_twice(db: Data
         await check_lost_replies(storage)
 
 
+async def test_a_claim_in_doubt_past_the_retries_is_taken_by_the_next_claim(
+    db: Database,
+) -> None:
+    async with LosesReplies(db.url, table_prefix=db.new_prefix()) as storage:
+        await check_claims_in_doubt(storage)
+
+
+async def check_claims_in_doubt(storage: Any) -> None:
+    """A claim, or a finish that claims the next item, lands as the store goes away for
+    longer than the retries: the call raises `StorageError` and its claimed item has a
+    token nobody knows. The next claim this storage makes hands over that very item,
+    instead of leaving it running, with nobody on it, until its lease lapses."""
+    record, _ = await storage.create_batch(new_batch(4))
+    request = ClaimRequest(batch_ids=(record.id,), lease_seconds=30)
+    retries = storage.retries
+
+    async def running() -> int:
+        return (await storage.get_batch(record.id)).counts[ItemState.RUNNING]
+
+    async def away_past_the_retries(call: Awaitable[Any]) -> None:
+        storage.retries, storage.lose = 0, 1
+        try:
+            with pytest.raises(StorageError):
+                await call
+        finally:
+            storage.retries, storage.lose = retries, 0
+
+    await away_past_the_retries(storage.claim(request))
+    assert await running() == 1  # it did land
+    first = await storage.claim(request)
+    assert first is not None
+    assert (first.position, first.lease.attempt, await running()) == (0, 1, 1)
+
+    # The finish of a patient worker lands with its claim of the next item; the worker
+    # writes the outcome again (refused: it is written), then claims.
+    await away_past_the_retries(
+        storage.finish(first.lease, Outcome.succeeded('"a"'), then_claim=request)
+    )
+    assert not (await storage.finish(first.lease, Outcome.succeeded('"a"'))).accepted
+    second = await storage.claim(request)
+    assert second is not None
+    assert (second.position, second.lease.attempt, await running()) == (1, 1, 1)
+    assert (await storage.finish(second.lease, Outcome.succeeded('"b"'))).accepted
+
+    # A claim of another batch, or filtered by metadata, does not take it.
+    await away_past_the_retries(storage.claim(request))
+    other, _ = await storage.create_batch(new_batch(1))
+    elsewhere = await storage.claim(ClaimRequest(batch_ids=(other.id,), lease_seconds=30))
+    assert elsewhere is not None
+    assert elsewhere.lease.batch_id == other.id
+    third = await storage.claim(ClaimRequest(lease_seconds=30))  # any batch: it may
+    assert third is not None
+    assert (third.lease.batch_id, third.position, third.lease.attempt) == (record.id, 2, 1)
+    assert await running() == 1
+    items = await all_items(storage, record.id)
+    assert [i.state for i in items] == [
+        ItemState.SUCCEEDED,
+        ItemState.SUCCEEDED,
+        ItemState.RUNNING,
+        ItemState.QUEUED,
+    ]
+    _check_accounting(status_from_record(await storage.get_batch(record.id)), items)
+
+
 async def check_lost_replies(storage: Any) -> None:
     """Claims and finishes whose write landed and whose reply was lost (``storage.lose``
     sets how many): the retry neither does them again nor calls them refused."""

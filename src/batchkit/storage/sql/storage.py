@@ -9,7 +9,7 @@ import sqlite3
 import time
 from collections import namedtuple
 from collections.abc import Generator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar, cast
@@ -44,7 +44,14 @@ from ._faults import is_transient, is_transient_driver_error
 from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Hashable,
+        Iterator,
+    )
     from types import TracebackType
 
     from sqlalchemy import MetaData
@@ -186,6 +193,9 @@ class SQLStorage:
         # Connections kept out of the pool for the hot path (see `_run_lane`).
         self._lanes: list[_Lane] = []
         self._lane_cap = 0
+        # Claims that may have committed as the store went away past the retries (their
+        # reply never came): the next claim looks for their item first (see `_in_doubt`).
+        self._doubtful: list[_PendingClaim] = []
         self._sqlite_lanes = False
         self._pg_lanes = False
         # SQLite has one writer at a time: this process's writers queue here instead of
@@ -958,8 +968,34 @@ class SQLStorage:
 
     async def claim(self, request: ClaimRequest) -> Claim | None:
         """Claim the oldest claimable item (see `Storage.claim`)."""
-        pending = _PendingClaim()
-        return await self._write(lambda: self._claim(request, pending))
+        pending = self._in_doubt(request) or _PendingClaim()
+        with self._doubt_on_failure(pending):
+            return await self._write(lambda: self._claim(request, pending))
+
+    def _in_doubt(self, request: ClaimRequest) -> _PendingClaim | None:
+        """A claim of an earlier call that may have committed, which this request may take.
+
+        Such a call raised `StorageError` (the store was away past the retries) after
+        sending its claim: if that commit went through, its item is running under a token
+        only this storage knows, and would wait for its lease to lapse. The next claim
+        that could have made it looks for it first.
+        """
+        if not self._doubtful or request.metadata:
+            return None
+        for n, pending in enumerate(self._doubtful):
+            assert pending.at is not None
+            if request.batch_ids is None or pending.at[0] in request.batch_ids:
+                return self._doubtful.pop(n)
+        return None
+
+    @contextmanager
+    def _doubt_on_failure(self, pending: _PendingClaim) -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            if pending.at is not None and len(self._doubtful) < _MAX_DOUBTFUL:
+                self._doubtful.append(pending)
+            raise
 
     def _claim(self, request: ClaimRequest, pending: _PendingClaim) -> Steps[Claim | None]:
         if request.batch_ids is not None and not request.batch_ids:
@@ -979,6 +1015,17 @@ class SQLStorage:
                 ),
             )
             batch_id, position = pending.at
+            if position < 0:  # sent by one statement that chose the item itself
+                found = self._stmt(
+                    "claim_found_by_token",
+                    lambda: select(
+                        i.c.key, i.c.payload, i.c.attempt, i.c.history, i.c.position
+                    ).where(
+                        i.c.batch_id == bindparam("b_id"),
+                        i.c.state == _R,
+                        i.c.token == bindparam("b_token"),
+                    ),
+                )
             row = (
                 yield (
                     found,
@@ -988,7 +1035,7 @@ class SQLStorage:
             if row is not None:
                 return Claim(
                     lease=Lease(batch_id, row.key, pending.token, row.attempt),
-                    position=position,
+                    position=position if position >= 0 else row.position,
                     payload=loads(row.payload),
                     history=row.history,
                 )
@@ -1233,14 +1280,17 @@ class SQLStorage:
             and not then_claim.metadata
         ):
             sent = _PendingClaim()
-            if self._pg_lanes:
-                return await self._run_lane(
-                    lambda lane: self._pg_finish_and_claim(lane, lease, outcome, then_claim, sent)
+            with self._doubt_on_failure(sent):
+                if self._pg_lanes:
+                    return await self._run_lane(
+                        lambda lane: self._pg_finish_and_claim(
+                            lane, lease, outcome, then_claim, sent
+                        )
+                    )
+                return await self._run(
+                    lambda conn: self._pg_finish_and_claim(conn, lease, outcome, then_claim, sent),
+                    autocommit=True,
                 )
-            return await self._run(
-                lambda conn: self._pg_finish_and_claim(conn, lease, outcome, then_claim, sent),
-                autocommit=True,
-            )
 
         pending = _PendingClaim()
 
@@ -1252,7 +1302,8 @@ class SQLStorage:
             claim = None if then_claim is None else (yield from self._claim(then_claim, pending))
             return FinishResult(accepted=accepted, claim=claim)
 
-        return await self._write(steps)
+        with self._doubt_on_failure(pending):
+            return await self._write(steps)
 
     async def _pg_finish_and_claim(
         self,
@@ -1636,6 +1687,9 @@ def _force_index(query: Any, table: Any, index: str) -> Any:
 
 
 _PG_LANES = 4
+#: Claims in doubt a storage remembers (see `SQLStorage._in_doubt`); more are left to
+#: their leases.
+_MAX_DOUBTFUL = 64
 """Connections a PostgreSQL storage keeps for its hot path between steps."""
 
 
