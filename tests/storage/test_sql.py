@@ -518,6 +518,13 @@ async def test_postgres_connection_killed_during_a_large_submit_is_retried(
         await admin.dispose()
 
 
+async def _states_are(storage: Any, batch_id: str, states: list[ItemState]) -> None:
+    """The batch's items are in ``states``, and its counters agree with them."""
+    items = await all_items(storage, batch_id)
+    assert [i.state for i in items] == states
+    _check_accounting(status_from_record(await storage.get_batch(batch_id)), items)
+
+
 class LosesReplies(SQLStorage):
     """An SQLStorage whose next ``lose`` write transactions commit, and then lose their
     reply as if the connection had dropped at that moment."""
@@ -594,14 +601,8 @@ async def check_claims_in_doubt(storage: Any) -> None:
     assert third is not None
     assert (third.lease.batch_id, third.position, third.lease.attempt) == (record.id, 2, 1)
     assert await running() == 1
-    items = await all_items(storage, record.id)
-    assert [i.state for i in items] == [
-        ItemState.SUCCEEDED,
-        ItemState.SUCCEEDED,
-        ItemState.RUNNING,
-        ItemState.QUEUED,
-    ]
-    _check_accounting(status_from_record(await storage.get_batch(record.id)), items)
+    ok, running_, queued = ItemState.SUCCEEDED, ItemState.RUNNING, ItemState.QUEUED
+    await _states_are(storage, record.id, [ok, ok, running_, queued])
 
 
 async def check_lost_replies(storage: Any) -> None:
@@ -644,14 +645,8 @@ async def check_lost_replies(storage: Any) -> None:
     fourth = await storage.claim(ClaimRequest(lease_seconds=30))
     assert fourth is not None
     assert (fourth.position, await running()) == (3, 2)
-    items = await all_items(storage, record.id)
-    assert [i.state for i in items] == [
-        ItemState.SUCCEEDED,
-        ItemState.SUCCEEDED,
-        ItemState.RUNNING,
-        ItemState.RUNNING,
-    ]
-    _check_accounting(status_from_record(await storage.get_batch(record.id)), items)
+    ok, running_ = ItemState.SUCCEEDED, ItemState.RUNNING
+    await _states_are(storage, record.id, [ok, ok, running_, running_])
 
 
 async def test_a_host_engine_gets_every_connection_back(db: Database) -> None:
