@@ -256,6 +256,19 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _python(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` run to its end in ``cwd``, with `_env` (``env`` added)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "examples.cli", "generate", str(CSV), "--plain"],
@@ -287,15 +300,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     # The exact command it printed finishes the batch.
     program, *args = command.group(1).split()
     assert program == "python"
-    resumed = subprocess.run(
-        [sys.executable, *args],
-        cwd=tmp_path,
-        env=_env(BATCHKIT_STUDIO_SPEED="0.05"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    resumed = _python(*args, cwd=tmp_path, BATCHKIT_STUDIO_SPEED="0.05")
     assert resumed.returncode == EXIT_FAILED_ITEMS, resumed.stdout + resumed.stderr
     assert "Resuming batch" in resumed.stdout
     final = _states(url, batch_id)
@@ -362,17 +367,11 @@ def test_watch_follows_a_batch_that_another_process_runs(
     first = watcher.stdout.readline()
     assert first, "".join(watcher.communicate(timeout=60))
     assert json.loads(first)["state"] == "queued", first
-    ran = subprocess.run(
-        [
-            *(sys.executable, "-m", "examples.cli", "resume", batch_id, "--plain"),
-            *("-c", "2", "--storage", url, "--prefix", prefix),
-        ],
+    ran = _python(
+        *("-m", "examples.cli", "resume", batch_id, "--plain"),
+        *("-c", "2", "--storage", url, "--prefix", prefix),
         cwd=tmp_path,
-        env=_env(BATCHKIT_STUDIO_SPEED="0.3"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        BATCHKIT_STUDIO_SPEED="0.3",
     )
     rest = ran.stdout + ran.stderr
     assert ran.returncode == EXIT_FAILED_ITEMS, rest

@@ -36,6 +36,7 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
+from .._doubt import ClaimsInDoubt
 from .._polling import PollingSubscription
 from . import _lua
 
@@ -67,9 +68,6 @@ _PREFIX = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")
 #: Errors after which the same call may succeed (OSError covers ConnectionError).
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _PAGE = 200
-#: Claims in doubt a storage remembers (see `RedisStorage._doubtful`); more are left to
-#: their leases.
-_MAX_DOUBTFUL = 64
 #: Connections a storage keeps for its hot path between calls.
 _LANES = 4
 #: Seconds between two repairs of the finished-batch index (see `_repair_finished`).
@@ -148,10 +146,8 @@ class RedisStorage:
         self.chunk_size = chunk_size
         self._scripts: dict[str, Any] = {}
         self._metadata: dict[str, dict[str, Any]] = {}
-        # Claims that may have run as the server went away past the retries (their reply
-        # never came), as (batch id, token): the next claim in that batch asks for their
-        # item first, instead of leaving it running until its lease lapses.
-        self._doubtful: list[tuple[str, str]] = []
+        # The tokens of claims that may have run as the server went away past the retries.
+        self._doubtful: ClaimsInDoubt[str] = ClaimsInDoubt()
         self._heads: dict[str, tuple[list[str], bytes]] = {}
         # Connections kept out of the pool for the hot path (see `_hot`).
         self._lanes: list[Any] = []
@@ -612,7 +608,7 @@ class RedisStorage:
 
     async def claim(self, request: ClaimRequest) -> Claim | None:
         """Claim the oldest claimable item (see `Storage.claim`)."""
-        for batch_id in self._doubtful_batches(request):
+        for batch_id in self._doubtful.batches(request):
             claim = await self._claim_in(batch_id, request)
             if claim is not None:
                 return claim
@@ -641,7 +637,7 @@ class RedisStorage:
                 return None
             if not _matches(record.metadata, request.metadata):
                 return None
-        token = self._take_doubtful(batch_id)
+        token = self._doubtful.take(batch_id)
         tries = 0 if token is None else 1  # a claim in doubt is asked for first
         if token is None:
             token = new_token()
@@ -655,27 +651,9 @@ class RedisStorage:
         try:
             reply = await self._call(claim)
         except StorageError:
-            self._doubt(batch_id, token)
+            self._doubtful.remember(batch_id, token)
             raise
         return await self._settle_claim(batch_id, token, reply[:-1], bool(reply[-1]))
-
-    def _doubtful_batches(self, request: ClaimRequest) -> list[str]:
-        """The batches of claims in doubt that ``request`` may take an item of."""
-        if not self._doubtful or request.metadata:
-            return []
-        allowed = None if request.batch_ids is None else set(request.batch_ids)
-        return list(dict.fromkeys(b for b, _ in self._doubtful if allowed is None or b in allowed))
-
-    def _take_doubtful(self, batch_id: str) -> str | None:
-        for n, (doubtful, token) in enumerate(self._doubtful):
-            if doubtful == batch_id:
-                del self._doubtful[n]
-                return token
-        return None
-
-    def _doubt(self, batch_id: str, token: str) -> None:
-        if len(self._doubtful) < _MAX_DOUBTFUL:
-            self._doubtful.append((batch_id, token))
 
     async def _settle_claim(
         self, batch_id: str, token: str, claim: list[Any], finished: bool
@@ -773,7 +751,7 @@ class RedisStorage:
                 reply = await self._call(finish)
             except StorageError:
                 if same_batch:
-                    self._doubt(lease.batch_id, token)
+                    self._doubtful.remember(lease.batch_id, token)
                 raise
             accepted = bool(reply[0])
             if bool(reply[1]):

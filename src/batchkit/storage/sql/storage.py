@@ -39,6 +39,7 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
+from .._doubt import ClaimsInDoubt
 from .._polling import PollingSubscription
 from ._faults import is_transient, is_transient_driver_error
 from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
@@ -193,9 +194,8 @@ class SQLStorage:
         # Connections kept out of the pool for the hot path (see `_run_lane`).
         self._lanes: list[_Lane] = []
         self._lane_cap = 0
-        # Claims that may have committed as the store went away past the retries (their
-        # reply never came): the next claim looks for their item first (see `_in_doubt`).
-        self._doubtful: list[_PendingClaim] = []
+        # Claims that may have committed as the store went away past the retries.
+        self._doubtful: ClaimsInDoubt[_PendingClaim] = ClaimsInDoubt()
         self._sqlite_lanes = False
         self._pg_lanes = False
         # SQLite has one writer at a time: this process's writers queue here instead of
@@ -973,73 +973,46 @@ class SQLStorage:
             return await self._write(lambda: self._claim(request, pending))
 
     def _in_doubt(self, request: ClaimRequest) -> _PendingClaim | None:
-        """A claim of an earlier call that may have committed, which this request may take.
-
-        Such a call raised `StorageError` (the store was away past the retries) after
-        sending its claim: if that commit went through, its item is running under a token
-        only this storage knows, and would wait for its lease to lapse. The next claim
-        that could have made it looks for it first.
-        """
-        if not self._doubtful or request.metadata:
-            return None
-        for n, pending in enumerate(self._doubtful):
-            assert pending.at is not None
-            if request.batch_ids is None or pending.at[0] in request.batch_ids:
-                return self._doubtful.pop(n)
-        return None
+        """A claim in doubt (see `ClaimsInDoubt`) that ``request`` may take over."""
+        batches = self._doubtful.batches(request)
+        return self._doubtful.take(batches[0]) if batches else None
 
     @contextmanager
     def _doubt_on_failure(self, pending: _PendingClaim) -> Iterator[None]:
         try:
             yield
         except StorageError:
-            if pending.at is not None and len(self._doubtful) < _MAX_DOUBTFUL:
-                self._doubtful.append(pending)
+            if pending.sent_in is not None:  # its claim was sent: it may have committed
+                self._doubtful.remember(pending.sent_in, pending)
             raise
 
     def _claim(self, request: ClaimRequest, pending: _PendingClaim) -> Steps[Claim | None]:
         if request.batch_ids is not None and not request.batch_ids:
             return None
         i = self.tables.items
-        if pending.at is not None:
+        if pending.sent_in is not None:
             # An earlier try of this claim sent its UPDATE and then lost the connection: if
             # it committed, the item is this claim's, not a stray running until its lease
-            # lapses (one lease of delay, and an attempt counted for nothing).
+            # lapses (one lease of delay, and an attempt counted for nothing). It is the
+            # batch's running item holding the claim's token.
             found = self._stmt(
                 "claim_found",
-                lambda: select(i.c.key, i.c.payload, i.c.attempt, i.c.history).where(
+                lambda: select(i.c.key, i.c.payload, i.c.attempt, i.c.history, i.c.position).where(
                     i.c.batch_id == bindparam("b_id"),
-                    i.c.position == bindparam("b_pos"),
-                    i.c.token == bindparam("b_token"),
                     i.c.state == _R,
+                    i.c.token == bindparam("b_token"),
                 ),
             )
-            batch_id, position = pending.at
-            if position < 0:  # sent by one statement that chose the item itself
-                found = self._stmt(
-                    "claim_found_by_token",
-                    lambda: select(
-                        i.c.key, i.c.payload, i.c.attempt, i.c.history, i.c.position
-                    ).where(
-                        i.c.batch_id == bindparam("b_id"),
-                        i.c.state == _R,
-                        i.c.token == bindparam("b_token"),
-                    ),
-                )
-            row = (
-                yield (
-                    found,
-                    {"b_id": batch_id, "b_pos": position, "b_token": pending.token},
-                )
-            ).first()
+            batch_id = pending.sent_in
+            row = (yield (found, {"b_id": batch_id, "b_token": pending.token})).first()
             if row is not None:
                 return Claim(
                     lease=Lease(batch_id, row.key, pending.token, row.attempt),
-                    position=position if position >= 0 else row.position,
+                    position=row.position,
                     payload=loads(row.payload),
                     history=row.history,
                 )
-            pending.at = None
+            pending.sent_in = None
         query, params = self._claim_query(request)
         update = self._stmt(
             "claim_update",
@@ -1071,7 +1044,7 @@ class SQLStorage:
                 continue
             token = pending.token
             attempt = row.attempt + 1
-            pending.at = (batch_id, position)
+            pending.sent_in = batch_id
             yield (
                 update,
                 {
@@ -1318,14 +1291,14 @@ class SQLStorage:
         # batch's counters. A statement is atomic on its own, hence autocommit. On asyncpg
         # it goes to the driver directly: SQLAlchemy's execution path would cost more than
         # the statement.
-        if sent.at is not None:
+        if sent.sent_in is not None:
             done = await self._pg_sent_before(via, lease, outcome, sent.token)
             if done is not None:
                 return done
         state = outcome.state.value
         now = self._now()
         token = sent.token
-        sent.at = (lease.batch_id, -1)  # the position the statement claims is not known
+        sent.sent_in = lease.batch_id
         stmt = self._stmt(("pg_finish_claim", state), lambda: self._pg_finish_claim_sql(state))
         params = {
             "lb": lease.batch_id,
@@ -1687,9 +1660,6 @@ def _force_index(query: Any, table: Any, index: str) -> Any:
 
 
 _PG_LANES = 4
-#: Claims in doubt a storage remembers (see `SQLStorage._in_doubt`); more are left to
-#: their leases.
-_MAX_DOUBTFUL = 64
 """Connections a PostgreSQL storage keeps for its hot path between steps."""
 
 
@@ -1719,7 +1689,7 @@ class _PendingClaim:
     """
 
     token: str = field(default_factory=new_token)
-    at: tuple[str, int] | None = None  # (batch_id, position) of the UPDATE last sent
+    sent_in: str | None = None  # the batch of the claim last sent, if one was
     finishing: bool = False  # a try of the finish before it has been sent
 
 
