@@ -1,64 +1,127 @@
 # batchkit: developer commands. `make test` and `make demo` work from a fresh clone.
-PYTHON ?= python3
+#
+# Every environment comes from one lock, uv.lock, through uv (pinned below and installed
+# into .tools/ on first use), so the suite passes on a fresh clone any day, not only on the
+# day it landed. Change a dependency in pyproject.toml, then `make lock`, and commit both.
+PYTHON     ?= python3
+UV_VERSION := 0.13.9
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+# The pinned uv is installed once per version: a new UV_VERSION reinstalls it.
+UV_STAMP   := $(TOOLS)/.uv-$(UV_VERSION)
+VENV       ?= .venv
+PY          = $(VENV)/bin/python
+# The interpreters that `make test-pythons` runs the suite on (those the classifiers claim).
+PYTHONS    ?= 3.11 3.12 3.13
+SYNC        = $(UV) sync --locked --quiet --python $(PYTHON)
+
+# uv must not fetch an interpreter of its own: it uses the one named by PYTHON.
+export UV_PYTHON_DOWNLOADS := never
 # mkdocs-material prints a notice about MkDocs 2 on every build; it is not a warning of ours.
 export NO_MKDOCS_2_WARNING := 1
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck docs demo web bench bench-storage bench-workers soak clean venv
+.PHONY: test check lint typecheck docs demo web lock lock-upgrade test-latest test-lowest \
+	test-pythons bench bench-storage bench-workers soak clean dev-env
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,all]'
-	@touch $(STAMP)
+$(UV_STAMP):
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	@touch $@
 
-venv: $(STAMP)
+## The development environment: exactly the lock's `dev` and `all` extras.
+dev-env: $(UV_STAMP)
+	$(SYNC) --extra dev --extra all
 
 ## Run the whole suite: lint, format check, mypy --strict, docs build, tests.
-test: $(STAMP)
+test: dev-env
+	@$(MAKE) --no-print-directory check
+
+## The suite in $(VENV) as it is (the targets below point it at other environments).
+check:
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	$(PY) -m pytest --durations=15
 
-lint: $(STAMP)
+lint: dev-env
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
-typecheck: $(STAMP)
+typecheck: dev-env
 	$(VENV)/bin/mypy
 
-docs: $(STAMP)
+docs: dev-env
 	$(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site
+
+## Regenerate uv.lock after a change to pyproject.toml (other pins stay as they are).
+lock: $(UV_STAMP)
+	$(UV) lock --python $(PYTHON)
+
+## Move every pin of uv.lock to the newest release that pyproject.toml allows.
+lock-upgrade: $(UV_STAMP)
+	$(UV) lock --upgrade --python $(PYTHON)
+
+## The suite with the newest releases that pyproject.toml's ranges allow, ignoring the lock.
+test-latest: $(UV_STAMP)
+	rm -rf .venv-latest
+	$(UV) venv --quiet --python $(PYTHON) .venv-latest
+	$(UV) pip install --quiet --python .venv-latest/bin/python --refresh \
+		--resolution highest -e '.[dev,all]'
+	$(UV) pip list --python .venv-latest/bin/python > .venv-latest/versions.txt
+	@$(MAKE) --no-print-directory check VENV=.venv-latest
+
+## The suite with the lowest release of every dependency that pyproject.toml names
+## (their own dependencies at their newest): the lower bounds must hold.
+test-lowest: $(UV_STAMP)
+	rm -rf .venv-lowest
+	$(UV) venv --quiet --python $(PYTHON) .venv-lowest
+	$(UV) pip install --quiet --python .venv-lowest/bin/python --refresh \
+		--resolution lowest-direct -e '.[dev,all]'
+	$(UV) pip list --python .venv-lowest/bin/python > .venv-lowest/versions.txt
+	@$(MAKE) --no-print-directory check VENV=.venv-lowest
+
+## The suite, from the lock, on every interpreter of PYTHONS that this machine has
+## (on PATH as python3.X, or installed with pyenv); one it lacks is reported, not tested.
+test-pythons: $(UV_STAMP)
+	@for v in $(PYTHONS); do \
+		interpreter=$$(scripts/find-python $$v) || { echo "Python $$v: not found here, not tested"; continue; }; \
+		echo "Python $$v: $$($$interpreter -VV)"; \
+		UV_PROJECT_ENVIRONMENT=.venv-py$$v $(UV) sync --locked --quiet --python $$interpreter \
+			--extra dev --extra all || exit 1; \
+		$(MAKE) --no-print-directory check VENV=.venv-py$$v || exit 1; \
+	done
 
 ## The first-run demo: a video of each of 30 products (3 of them fail on purpose), with a
 ## live display, kept in ./batchkit-demo.db; its exit status 1 says that some failed.
-demo: $(STAMP)
+## It installs only the lock's `sql` and `examples` extras (no test or lint tools).
+demo: $(UV_STAMP)
+	$(SYNC) --inexact --extra sql --extra examples
 	$(PY) -m examples.cli generate examples/cli/products.csv || test $$? -eq 1
 
 ## The studio web app (examples/fastapi_app) on http://127.0.0.1:$(PORT), its batches in SQLite.
 PORT ?= 8000
-web: $(STAMP)
+web: $(UV_STAMP)
+	$(SYNC) --inexact --extra sql --extra examples
 	PORT=$(PORT) $(PY) -m examples.fastapi_app
 
-bench: $(STAMP)
+bench: dev-env
 	$(PY) benchmarks/runner_overhead.py
 
 ## SQLStorage on SQLite, and on PostgreSQL and MySQL/MariaDB when they are reachable
 ## (BATCHKIT_BENCH_POSTGRES_URL, BATCHKIT_BENCH_MYSQL_URL). Minutes; ARGS=--quick is faster.
-bench-storage: $(STAMP)
+bench-storage: dev-env
 	$(PY) benchmarks/storages.py $(ARGS)
 
 ## 1, 2 and 4 worker processes on one 20,000-item batch, on PostgreSQL and Redis (minutes).
-bench-workers: $(STAMP)
+bench-workers: dev-env
 	$(PY) benchmarks/scale_out.py $(ARGS)
 
 ## The soak variants of the fault tests (100 SIGKILLs on 5,000 items...): tens of minutes.
-soak: $(STAMP)
+soak: dev-env
 	$(PY) -m pytest -m slow -p no:cacheprovider tests/workers
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-latest .venv-lowest .venv-py3.* $(TOOLS) site .pytest_cache \
+		.mypy_cache .ruff_cache .hypothesis

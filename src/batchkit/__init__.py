@@ -6,6 +6,8 @@ progress, error and result is kept in the store the host already has.
 
 from __future__ import annotations
 
+import logging
+
 from .context import ItemContext as ItemContext
 from .exceptions import BatchkitError as BatchkitError
 from .exceptions import BatchNotFound as BatchNotFound
@@ -34,6 +36,11 @@ from .worker import Worker as Worker
 from .worker import WorkerStats as WorkerStats
 
 __version__ = "0.1.0"
+
+# A library leaves logging to its host. Without a handler of its own, a record that no
+# handler takes (an item that failed, in a host that configured no logging) would reach
+# logging's last resort and be printed on the host's stderr.
+logging.getLogger("batchkit").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> object:

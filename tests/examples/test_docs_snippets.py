@@ -1,6 +1,7 @@
 """The code shown in the docs runs against the current API and prints what the docs say.
 
-Every ```python block under docs/ is checked:
+Every ```python block under docs/ is checked (those of docs/quickstart.md, every block of
+which ``test_code_blocks.py`` checks, aside):
 
 * a complete program (it calls ``anyio.run``) runs in a fresh interpreter and must exit 0;
   when a ```text block follows it directly, that block is the exact expected output;
@@ -15,16 +16,18 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.examples._blocks import ROOT, STRICT_PAGES, fenced_blocks
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__: list[str] = []
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-_FENCE = re.compile(
-    r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
-)
+DOCS = ROOT / "docs"
 
 
 @dataclass(frozen=True)
@@ -48,22 +51,22 @@ class Snippet:
 def _snippets() -> list[Snippet]:
     found: list[Snippet] = []
     for page in sorted(DOCS.rglob("*.md")):
-        text = page.read_text(encoding="utf-8")
-        blocks = list(_FENCE.finditer(text))
+        if page.relative_to(ROOT).as_posix() in STRICT_PAGES:
+            continue  # test_code_blocks.py checks every block of it, and more strictly
+        blocks = fenced_blocks(page)
         for index, block in enumerate(blocks):
-            if block.group("lang") != "python":
+            if block.lang != "python":
                 continue
             expected = None
             if index + 1 < len(blocks):
                 follower = blocks[index + 1]
-                between = text[block.end() : follower.start()]
-                if follower.group("lang") == "text" and not between.strip():
-                    expected = follower.group("body")
+                if follower.lang == "text" and not follower.before.strip():
+                    expected = follower.body
             found.append(
                 Snippet(
                     page=page.relative_to(DOCS).as_posix(),
-                    line=text.count("\n", 0, block.start()) + 1,
-                    code=block.group("body"),
+                    line=block.line,
+                    code=block.body,
                     expected=expected,
                 )
             )

@@ -88,7 +88,6 @@ async def test_submit_accepts_any_iterable_and_runs_nothing(
 async def test_same_idempotency_key_returns_the_same_batch_and_writes_nothing(
     storage: MemoryStorage, runner: BatchRunner
 ) -> None:
-
     first = await runner.submit(["a", "b"], idempotency_key="order-42")
     second = await runner.submit(["c", "d", "e"], idempotency_key="order-42")
 

@@ -542,7 +542,10 @@ def run_state_machine(
                 super().__init__(portal, storage_factory)
 
         _Machine.__name__ = _Machine.__qualname__ = "StorageStateMachine"
-        run_state_machine_as_test(_Machine, settings=settings)
+        # hypothesis annotates this function only in its later releases; through a typed
+        # name, the module checks against every release that pyproject.toml allows.
+        run: Callable[..., None] = run_state_machine_as_test
+        run(_Machine, settings=settings)
 
 
 def _default_settings() -> hypothesis.settings:

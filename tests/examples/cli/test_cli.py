@@ -15,6 +15,9 @@ from typing import Any
 
 import anyio
 import pytest
+from typer.testing import CliRunner
+
+from batchkit import BatchRunner, ItemState, open_storage
 from examples.cli.app import (
     EXIT_FAILED_ITEMS,
     EXIT_INTERRUPTED,
@@ -24,9 +27,6 @@ from examples.cli.app import (
     app,
 )
 from examples.cli.items import read_items
-from typer.testing import CliRunner
-
-from batchkit import BatchRunner, ItemState, open_storage
 from tests._terminal import run_in_terminal
 
 ROOT = Path(__file__).resolve().parents[3]

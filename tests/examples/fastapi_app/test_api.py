@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 import pytest
-from examples.fastapi_app.catalog import catalog
-from examples.fastapi_app.main import MAX_PRODUCTS, create_app
 
 from examples.fastapi_app import owners
+from examples.fastapi_app.catalog import catalog
+from examples.fastapi_app.main import MAX_PRODUCTS, create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -862,8 +862,11 @@ class RedisStorage:
             yield subscription
         finally:
             with anyio.CancelScope(shield=True):
+                # redis-py types `aclose` from 8.2 on; through a typed name, the same
+                # code checks against the older, untyped releases too.
+                close: Callable[[], Awaitable[None]] = pubsub.aclose
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await close()
                 except _TRANSIENT:
                     logger.debug("could not close a subscription", exc_info=True)
 
@@ -874,7 +877,8 @@ class RedisStorage:
         keys = self.batch_keys(batch_id)
 
         async def delete() -> bool:
-            idem = await self.client.hget(keys[0], "idem")
+            # Typed across redis-py releases (5.x types the reply as maybe not awaitable).
+            idem = await cast("Awaitable[object]", self.client.hget(keys[0], "idem"))
             existed = bool(await self.client.unlink(*keys))
             if idem is not None:
                 await self._scripts["RELEASE_KEY"](

@@ -43,7 +43,7 @@ SCHEMA_VERSION = 2
 _PREFIX = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,30}\Z")
 
 # MySQL's TEXT holds 64 KiB; payloads and results may be larger (Limits are configurable).
-_LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+_LongText = Text().with_variant(mysql.LONGTEXT, "mysql", "mariadb")
 
 
 class ExactString(TypeDecorator[str]):
