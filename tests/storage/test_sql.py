@@ -30,6 +30,11 @@ from batchkit.exceptions import BatchNotFound, SchemaVersionMismatch, StorageErr
 from batchkit.protocols import ClaimRequest, Outcome
 from batchkit.status import recount, status_from_record
 from batchkit.storage.sql import SCHEMA_VERSION, SQLStorage, metadata_for
+from batchkit.storage.sql._faults import (
+    broken_driver_connection,
+    is_broken_connection,
+    is_driver_error,
+)
 from batchkit.testing.contract import all_items, new_batch
 
 from .conftest import MYSQL_URL, POSTGRES_URL, _drop_tables, require_server
@@ -647,6 +652,64 @@ async def check_lost_replies(storage: Any) -> None:
     assert (fourth.position, await running()) == (3, 2)
     ok, running_ = ItemState.SUCCEEDED, ItemState.RUNNING
     await _states_are(storage, record.id, [ok, ok, running_, running_])
+
+
+class _AsyncpgBusy(Exception):
+    """Stands for asyncpg's InternalClientError, which SQLAlchemy lets through unwrapped."""
+
+    __module__ = "asyncpg.exceptions._base"
+
+
+async def test_a_driver_error_sqlalchemy_does_not_wrap_is_retried_on_a_new_connection(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction whose connection the server dropped can end in asyncpg's own error
+    ("another operation is in progress"), past SQLAlchemy's wrapping. It is retried on a
+    new connection (the broken one never goes back to the pool), and a driver error that
+    cannot pass is a StorageError: no driver exception leaves the storage, which would stop
+    a worker."""
+    async with db.storage(db.new_prefix()) as storage:
+        record, _ = await storage.create_batch(new_batch(2))
+        invalidated: list[object] = []
+        event.listen(storage.engine.sync_engine, "invalidate", lambda *a: invalidated.append(a))
+        do_commit = storage.engine.dialect.do_commit
+        errors = [_AsyncpgBusy("cannot switch to state 15; another operation (2) is in progress")]
+
+        def commit(dbapi_connection: Any) -> None:
+            if errors:
+                raise errors.pop()
+            do_commit(dbapi_connection)
+
+        monkeypatch.setattr(storage.engine.dialect, "do_commit", commit)
+        assert (await storage.get_batch(record.id)).total == 2  # retried, and read
+        assert not errors
+        assert len(invalidated) == 1  # the broken connection was dropped, not pooled
+
+        errors.append(_AsyncpgBusy("a driver error that cannot pass"))
+        with pytest.raises(StorageError, match="cannot pass") as caught:
+            await storage.get_batch(record.id)
+        assert isinstance(caught.value.__cause__, _AsyncpgBusy)
+        # Its connection may still be inside the transaction: dropped too, not pooled.
+        assert len(invalidated) == 2
+        monkeypatch.undo()
+        assert (await storage.get_batch(record.id)).total == 2
+
+
+def test_which_driver_errors_leave_a_connection_broken() -> None:
+    assert is_broken_connection(
+        _AsyncpgBusy("cannot switch to state 12; another operation (2) is in progress")
+    )
+    assert is_broken_connection(
+        _AsyncpgBusy("cannot perform operation: another operation is in progress")
+    )
+    assert is_broken_connection(ConnectionResetError(104, "Connection reset by peer"))
+    assert not is_broken_connection(_AsyncpgBusy("duplicate key value violates unique constraint"))
+    assert is_driver_error(_AsyncpgBusy("x"))
+    assert is_driver_error(sqlite3.OperationalError("x"))
+    assert not is_driver_error(ValueError("x"))
+    wrapped = DBAPIError("COMMIT", None, _AsyncpgBusy("another operation (2) is in progress"))
+    assert broken_driver_connection(wrapped)
+    assert not broken_driver_connection(DBAPIError("COMMIT", None, ValueError("other")))
 
 
 async def test_a_host_engine_gets_every_connection_back(db: Database) -> None:

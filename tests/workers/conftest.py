@@ -247,7 +247,7 @@ class Workers:
     def logs(self) -> str:
         """Every worker's output, for an assertion's message."""
         return "\n".join(
-            f"--- worker-{n} ---\n{self.log_of(n).read_text(errors='replace')[-3000:]}"
+            f"--- worker-{n} ---\n{self.log_of(n).read_text(errors='replace')[-12000:]}"
             for n in range(len(self.processes))
         )
 

@@ -41,7 +41,13 @@ from ...protocols import (
 )
 from .._doubt import ClaimsInDoubt
 from .._polling import PollingSubscription
-from ._faults import is_transient, is_transient_driver_error
+from ._faults import (
+    broken_driver_connection,
+    is_broken_connection,
+    is_driver_error,
+    is_transient,
+    is_transient_driver_error,
+)
 from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
 
 if TYPE_CHECKING:
@@ -432,6 +438,14 @@ class SQLStorage:
             except (ConnectionError, TimeoutError, OSError) as exc:
                 if tries >= self.retries:
                     raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                # A driver's own error that SQLAlchemy let through unwrapped (asyncpg's, as a
+                # transaction on a connection the server dropped is ended): a StorageError
+                # like any other, never a driver's exception out of the storage.
+                if not is_driver_error(exc):
+                    raise
+                if tries >= self.retries or not is_transient_driver_error(exc):
+                    raise StorageError(f"{type(exc).__name__}: {exc}") from exc
             tries += 1
             delay = min(2.0, 0.05 * 2**tries)
             logger.warning(
@@ -446,18 +460,27 @@ class SQLStorage:
         read: bool = False,
         autocommit: bool = False,
     ) -> T:
-        if autocommit:
-            async with self.engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return await work(conn)
-        if read:
-            async with self.engine.connect() as conn:
-                conn = await conn.execution_options(batchkit_read=True)
-                result = await work(conn)
-                await conn.commit()
-                return result
-        async with self.engine.begin() as conn:
-            return await work(conn)
+        async with self.engine.connect() as conn:
+            try:
+                if autocommit:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return await work(conn)
+                if read:
+                    conn = await conn.execution_options(batchkit_read=True)
+                    result = await work(conn)
+                    await conn.commit()
+                    return result
+                async with conn.begin():
+                    return await work(conn)
+            except Exception as exc:
+                # A driver error that SQLAlchemy does not take for a disconnect (asyncpg's
+                # "another operation is in progress", raw or wrapped, as a transaction on a
+                # connection the server dropped ends), or any driver error it let through
+                # unwrapped (the connection may be left inside a transaction): the
+                # connection must not go back to the pool, where the retry would take it.
+                if is_driver_error(exc) or broken_driver_connection(exc):
+                    await conn.invalidate()
+                raise
 
     # -- lanes: connections kept for the hot path ---------------------------------------------
 
@@ -1705,7 +1728,7 @@ class _DriverFault(Exception):
 
 def _asyncpg_fault(driver: Any, exc: Exception) -> _DriverFault:
     """What an error asyncpg raised means: retry, and drop the connection if it is gone."""
-    broken = bool(driver.is_closed()) or isinstance(exc, OSError)
+    broken = bool(driver.is_closed()) or is_broken_connection(exc)
     return _DriverFault(exc, transient=broken or is_transient_driver_error(exc), broken=broken)
 
 
