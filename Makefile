@@ -63,24 +63,24 @@ lock: $(UV_STAMP)
 lock-upgrade: $(UV_STAMP)
 	$(UV) lock --upgrade --python $(PYTHON)
 
+# The suite in a new environment $(1), resolved from pyproject.toml's ranges (not the lock)
+# by uv's resolution $(2); the versions it ran with are kept in $(1)/versions.txt.
+define suite-from-ranges
+	rm -rf $(1)
+	$(UV) venv --quiet --python $(PYTHON) $(1)
+	$(UV) pip install --quiet --python $(1)/bin/python --refresh --resolution $(2) -e '.[dev,all]'
+	$(UV) pip list --python $(1)/bin/python > $(1)/versions.txt
+	@$(MAKE) --no-print-directory check VENV=$(1)
+endef
+
 ## The suite with the newest releases that pyproject.toml's ranges allow, ignoring the lock.
 test-latest: $(UV_STAMP)
-	rm -rf .venv-latest
-	$(UV) venv --quiet --python $(PYTHON) .venv-latest
-	$(UV) pip install --quiet --python .venv-latest/bin/python --refresh \
-		--resolution highest -e '.[dev,all]'
-	$(UV) pip list --python .venv-latest/bin/python > .venv-latest/versions.txt
-	@$(MAKE) --no-print-directory check VENV=.venv-latest
+	$(call suite-from-ranges,.venv-latest,highest)
 
 ## The suite with the lowest release of every dependency that pyproject.toml names
 ## (their own dependencies at their newest): the lower bounds must hold.
 test-lowest: $(UV_STAMP)
-	rm -rf .venv-lowest
-	$(UV) venv --quiet --python $(PYTHON) .venv-lowest
-	$(UV) pip install --quiet --python .venv-lowest/bin/python --refresh \
-		--resolution lowest-direct -e '.[dev,all]'
-	$(UV) pip list --python .venv-lowest/bin/python > .venv-lowest/versions.txt
-	@$(MAKE) --no-print-directory check VENV=.venv-lowest
+	$(call suite-from-ranges,.venv-lowest,lowest-direct)
 
 ## The suite, from the lock, on every interpreter of PYTHONS that this machine has
 ## (on PATH as python3.X, or installed with pyenv); one it lacks is reported, not tested.

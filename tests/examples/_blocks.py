@@ -8,7 +8,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ROOT", "STRICT_PAGES", "Block", "fenced_blocks", "prose", "run_program"]
+__all__ = [
+    "ROOT",
+    "STRICT_PAGES",
+    "Block",
+    "fenced_blocks",
+    "output_of",
+    "prose",
+    "run_program",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +62,15 @@ def fenced_blocks(path: Path) -> list[Block]:
         )
         end = match.end()
     return found
+
+
+def output_of(blocks: list[Block], index: int) -> Block | None:
+    """The output a page shows for the python block ``blocks[index]``: the text block
+    after it (prose may stand between), or None."""
+    if blocks[index].lang != "python" or index + 1 >= len(blocks):
+        return None
+    after = blocks[index + 1]
+    return after if after.lang == "text" else None
 
 
 def prose(path: Path) -> str:

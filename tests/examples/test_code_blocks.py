@@ -31,7 +31,15 @@ import pytest
 
 from batchkit import open_storage
 from batchkit.cli import build_parser
-from tests.examples._blocks import ROOT, STRICT_PAGES, Block, fenced_blocks, prose, run_program
+from tests.examples._blocks import (
+    ROOT,
+    STRICT_PAGES,
+    Block,
+    fenced_blocks,
+    output_of,
+    prose,
+    run_program,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -54,13 +62,9 @@ def _shown() -> list[Shown]:
     for page in STRICT_PAGES:
         blocks = fenced_blocks(ROOT / page)
         for index, block in enumerate(blocks):
-            if block.lang == "text" and index and blocks[index - 1].lang == "python":
+            if index and output_of(blocks, index - 1) is block:
                 continue  # the output of the program before it: checked with that program
-            output = None
-            if block.lang == "python" and index + 1 < len(blocks):
-                follower = blocks[index + 1]
-                output = follower if follower.lang == "text" else None
-            found.append(Shown(block, output))
+            found.append(Shown(block, output_of(blocks, index)))
     return found
 
 

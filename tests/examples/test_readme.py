@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from batchkit import BatchRunner, BatchState, SQLStorage
-from tests.examples._blocks import ROOT, Block, fenced_blocks, run_program
+from tests.examples._blocks import ROOT, Block, fenced_blocks, output_of, run_program
 
 if TYPE_CHECKING:
-    import subprocess
     from pathlib import Path
 
 __all__: list[str] = []
@@ -27,16 +26,7 @@ README = ROOT / "README.md"
 def _programs() -> list[tuple[Block, Block | None]]:
     """The README's python blocks, each with the text block after it (its output)."""
     blocks = fenced_blocks(README)
-    found: list[tuple[Block, Block | None]] = []
-    for index, block in enumerate(blocks):
-        if block.lang == "python":
-            after = blocks[index + 1] if index + 1 < len(blocks) else None
-            found.append((block, after if after is not None and after.lang == "text" else None))
-    return found
-
-
-def _run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return run_program(code, cwd, "readme.py")
+    return [(b, output_of(blocks, i)) for i, b in enumerate(blocks) if b.lang == "python"]
 
 
 def test_quickstart_runs_and_prints_what_the_readme_shows(tmp_path: Path) -> None:
@@ -44,7 +34,7 @@ def test_quickstart_runs_and_prints_what_the_readme_shows(tmp_path: Path) -> Non
     assert shown is not None, "the README shows no output for its quickstart"
     assert len(code.body.splitlines()) <= 15  # blank lines count too
 
-    done = _run(code.body, tmp_path)
+    done = run_program(code.body, tmp_path)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout == shown.body
@@ -70,7 +60,7 @@ def _numbers(text: str) -> list[int]:
 def test_the_sqlite_variant_closes_its_storage_and_its_batches_last(tmp_path: Path) -> None:
     code, shown = next((c, s) for c, s in _programs() if "SQLStorage(" in c.body)
 
-    first = _run(code.body, tmp_path)
+    first = run_program(code.body, tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stderr == ""
     if shown is not None:
@@ -80,7 +70,7 @@ def test_the_sqlite_variant_closes_its_storage_and_its_batches_last(tmp_path: Pa
     made = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("batchkit.db"))
     assert made == ["batchkit.db"]
 
-    second = _run(code.body, tmp_path)
+    second = run_program(code.body, tmp_path)
     assert second.returncode == 0, second.stderr
     assert second.stderr == ""
     # "Run it again and it says 2": it counts the batches in the file.

@@ -73,7 +73,7 @@ def is_driver_error(exc: BaseException) -> bool:
 
 def is_broken_connection(exc: BaseException) -> bool:
     """Whether a driver's error leaves its connection unusable (drop it, open another)."""
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError):  # ConnectionError and TimeoutError among them
         return True
     state = _sqlstate(exc)
     if state is not None and state.startswith("08"):
@@ -85,13 +85,10 @@ def is_broken_connection(exc: BaseException) -> bool:
 
 def is_transient_driver_error(exc: BaseException) -> bool:
     """The same question for an error raised by a driver directly (asyncpg, sqlite3)."""
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    state = _sqlstate(exc)
-    if state is not None and (state in _PG_TRANSIENT or state.startswith("08")):
-        return True
     if is_broken_connection(exc):
         return True  # a new connection is not
+    if _sqlstate(exc) in _PG_TRANSIENT:
+        return True
     text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text
 
