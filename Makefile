@@ -37,13 +37,17 @@ dev-env: $(UV_STAMP)
 test: dev-env
 	@$(MAKE) --no-print-directory check
 
-## The suite in $(VENV) as it is (the targets below point it at other environments).
+## The suite in $(VENV) as it is (the targets below point it at other environments). Most
+## tests wait on servers and worker processes: they run in $(TEST_PROCESSES) processes at
+## once; the few that act on a whole server (marked `serial`) run alone afterwards.
+TEST_PROCESSES ?= 2
 check:
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n $(TEST_PROCESSES) -m "not slow and not serial" --durations=15
+	$(PY) -m pytest -m "serial and not slow" --durations=5
 
 lint: dev-env
 	$(VENV)/bin/ruff check src tests benchmarks examples

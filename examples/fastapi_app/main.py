@@ -264,7 +264,9 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         """Submit one batch: a video of each product. It answers at once; the work runs in
         the app's worker."""
         specs = [ItemSpec(key=i, payload=by_id()[i].payload()) for i in request.product_ids]
-        key = None if request.request_id is None else f"{name}:{request.request_id}"
+        # The client's token is scoped by its owner (a name holds no ":"), so that
+        # nobody's token can name another owner's batch, nor batchkit's own keys.
+        key = None if request.request_id is None else f"studio:{name}:{request.request_id}"
         try:
             batch = await run.submit(specs, metadata={"owner": name}, idempotency_key=key)
         except InvalidBatch as exc:

@@ -5,6 +5,7 @@ Shared by `BatchRunner.run` (items of one batch) and workers (items of any batch
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import heapq
 import inspect
@@ -41,6 +42,7 @@ __all__ = [
     "Executor",
     "error_from_exception",
     "is_async_callable",
+    "is_cancellation",
     "redact",
 ]
 
@@ -53,9 +55,15 @@ items_logger = logging.getLogger("batchkit.items")
 def _cut(text: str, limit: int, *, keep_end: bool = False) -> str:
     if len(text) <= limit:
         return text
+    if limit <= 1:
+        return "…"[:limit]
     if keep_end:
         return "…" + text[-(limit - 1) :]
     return text[: limit - 1] + "…"
+
+
+#: Longest exception class name kept in `ItemError.type` (a generated class can have any).
+_MAX_TYPE_LENGTH = 200
 
 
 def error_from_exception(exc: BaseException, *, attempt: int, limits: Limits) -> ItemError:
@@ -71,7 +79,7 @@ def error_from_exception(exc: BaseException, *, attempt: int, limits: Limits) ->
     except Exception:
         formatted = message
     return ItemError(
-        type=type(exc).__name__,
+        type=_cut(clean_text(type(exc).__name__), _MAX_TYPE_LENGTH),
         message=_cut(clean_text(redact(message)), limits.max_error_length),
         traceback=_cut(clean_text(redact(formatted)), limits.max_traceback_length, keep_end=True),
         attempt=attempt,
@@ -97,10 +105,26 @@ def _close(value: object) -> None:
         close()  # silence "coroutine was never awaited"
 
 
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    """A sync generator's `BaseException` that is not an `Exception`, carried as a value.
+
+    Raised across the thread boundary, a `GeneratorExit` would be taken by the event
+    loop machinery as the closing of its own coroutine.
+    """
+
+    exc: BaseException
+
+
 def _call_sync(generator: Callable[[ItemContext], Any], ctx: ItemContext) -> Any:
     # A sync function that returns a coroutine forgot `async`; trio's to_thread would
     # refuse it with its own TypeError, so recognise it here, the same on every backend.
-    value = generator(ctx)
+    try:
+        value = generator(ctx)
+    except Exception:
+        raise
+    except BaseException as exc:
+        return _Raised(exc)
     if inspect.isawaitable(value):
         _close(value)
         return _FORGOT_ASYNC
@@ -209,6 +233,12 @@ class Executor:
         self.on_event = on_event
         #: When the retries this executor scheduled are due (anyio clock), as a heap.
         self.retries_due: list[float] = []
+        #: The first `SystemExit` or `KeyboardInterrupt` a generator raised: its attempt
+        #: is written, then ``on_stopping`` is called; the owner stops its slots and
+        #: raises it from its own task (raised in a task of a group, asyncio would let
+        #: it out of the event loop at once, with the other items still running).
+        self.stopping: BaseException | None = None
+        self.on_stopping: Callable[[], None] | None = None
         self._keepers: set[Keeper] = set()
 
     def running(self) -> list[Lease]:
@@ -234,7 +264,7 @@ class Executor:
         """Claim and run items until none is claimable; return how many ran.
 
         Cancelling the slot releases the running item to `queued` (shielded) and
-        propagates; so does any BaseException the generator raises.
+        propagates.
         """
         ran = 0
         async with self.slot() as keeper:
@@ -257,6 +287,10 @@ class Executor:
         The next claim is made with ``then_claim`` (in the same step as the finish where
         the store can), or not at all when it is `None`; a callable is asked when the
         item has ended (a worker told to stop meanwhile answers `None`).
+
+        A `SystemExit` or `KeyboardInterrupt` raised by the generator fails the attempt
+        like any error; once it is written, nothing more is claimed and the error is
+        kept as `stopping` for the owner to raise.
         """
         lease = claim.lease
         logging_items = items_logger.isEnabledFor(logging.INFO)
@@ -271,6 +305,7 @@ class Executor:
         if self.on_event is not None:
             self.on_event("started", lease)
         retry = self.retry
+        stopping: BaseException | None = None
         if retry is not None and history.failures >= retry.max_attempts:
             # The attempts lost with their runners used the item's whole budget: an item
             # that kills every worker running it must not be run again.
@@ -286,6 +321,15 @@ class Executor:
                 self._event("refused", lease)
                 return None if then_claim is None else await self.storage.claim(then_claim)
             outcome, exc = ended
+            if isinstance(exc, STOPPING):
+                stopping, then_claim = exc, None
+                self._log(
+                    logging.ERROR,
+                    "stopping",
+                    lease,
+                    says=f"the generator raised {type(exc).__name__}: the attempt is "
+                    "written as failed, then the runner stops",
+                )
             if outcome.state is ItemState.FAILED or lost:
                 outcome = self._decide(outcome, exc, history, lost)
         if callable(then_claim):
@@ -309,11 +353,21 @@ class Executor:
         if not result.accepted:
             self._log(logging.WARNING, "refused", lease)
             self._event("refused", lease)
-            return result.claim
-        if logging_items or self.on_event is not None or outcome.state is not ItemState.SUCCEEDED:
-            self._ended(lease, outcome, time.monotonic() - started)
-        if limit is not None:
-            await self._limit_failures(lease, limit, failing=False)
+        else:
+            if (
+                logging_items
+                or self.on_event is not None
+                or outcome.state is not ItemState.SUCCEEDED
+            ):
+                self._ended(lease, outcome, time.monotonic() - started)
+            if limit is not None:
+                await self._limit_failures(lease, limit, failing=False)
+        if stopping is not None:
+            if self.stopping is None:
+                self.stopping = stopping
+            if self.on_stopping is not None:
+                self.on_stopping()
+            return None
         return result.claim
 
     async def _write(
@@ -528,11 +582,23 @@ class Executor:
         keeper.end()
         if keeper.lost:
             return None
-        if ended is not None:
+        late = anyio.current_time() - deadline
+        if ended is not None and (late < 0 or keeper.cancelled):
             return ended
         if keeper.cancelled:
             return Outcome.cancelled(), None
+        # Past its deadline the attempt has failed, whatever the generator did after it:
+        # returned a value (it ignored its cancellation, or never awaited anything for
+        # the cancellation to reach it) or raised.
+        assert timeout is not None
         message = f"the item did not finish within item_timeout={timeout:g}s"
+        if ended is not None and not control.cancel_called:
+            # The deadline passed while the generator held the event loop: nothing else
+            # ran meanwhile (heartbeats, progress, other items).
+            message += f"; it blocked the event loop until {late:.3g}s past its deadline"
+            self._log(logging.WARNING, "blocked", lease, says=message)
+        elif ended is not None:
+            message += f"; it ignored its cancellation and ended {late:.3g}s late"
         error = ItemError(type="TimeoutError", message=message, attempt=lease.attempt)
         return Outcome.failed(error), TimeoutError(message)
 
@@ -551,6 +617,18 @@ class Executor:
         except Exception as exc:
             error = error_from_exception(exc, attempt=ctx.attempt, limits=self.limits)
             return Outcome.failed(error), exc
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            value = _Raised(exc)
+        if type(value) is _Raised:
+            # GeneratorExit, SystemExit, KeyboardInterrupt, a class of the host's own: the
+            # attempt fails like any other, counted against the item's budget, and is
+            # written before anything propagates (`work` re-raises the two that stop a
+            # process): an item that raises one on every run must end `failed`, not be
+            # handed back uncounted to crash the next runner in turn.
+            error = error_from_exception(value.exc, attempt=ctx.attempt, limits=self.limits)
+            return Outcome.failed(error), value.exc
         if value is _FORGOT_ASYNC or inspect.isawaitable(value):
             _close(value)
             error = ItemError(
@@ -571,6 +649,25 @@ class Executor:
             error = ItemError(type="InvalidResult", message=str(exc), attempt=ctx.attempt)
             return Outcome.failed(error), None
         return Outcome.succeeded(text), None
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation of the running task, not an error named like one.
+
+    On asyncio a generator can raise `asyncio.CancelledError` itself, or get one from a
+    future someone else cancelled, while nothing cancels its task: that is the
+    generator's error. (trio's `Cancelled` cannot be raised by hand.)
+    """
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is None or task.cancelling() > 0
+    return True
+
+
+#: Errors that stop a process: after the attempt is written, they propagate.
+STOPPING = (SystemExit, KeyboardInterrupt)
 
 
 def _shown(key: str) -> str:

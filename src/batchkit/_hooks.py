@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ._execution import is_cancellation
 from .status import status_from_record
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ async def fire_hook(
     The storage hands each finished batch's hook to one caller at a time, for
     ``lease_seconds``: a caller that dies before acknowledging it lets another fire it
     after that, so the hook fires even when the runner that finished the batch crashed.
-    A hook that raises is logged and counts as fired: it is not called again.
+    A hook that raises (anything but a cancellation, `SystemExit` included) is logged
+    and counts as fired: it is not called again, by this runner or another.
     """
     claimed = await storage.claim_finished_batch(batch_id=batch_id, lease_seconds=lease_seconds)
     if claimed is None:
@@ -51,6 +53,12 @@ async def fire_hook(
             await result
     except Exception:
         logger.exception("on_batch_finished hook raised", extra=fields)
+    except BaseException as exc:
+        if is_cancellation(exc):
+            raise
+        # Raised out of here, the hook's batch would stay unacknowledged, to be fired
+        # again by the next runner, which it would stop in turn.
+        logger.error("on_batch_finished hook raised", exc_info=exc, extra=fields)
     took = time.monotonic() - started
     acked = await storage.ack_finished_batch(status.batch_id, claimed.token)
     if not acked or took >= lease_seconds:

@@ -9,13 +9,14 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from . import __version__
 from ._console import JSONFormatter, LiveSummary, TextFormatter
-from ._execution import redact
+from ._secrets import redact, url_secrets
 from .exceptions import BatchkitError
 from .ids import is_batch_id
 from .retry import RetryPolicy
@@ -53,7 +54,29 @@ exit status: 0 stopped cleanly, 1 could not start (storage, generator), 2 bad op
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's own, with our exit code
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        # The message may quote an argument: a URL given where no option takes it.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact(message)}\n")
+
+
+class _Redacting(logging.Formatter):
+    """Another formatter's lines with the storage's secrets hidden, whoever logged them."""
+
+    def __init__(self, inner: logging.Formatter, known: frozenset[str], *, as_json: bool) -> None:
+        super().__init__()
+        self._inner = inner
+        self._known = known
+        self._as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self._inner.format(record)
+        if not self._as_json:
+            return redact(line, self._known)
+        # Each text of the object is redacted on its own, so that the line stays JSON.
+        entry = json.loads(line)
+        for key, value in entry.items():
+            if isinstance(value, str):
+                entry[key] = redact(value, self._known)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def _positive_int(text: str) -> int:
@@ -93,6 +116,8 @@ def _where(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
         value: Any = json.loads(raw)
+    except RecursionError:
+        value = []  # nested too deep to read: not a scalar either
     except ValueError:
         value = raw  # plain text
     if not isinstance(value, str | int | float | bool | type(None)):
@@ -297,13 +322,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         return anyio.run(_run_worker, args)
-    except KeyboardInterrupt:  # before the signal handlers were in place
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C before the signal handlers were in place, or raised by a generator (its
+        # attempt was written as failed and logged): a supervisor restarts the worker.
+        return EXIT_FAILED
+    except Exception:
+        # What Python would print, without the storage's secrets: a driver's error in the
+        # traceback may repeat its URL, or a piece of its password.
+        print(redact(traceback.format_exc(), url_secrets(args.storage)), end="", file=sys.stderr)
         return EXIT_FAILED
 
 
 async def _run_worker(args: argparse.Namespace) -> int:
     from .storage import open_storage
 
+    secrets = url_secrets(args.storage)
     try:
         generator = load(args.generator)
         hook = None if args.on_batch_finished is None else load(args.on_batch_finished)
@@ -313,7 +346,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             raise BatchkitError(f"{args.on_batch_finished!r} is not callable: {hook!r}")
         storage = open_storage(args.storage, prefix=args.prefix)
     except (BatchkitError, ValueError) as exc:
-        print(f"python -m batchkit worker: {redact(str(exc))}", file=sys.stderr)
+        print(f"python -m batchkit worker: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILED
     retry = None
     if args.max_attempts > 1:
@@ -339,7 +372,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             )
             await _serve(worker, args)
     except BatchkitError as exc:
-        print(f"python -m batchkit worker: {redact(str(exc))}", file=sys.stderr)
+        print(f"python -m batchkit worker: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -348,7 +381,9 @@ async def _serve(worker: Worker, args: argparse.Namespace) -> None:
     live = sys.stderr.isatty() if args.live is None else args.live
     handler: logging.Handler
     handler = LiveSummary(worker) if live else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if args.log_format == "json" else TextFormatter())
+    json_lines = args.log_format == "json"
+    formatter = JSONFormatter() if json_lines else TextFormatter()
+    handler.setFormatter(_Redacting(formatter, url_secrets(args.storage), as_json=json_lines))
     root = logging.getLogger("batchkit")
     root.addHandler(handler)
     root.setLevel(args.log_level)

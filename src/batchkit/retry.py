@@ -65,7 +65,10 @@ class RetryPolicy:
         jitter: each wait is moved at random by up to this fraction of it (0.1: ±10%),
             so that items that failed together do not all come back at once.
         retry_on: which errors are retried: an exception class, a tuple of them, or a
-            predicate taking the exception. An item timeout is a `TimeoutError`.
+            predicate taking the exception. An item timeout is a `TimeoutError`. By
+            default every error the generator raises, `BaseException`s such as
+            `SystemExit` included, so that an item that raises one on every run ends
+            `failed` after ``max_attempts`` attempts like any other.
         give_up_on: errors never retried, even when ``retry_on`` matches them.
 
     A result that is not JSON is a bug of the generator, not bad luck: it is never retried.
@@ -75,7 +78,7 @@ class RetryPolicy:
     backoff: float | Sequence[float] | Callable[[int], float] = 1.0
     max_backoff: float = 300.0
     jitter: float = 0.1
-    retry_on: ErrorMatcher = (Exception,)
+    retry_on: ErrorMatcher = (BaseException,)
     give_up_on: ErrorMatcher = ()
     _retry_on: Callable[[BaseException], bool] = field(init=False, repr=False, compare=False)
     _give_up_on: Callable[[BaseException], bool] = field(init=False, repr=False, compare=False)

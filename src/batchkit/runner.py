@@ -13,8 +13,9 @@ import anyio
 
 from ._execution import BatchInfoCache, Executor
 from ._hooks import BatchFinishedHook, fire_hook
+from ._secrets import redact
 from ._watch import watch_loop
-from .codec import JSONError, check_json, clean_text, encode, loads
+from .codec import JSONError, clean_text, encode, is_unicode, loads
 from .exceptions import BatchNotFound, InvalidBatch
 from .ids import is_batch_id, new_batch_id
 from .models import Batch, BatchStatus, Item, ItemSpec, ItemState, Limits
@@ -121,7 +122,9 @@ class BatchRunner:
         self._batch_info = BatchInfoCache(storage)
 
     def __repr__(self) -> str:
-        return f"BatchRunner(storage={self.storage!r}, concurrency={self.concurrency})"
+        # A storage of the host's own may show its URL whole: hidden here all the same.
+        storage = redact(repr(self.storage))
+        return f"BatchRunner(storage={storage}, concurrency={self.concurrency})"
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -141,16 +144,21 @@ class BatchRunner:
                 be listed by its top-level values.
             idempotency_key: submitting the same key again returns the batch it made the
                 first time and writes nothing (the items of the second call are ignored).
+                Keys are shared by everyone who submits to the store: scope them (by
+                owner, say) so that one user's key cannot return another's batch. Keys
+                starting with ``batchkit:`` are batchkit's own (`retry_failed`).
             max_failures: once more items than this have failed (for good, after their
                 retries), the rest of the batch is cancelled, with the reason recorded
                 (`BatchStatus.cancel_reason`); `None` runs every item whatever fails.
 
         Raises:
             InvalidBatch: the batch is empty, too large, has a duplicate or invalid key, a
-                payload that is not JSON or over the size limit, or invalid metadata. The
-                message names the offending item; nothing is written.
+                payload that is not JSON or over the size limit, invalid metadata, or an
+                idempotency key in batchkit's own namespace. The message names the
+                offending item; nothing is written.
         """
         limit = check_max_failures(max_failures)
+        _check_not_reserved(idempotency_key)
         new = self._validate(items, metadata, idempotency_key, max_failures=limit)
         return await self._create(new)
 
@@ -174,10 +182,11 @@ class BatchRunner:
             or not idempotency_key
             or len(idempotency_key) > limits.max_idempotency_key_length
             or "\x00" in idempotency_key
+            or not (idempotency_key.isascii() or is_unicode(idempotency_key))
         ):
             raise InvalidBatch(
                 "idempotency_key must be a non-empty string of at most "
-                f"{limits.max_idempotency_key_length} characters without NUL"
+                f"{limits.max_idempotency_key_length} characters without NUL, valid Unicode"
             )
         max_items = limits.max_items
         max_key = limits.max_key_length
@@ -212,13 +221,8 @@ class BatchRunner:
                     f"item #{index} (key {shown!r}): a key must be 1 to {max_key} characters "
                     "without NUL"
                 )
-            if not key.isascii():
-                try:
-                    key.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise InvalidBatch(
-                        f"item #{index} (key {key!r}): key is not valid Unicode"
-                    ) from None
+            if not (key.isascii() or is_unicode(key)):
+                raise InvalidBatch(f"item #{index} (key {key!r}): key is not valid Unicode")
             first = seen.setdefault(key, index)
             if first != index:
                 raise InvalidBatch(f"item #{index} (key {key!r}): duplicate of item #{first}")
@@ -248,16 +252,29 @@ class BatchRunner:
             return {}
         if not isinstance(metadata, Mapping):
             raise InvalidBatch(f"metadata must be a mapping, got {type(metadata).__name__}")
-        meta = dict(metadata)
+        limits = self.limits
         try:
-            check_json(meta, max_depth=self.limits.max_json_depth)
-            encode(meta, max_bytes=self.limits.max_metadata_bytes, what="metadata")
+            text = encode(
+                dict(metadata),
+                max_bytes=limits.max_metadata_bytes,
+                max_depth=limits.max_json_depth,
+                what="metadata",
+            )
         except JSONError as exc:
-            raise InvalidBatch(f"metadata: {exc}") from None
-        return loads(encode(meta, max_bytes=self.limits.max_metadata_bytes))  # type: ignore[return-value]
+            raise InvalidBatch(str(exc)) from None
+        # A copy of its own, made of JSON types only, that the caller cannot change later.
+        return loads(text)  # type: ignore[return-value]
 
     async def _create(self, new: NewBatch) -> Batch:
         record, created = await self.storage.create_batch(new)
+        if new.parent_id is not None and record.parent_id != new.parent_id:
+            # The retry's key was taken first by a batch that is not this retry (a key
+            # chosen by someone else, or written before the namespace was reserved):
+            # that batch is not the caller's to see.
+            raise InvalidBatch(
+                f"the idempotency key {new.idempotency_key!r} is already used by a batch "
+                f"that is not a retry of {new.parent_id}; pass an idempotency_key of your own"
+            )
         if created:
             logger.info("batch submitted", extra={"batch_id": record.id, "total": record.total})
         return batch_from_record(record)
@@ -268,8 +285,10 @@ class BatchRunner:
         """Run the batch's claimable items until the batch is terminal; return its status.
 
         Items are claimed in submission order, ``concurrency`` at a time. An item whose
-        generator raises or times out is marked failed and the next one starts; nothing
-        raised by a generator escapes, except `KeyboardInterrupt` and `SystemExit`. When
+        generator raises (any `BaseException`) or runs past ``item_timeout`` fails its
+        attempt and the next one starts; nothing raised by a generator escapes, except
+        `KeyboardInterrupt` and `SystemExit`: once the failed attempt is written, the
+        other running items are handed back to `queued` and `run` raises it. When
         items are held by other runners, `run` waits for them. Cancelling the task that
         runs it puts its running items back to `queued` (ready for the next `run`) and
         propagates the cancellation.
@@ -281,30 +300,39 @@ class BatchRunner:
         await self._batch_info(batch_id)  # fails early on an unknown batch
         request = ClaimRequest(lease_seconds=self.lease_seconds, batch_ids=(batch_id,))
         executor = self._executor()
+        stop = anyio.CancelScope()
+        executor.on_stopping = stop.cancel
         try:
-            async with AsyncExitStack() as stack:
-                if self.block_warning is not None:
-                    watchers = await stack.enter_async_context(anyio.create_task_group())
-                    await watchers.start(watch_loop, executor, self.block_warning)
-                    stack.callback(watchers.cancel_scope.cancel)
-                changes: Subscription | None = None
-                while True:
-                    await self._run_slots(executor, request)
-                    status = await self.status(batch_id)
-                    if status.is_terminal:
-                        break
-                    # Items are running elsewhere or waiting for their retry time. The
-                    # subscription starts only now (a batch run through by this runner
-                    # never needs one), then the items are looked at once more, so a
-                    # change made before it started is not missed.
-                    if changes is None:
-                        changes = await stack.enter_async_context(self.storage.subscribe(batch_id))
-                        continue
-                    await changes.wait(self._wait_time(executor))
+            with stop:
+                status = await self._run(batch_id, request, executor)
         except BaseExceptionGroup as group:
             _reraise_single(group)
             raise
+        if executor.stopping is not None:
+            raise executor.stopping
         await self._fire_hook(batch_id)
+        return status
+
+    async def _run(self, batch_id: str, request: ClaimRequest, executor: Executor) -> BatchStatus:
+        async with AsyncExitStack() as stack:
+            if self.block_warning is not None:
+                watchers = await stack.enter_async_context(anyio.create_task_group())
+                await watchers.start(watch_loop, executor, self.block_warning)
+                stack.callback(watchers.cancel_scope.cancel)
+            changes: Subscription | None = None
+            while True:
+                await self._run_slots(executor, request)
+                status = await self.status(batch_id)
+                if status.is_terminal:
+                    break
+                # Items are running elsewhere or waiting for their retry time. The
+                # subscription starts only now (a batch run through by this runner
+                # never needs one), then the items are looked at once more, so a
+                # change made before it started is not missed.
+                if changes is None:
+                    changes = await stack.enter_async_context(self.storage.subscribe(batch_id))
+                    continue
+                await changes.wait(self._wait_time(executor))
         return status
 
     def _wait_time(self, executor: Executor) -> float:
@@ -510,11 +538,19 @@ class BatchRunner:
 
         The new batch has ``parent_id == batch_id`` and the old batch's metadata. Calling
         it twice returns the same new batch (the default idempotency key is derived from
-        ``batch_id``), so a double click never runs the retry twice.
+        ``batch_id``, in a namespace `submit` refuses), so a double click never runs the
+        retry twice.
+
+        Args:
+            batch_id: the finished batch whose failed items to run again.
+            idempotency_key: a key of your own instead of the default (to retry the same
+                batch more than once, say, after the retry failed too).
 
         Raises:
             BatchNotFound: no batch has this id.
-            InvalidBatch: the batch is still running, or nothing in it failed.
+            InvalidBatch: the batch is still running, or nothing in it failed, or the
+                idempotency key already names a batch that is not a retry of this one
+                (nothing is written, and no other batch is returned).
         """
         status = await self.status(batch_id)
         if not status.is_terminal:
@@ -534,9 +570,11 @@ class BatchRunner:
             if len(page) < _ITEMS_PAGE_MAX:
                 break
             after = page[-1].position
-        key = (
-            idempotency_key if idempotency_key is not None else f"batchkit:retry-failed:{batch_id}"
-        )
+        if idempotency_key is None:
+            key = f"{RESERVED_KEY_PREFIX}retry-failed:{batch_id}"
+        else:
+            _check_not_reserved(idempotency_key)
+            key = idempotency_key
         new = self._validate(
             failed, status.metadata, key, parent_id=batch_id, max_failures=status.max_failures
         )
@@ -553,6 +591,18 @@ class BatchRunner:
         # Only ids batchkit made reach a storage: they become SQL values and Redis keys.
         if not is_batch_id(batch_id):
             raise BatchNotFound(batch_id)
+
+
+#: Idempotency keys starting with this are batchkit's own; `submit` refuses them.
+RESERVED_KEY_PREFIX = "batchkit:"
+
+
+def _check_not_reserved(idempotency_key: object) -> None:
+    if isinstance(idempotency_key, str) and idempotency_key.startswith(RESERVED_KEY_PREFIX):
+        raise InvalidBatch(
+            f"idempotency keys starting with {RESERVED_KEY_PREFIX!r} are reserved for "
+            "batchkit's own use (retry_failed); choose another key"
+        )
 
 
 def _reraise_single(group: BaseExceptionGroup[BaseException]) -> None:

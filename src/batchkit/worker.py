@@ -17,6 +17,7 @@ import anyio.abc
 
 from ._execution import BatchInfoCache, Executor
 from ._hooks import BatchFinishedHook, fire_hook
+from ._secrets import redact
 from ._watch import watch_loop
 from .exceptions import BatchNotFound, StorageError
 from .ids import is_batch_id
@@ -113,6 +114,11 @@ class Worker:
     Run it with ``await worker.run()`` (until `stop` is called, or until there is nothing
     left with ``exit_when_idle``), or as ``async with worker:`` to run it in the
     background of a block (an app's lifespan): leaving the block stops it gracefully.
+
+    Whatever a generator raises fails that item's attempt and the worker goes on; a
+    `SystemExit` or `KeyboardInterrupt` it raises fails the attempt too, which is written
+    first, and then stops the worker as itself (its other running items are handed back
+    to `queued`), so that a process exits when its code asks it to.
 
     Args:
         storage: the shared store (opened by the caller).
@@ -230,9 +236,9 @@ class Worker:
         self._stack: AsyncExitStack | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"Worker(name={self.name!r}, storage={self.storage!r}, concurrency={self.concurrency})"
-        )
+        # A storage of the host's own may show its URL whole: hidden here all the same.
+        storage = redact(repr(self.storage))
+        return f"Worker(name={self.name!r}, storage={storage}, concurrency={self.concurrency})"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -297,11 +303,11 @@ class Worker:
     async def _run(self) -> WorkerStats:
         self.stats.started_at = time.time()
         logger.info(
-            "worker %s started: concurrency %d, lease %g s, on %r",
+            "worker %s started: concurrency %d, lease %g s, on %s",
             self.name,
             self.concurrency,
             self.lease,
-            self.storage,
+            redact(repr(self.storage)),
             extra={"event": "worker_started", "worker": self.name},
         )
         executor = Executor(
@@ -318,6 +324,7 @@ class Worker:
             on_event=lambda event, lease: self.stats._count(event, lease),
             patient=True,
         )
+        executor.on_stopping = lambda: self.stop(grace_period=0)
         try:
             async with anyio.create_task_group() as outer:
                 if self.block_warning is not None:
@@ -345,6 +352,8 @@ class Worker:
                 stats.cancelled,
                 extra={"event": "worker_stopped", "worker": self.name},
             )
+        if executor.stopping is not None:
+            raise executor.stopping
         return self.stats
 
     async def _enforce_grace(self, slots: anyio.CancelScope) -> None:

@@ -152,6 +152,7 @@ async def test_connections_killed_during_a_run_are_retried(prefix: str) -> None:
         await admin.aclose()
 
 
+@pytest.mark.serial  # flushes every script of the server, other tests' too
 async def test_script_flush_during_a_run_is_survived(prefix: str) -> None:
     admin = Redis.from_url(REDIS_URL)
 
@@ -166,6 +167,34 @@ async def test_script_flush_during_a_run_is_survived(prefix: str) -> None:
             )
     finally:
         await admin.aclose()
+
+
+@pytest.mark.serial  # flushes every script of the server, other tests' too
+async def test_scripts_flushed_again_and_again_fail_no_call(prefix: str) -> None:
+    # Flushed in a loop, the scripts can be lost again between redis-py loading one and
+    # running it: the storage runs it once more (it did not run), never a StorageError.
+    admin = Redis.from_url(REDIS_URL)
+    flushes = 0
+
+    async def flush_forever() -> None:
+        nonlocal flushes
+        while True:
+            await admin.script_flush()
+            flushes += 1
+            await anyio.sleep(0.002)
+
+    try:
+        async with RedisStorage(REDIS_URL, prefix=prefix) as storage:
+            runner = BatchRunner(storage, _noop)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flush_forever)
+                for _ in range(20):
+                    batch = await runner.submit([f"item-{n}" for n in range(20)])
+                    assert (await runner.run(batch.id)).state is BatchState.COMPLETED
+                tg.cancel_scope.cancel()
+    finally:
+        await admin.aclose()
+    assert flushes > 20
 
 
 async def test_two_runner_processes_share_one_batch(prefix: str, tmp_path: Path) -> None:
@@ -212,6 +241,7 @@ def test_an_invalid_prefix_is_refused(prefix_value: str) -> None:
         RedisStorage(REDIS_URL, prefix=prefix_value)
 
 
+@pytest.mark.serial  # counts the server's script calls: another test's would be counted
 async def test_a_run_costs_one_script_call_per_item(
     prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchkit.codec import JSONError, check_json, dumps, encode, loads
+from batchkit.codec import (
+    MAX_INT_DIGITS,
+    MAX_JSON_DEPTH,
+    JSONError,
+    check_json,
+    dumps,
+    encode,
+    loads,
+)
 from batchkit.models import ItemState
 
 # Text with NUL, controls and any code point JSON can carry (no lone surrogates).
@@ -189,6 +198,102 @@ def test_a_value_that_contains_itself_is_refused_not_a_crash() -> None:
 def test_very_deep_nesting_is_refused_without_recursion_error() -> None:
     with pytest.raises(JSONError, match="nested too deeply"):
         check_json(nest(100_000))
+
+
+@pytest.mark.parametrize("max_depth", [MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1, 100_000, 10**9])
+def test_nesting_is_capped_whatever_max_depth_says(max_depth: int) -> None:
+    # Python's json recurses: a value past the cap would raise RecursionError in dumps or
+    # loads (on 3.11, at about 1,000 levels less the caller's stack), never JSONError.
+    at_cap = nest(MAX_JSON_DEPTH)
+    check_json(at_cap, max_depth=max_depth)
+    text = encode(at_cap, max_bytes=10_000, max_depth=max_depth)
+    assert loads(text) == at_cap
+    for too_deep in (nest(MAX_JSON_DEPTH + 1), nest(100_000)):
+        with pytest.raises(JSONError, match="nested too deeply"):
+            check_json(too_deep, max_depth=max_depth)
+        with pytest.raises(JSONError, match="nested too deeply"):
+            encode(too_deep, max_bytes=10**9, max_depth=max_depth, what="payload")
+
+
+def test_nesting_error_names_the_path_of_the_level_too_many() -> None:
+    with pytest.raises(JSONError) as info:
+        check_json({"a": [{"b": [1]}]}, max_depth=3)
+    assert info.value.path == "$.a[0].b"
+
+
+def test_checking_does_not_recurse() -> None:
+    # Refused at the cap however little stack is left: the walk keeps its own stack.
+    depth = sys.getrecursionlimit()
+    sys.setrecursionlimit(100)
+    try:
+        with pytest.raises(JSONError, match="nested too deeply"):
+            check_json(nest(100_000), max_depth=MAX_JSON_DEPTH)
+        with pytest.raises(JSONError, match="not a string"):
+            check_json(nest_leaf(MAX_JSON_DEPTH - 1, {1: 2}), max_depth=MAX_JSON_DEPTH)
+    finally:
+        sys.setrecursionlimit(depth)
+
+
+def nest_leaf(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_integers_round_trip_up_to_the_digits_python_spells(sign: int) -> None:
+    longest = sign * (10**MAX_INT_DIGITS - 1)
+    for value in (sign * 2**64, sign * 2**1000, longest):
+        assert loads(encode([value], max_bytes=10_000)) == [value]
+    with pytest.raises(JSONError) as info:
+        encode({"n": [longest * 10]}, max_bytes=10**6, what="payload")
+    assert str(info.value) == (
+        f"payload is not JSON: integer of more than {MAX_INT_DIGITS} digits at $.n[0]"
+    )
+
+
+def test_a_process_that_spells_fewer_digits_refuses_with_json_error() -> None:
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    try:
+        with pytest.raises(JSONError, match="payload is not JSON"):
+            encode([10**700], max_bytes=10_000, what="payload")
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
+_wild_st = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.text(st.characters(categories=["Cs"]), max_size=2)
+    | st.binary(max_size=2),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=3) | st.integers(-1, 1), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(value=_wild_st, max_depth=st.integers(0, 4))
+def test_check_json_is_exact_or_names_a_culprit(value: Any, max_depth: int) -> None:
+    # The fast check and the walk that explains a refusal agree: a value passes both, or
+    # the refusal names a reason and a path.
+    error: JSONError | None = None
+    try:
+        check_json(value, max_depth=max_depth)
+    except JSONError as exc:
+        error = exc
+    if error is None:
+        assert same(loads(dumps(value)), value)
+    else:
+        assert error.reason != "not JSON"
+        assert error.path.startswith("$")
 
 
 # -- encode: naming and size ----------------------------------------------------------------

@@ -10,8 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from batchkit.codec import MAX_JSON_DEPTH
 from batchkit.models import (
     ACTIVE_ITEM_STATES,
+    LIMIT_CAPS,
+    MAX_ERROR_TEXT_LENGTH,
     TERMINAL_BATCH_STATES,
     TERMINAL_ITEM_STATES,
     Batch,
@@ -113,6 +116,44 @@ def test_limits_accept_a_custom_value(name: str) -> None:
     for other in LIMIT_FIELDS:
         if other != name:
             assert getattr(limits, other) == getattr(Limits(), other)
+
+
+def test_every_limit_has_a_hard_cap_above_its_default() -> None:
+    assert set(LIMIT_CAPS) == set(LIMIT_FIELDS)
+    for name, (cap, why) in LIMIT_CAPS.items():
+        assert getattr(Limits(), name) <= cap, name
+        assert why, name
+
+
+# The error text fields share one budget: at its cap, one leaves the other a character.
+_AT_CAP_OTHERS = {
+    "max_error_length": {"max_traceback_length": 1},
+    "max_traceback_length": {"max_error_length": 1},
+}
+
+
+@pytest.mark.parametrize("name", LIMIT_FIELDS)
+def test_limits_accept_their_hard_cap_and_refuse_one_more(name: str) -> None:
+    cap, why = LIMIT_CAPS[name]
+    others = _AT_CAP_OTHERS.get(name, {})
+    assert getattr(Limits(**{name: cap}, **others), name) == cap
+    with pytest.raises(ValidationError) as info:
+        Limits(**{name: cap + 1}, **others)
+    assert isinstance(info.value, ValueError)
+    assert f"{name} is at most {cap:,} ({why}); got {cap + 1:,}" in str(info.value)
+
+
+def test_max_json_depth_past_the_cap_is_refused_not_a_recursion_error_later() -> None:
+    assert LIMIT_CAPS["max_json_depth"][0] == MAX_JSON_DEPTH == 128
+    with pytest.raises(ValueError, match="max_json_depth is at most 128"):
+        Limits(max_json_depth=100_000)
+
+
+def test_error_message_and_traceback_share_one_budget() -> None:
+    assert Limits().max_error_length + Limits().max_traceback_length == MAX_ERROR_TEXT_LENGTH
+    Limits(max_error_length=5_000, max_traceback_length=5_000)
+    with pytest.raises(ValidationError, match="max_error_length \\+ max_traceback_length"):
+        Limits(max_error_length=5_000)  # with the default traceback: 13,000
 
 
 def test_limits_are_frozen_and_closed() -> None:

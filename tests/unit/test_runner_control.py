@@ -21,6 +21,7 @@ from batchkit import (
     ItemSpec,
     ItemState,
     MemoryStorage,
+    Worker,
 )
 
 from .helpers import all_items
@@ -135,6 +136,60 @@ async def test_retry_failed_refuses_a_batch_still_queued_or_running(
     ]
     assert len(await storage.list_batches()) == 1
     assert (await runner.retry_failed(batch.id)).total == 3
+
+
+async def test_retry_failed_cannot_be_hijacked_by_a_predictable_key(
+    storage: MemoryStorage,
+) -> None:
+    # Anyone who may submit could take the key retry_failed uses by default before the
+    # batch's owner retries it: submit refuses batchkit's namespace.
+    async def gen(ctx: ItemContext) -> None:
+        if ctx.key != "evil":
+            raise ValueError("no")
+
+    runner = BatchRunner(storage, gen)
+    victim = await runner.submit(["a", "b"])
+    await runner.run(victim.id)
+
+    for key in (f"batchkit:retry-failed:{victim.id}", "batchkit:anything"):
+        with pytest.raises(InvalidBatch, match="reserved for batchkit's own use"):
+            await runner.submit(["evil"], idempotency_key=key)
+        with pytest.raises(InvalidBatch, match="reserved for batchkit's own use"):
+            await runner.retry_failed(victim.id, idempotency_key=key)
+    assert len(await storage.list_batches()) == 1
+
+    again = await runner.retry_failed(victim.id)
+    assert again.parent_id == victim.id
+    assert {item.key for item in await all_items(runner, again.id)} == {"a", "b"}
+
+
+async def test_retry_failed_never_returns_a_batch_that_is_not_its_retry(
+    storage: MemoryStorage,
+) -> None:
+    # A key taken by another batch (one the caller chose, or written before the
+    # namespace was reserved) is a clear error, not the other batch.
+    async def gen(ctx: ItemContext) -> None:
+        raise ValueError("no")
+
+    runner = BatchRunner(storage, gen)
+    victim = await runner.submit(["a"])
+    await runner.run(victim.id)
+    stranger = await runner.submit(["evil"], idempotency_key="shared-key")
+    planted = runner._validate(  # as an older version would have written it
+        ["evil"], {}, f"batchkit:retry-failed:{victim.id}"
+    )
+    await storage.create_batch(planted)
+    before = await storage.list_batches()
+
+    with pytest.raises(InvalidBatch, match="not a retry of") as info:
+        await runner.retry_failed(victim.id, idempotency_key="shared-key")
+    assert stranger.id not in str(info.value)
+    with pytest.raises(InvalidBatch, match="pass an idempotency_key of your own"):
+        await runner.retry_failed(victim.id)
+    assert await storage.list_batches() == before
+
+    mine = await runner.retry_failed(victim.id, idempotency_key="victim-retry")
+    assert mine.parent_id == victim.id
 
 
 # -- cancel ----------------------------------------------------------------------------
@@ -404,6 +459,33 @@ async def test_a_hook_that_raises_is_logged_and_run_still_returns(
     assert records[0].levelno == logging.ERROR
     assert records[0].exc_info is not None
     assert "mail server down" in str(records[0].exc_info[1])
+
+
+class HookPoison(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("raised", [HookPoison("no"), SystemExit(2), GeneratorExit()])
+async def test_a_hook_that_raises_a_base_exception_counts_as_fired(
+    storage: MemoryStorage, raised: BaseException
+) -> None:
+    # Raised out of the runner, the hook would stay unacknowledged and stop the next
+    # runner that fires it, and the next.
+    calls: list[str] = []
+
+    async def hook(status: BatchStatus) -> None:
+        calls.append(status.batch_id)
+        raise raised
+
+    runner = BatchRunner(storage, echo, on_batch_finished=hook)
+    batch = await runner.submit(["a"])
+    final = await runner.run(batch.id)
+    await runner.run(batch.id)
+    stats = await Worker(storage, echo, on_batch_finished=hook, exit_when_idle=True).run()
+
+    assert final.state is BatchState.COMPLETED
+    assert calls == [batch.id]
+    assert stats.failed == 0
 
 
 async def test_two_runners_on_one_batch_fire_the_hook_once(storage: MemoryStorage) -> None:

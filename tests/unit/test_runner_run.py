@@ -163,33 +163,23 @@ async def test_hanging_generator_times_out_and_the_batch_moves_on(storage: Memor
     assert "item_timeout=0.05" in hangs.error.message
 
 
-async def test_keyboard_interrupt_and_system_exit_propagate_and_leave_the_item_queued(
-    storage: MemoryStorage,
-) -> None:
-    raised: list[BaseException] = []
+async def test_an_error_is_cut_to_the_smallest_limits(storage: MemoryStorage) -> None:
+    # A class name of any length (a generated class) and a one-character traceback
+    # limit: what is stored is bounded all the same.
+    Odd = type("E" * 5_000, (Exception,), {})
 
-    async def gen(ctx: ItemContext) -> str:
-        if ctx.key == "stop" and ctx.attempt == 1:
-            exc: BaseException = KeyboardInterrupt() if ctx.payload == "kbd" else SystemExit(3)
-            raised.append(exc)
-            raise exc
-        return "ok"
+    async def gen(ctx: ItemContext) -> None:
+        raise Odd("x" * 100)
 
-    runner = BatchRunner(storage, gen)
-    for kind, expected in (("kbd", KeyboardInterrupt), ("exit", SystemExit)):
-        batch = await runner.submit(["before", ItemSpec(key="stop", payload=kind), "after"])
-
-        with pytest.raises(expected) as info:
-            await runner.run(batch.id)
-
-        assert info.value is raised[-1]
-        before, stop, after = await all_items(runner, batch.id)
-        assert before.state is ItemState.SUCCEEDED
-        assert stop.state is ItemState.QUEUED
-        assert stop.attempt == 1
-        assert after.state is ItemState.QUEUED
-        final = await runner.run(batch.id)
-        assert final.state is BatchState.COMPLETED
+    limits = Limits(max_error_length=1, max_traceback_length=1)
+    runner = BatchRunner(storage, gen, limits=limits)
+    batch = await runner.submit(["a"])
+    await runner.run(batch.id)
+    [item] = await all_items(runner, batch.id)
+    assert item.error is not None
+    assert (item.error.message, item.error.traceback) == ("…", "…")
+    assert len(item.error.type) == 200
+    assert item.error.type.startswith("EEE")
 
 
 async def test_stored_errors_are_bounded_and_redacted(storage: MemoryStorage) -> None:

@@ -96,16 +96,26 @@ def test_sync_spellings_are_refused_with_the_async_one(url: str, fixed: str) -> 
     "url",
     [
         "postgresql://app:s3cret@db/app",
+        "postgresql://app@db/app?sslmode=require&password=s3cret",
         "mysql+pymysql://root:s3cret@db/app",
         "memory://app:s3cret@db/",
+        "host=db user=app password=s3cret dbname=app",
+        b"postgresql+asyncpg://app:s3cret@db/app",
     ],
 )
-def test_a_password_in_a_refused_url_stays_out_of_the_message(url: str) -> None:
+def test_a_password_in_a_refused_url_stays_out_of_the_message(url: Any) -> None:
     # Hosts log exceptions: the message names the URL with its password hidden.
     with pytest.raises(InvalidStorageURL) as info:
         open_storage(url)
     assert "s3cret" not in str(info.value)
     assert "***" in str(info.value)
+
+
+def test_what_comes_before_the_separator_is_shown_only_if_it_is_a_scheme() -> None:
+    # A forgotten scheme leaves "user:password@host" where the scheme should be.
+    with pytest.raises(InvalidStorageURL, match="not a scheme") as info:
+        open_storage("app:s3cret@db://app")
+    assert "s3cret" not in str(info.value)
 
 
 def test_sql_storage_refuses_a_sync_url_without_showing_its_password() -> None:

@@ -24,7 +24,7 @@ import anyio
 if TYPE_CHECKING:
     from batchkit import BatchStatus, ItemContext
 
-__all__ = ["dying_hook", "flaky", "generate", "hook", "not_callable"]
+__all__ = ["dying_hook", "flaky", "generate", "hook", "not_callable", "poisoned"]
 
 _PID = os.getpid()
 _SLEEP = float(os.environ.get("BATCHKIT_TEST_SLEEP", "0"))
@@ -56,6 +56,28 @@ async def flaky(ctx: ItemContext) -> dict[str, Any]:
     """Fail every first attempt, then do as `generate`."""
     if ctx.attempt == 1:
         raise ConnectionError(f"{ctx.key}: the renderer is busy")
+    return await generate(ctx)
+
+
+class Poison(BaseException):
+    """A host's own BaseException: not an `Exception`."""
+
+
+_POISONS: dict[str, type[BaseException]] = {
+    "Poison": Poison,
+    "GeneratorExit": GeneratorExit,
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
+async def poisoned(ctx: ItemContext) -> dict[str, Any]:
+    """Raise the BaseException the payload names (``{"raise": "SystemExit"}``), on every
+    attempt; do as `generate` for any other payload."""
+    if isinstance(ctx.payload, dict) and "raise" in ctx.payload:
+        entry = {"key": ctx.key, "pid": _PID, "attempt": ctx.attempt}
+        _append("BATCHKIT_TEST_RUNLOG", {**entry, "event": "start", "t": time.monotonic()})
+        raise _POISONS[ctx.payload["raise"]](f"{ctx.key} is poisoned")
     return await generate(ctx)
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from batchkit import Batch
 
 pytestmark = pytest.mark.anyio
+
+#: A password given to a worker in its storage URL, which it must never print.
+PASSWORD = "S3cretPW"
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -87,6 +91,7 @@ def test_help_documents_every_option() -> None:
         (["--batch", "nope"], "not a batch id"),
         (["--where", "owner"], "KEY=VALUE"),
         (["--where", "tags=[1]"], "single JSON scalar"),
+        (["--where", "tags=" + "[" * 50_000 + "]" * 50_000], "single JSON scalar"),
         (["--log-level", "loud"], "invalid choice"),
     ],
 )
@@ -119,17 +124,108 @@ def test_a_generator_that_cannot_be_loaded_exits_1(tmp_path: Path) -> None:
     assert "is not callable" in value.stderr
 
 
-def test_an_unreachable_storage_exits_1_without_its_password() -> None:
-    done = _cli(
-        "worker",
-        "--storage",
-        "postgresql+asyncpg://app:s3cret-pw@127.0.0.1:9/app",
-        "--generator",
-        f"{GENERATORS}:generate",
-    )
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        pytest.param(
+            "postgresql+asyncpg://app:s3cret-pw@127.0.0.1:9/app", "s3cret-pw", id="postgres"
+        ),
+        pytest.param(
+            f"postgresql+asyncpg://app@127.0.0.1:9/app?password={PASSWORD}",
+            PASSWORD,
+            id="postgres-query",
+        ),
+        pytest.param(f"redis://:{PASSWORD}@127.0.0.1:9/0", PASSWORD, id="redis"),
+        pytest.param(f"redis://127.0.0.1:9/0?password={PASSWORD}", PASSWORD, id="redis-query"),
+        # redis-py reads the password's head as a port, and says so when it cannot parse it.
+        pytest.param("redis://:S3cret/PW@127.0.0.1:9/0", "S3cret", id="redis-raw-slash"),
+    ],
+)
+def test_an_unreachable_storage_exits_1_without_its_password(url: str, secret: str) -> None:
+    done = _cli("worker", "--storage", url, "--generator", f"{GENERATORS}:generate")
     assert done.returncode == EXIT_FAILED
     assert "cannot open" in done.stderr
-    assert "s3cret-pw" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+    assert secret not in done.stderr + done.stdout
+
+
+def test_a_refused_password_exits_1_without_it(mysql_store: Store) -> None:
+    url = _with_secret(mysql_store.url, query=False, replace=True)
+    done = _cli("worker", "--storage", url, "--generator", f"{GENERATORS}:generate")
+    assert done.returncode == EXIT_FAILED
+    assert "Access denied" in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
+
+
+def test_a_url_where_no_option_takes_it_is_not_echoed() -> None:
+    url = f"postgresql+asyncpg://app:{PASSWORD}@db/app"
+    done = _cli("worker", url, "--generator", f"{GENERATORS}:generate")
+    assert done.returncode == EXIT_USAGE
+    assert "unrecognized arguments" in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
+    helped = _cli("worker", "--help", env={"BATCHKIT_STORAGE": url})
+    assert helped.returncode == EXIT_OK
+    assert PASSWORD not in helped.stderr + helped.stdout
+
+
+def _with_secret(url: str, *, query: bool, replace: bool = False) -> str:
+    """``url`` of a store under test with `PASSWORD` in it (in the query string, or as the
+    user's password); one that has its own password keeps it, unless ``replace``.
+
+    SQLite ignores it; PostgreSQL with trust authentication and Redis without
+    ``requirepass`` accept any.
+    """
+    parts = urlsplit(url)
+    if parts.password and not replace:
+        return url
+    if url.startswith("sqlite"):
+        # As a SQLite URI, whose parameters SQLite does not know it ignores.
+        return f"sqlite+aiosqlite:///file:{url.partition(':///')[2]}?uri=true&password={PASSWORD}"
+    if query:
+        joined = f"{parts.query}&" if parts.query else ""
+        return urlunsplit(parts._replace(query=f"{joined}password={PASSWORD}"))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{PASSWORD}@{host}"))
+
+
+@pytest.mark.parametrize(
+    ("name", "query"),
+    [
+        pytest.param("sqlite", True, id="sqlite-query"),
+        pytest.param("postgres", False, id="postgres"),
+        pytest.param("postgres", True, id="postgres-query"),
+        pytest.param("redis", False, id="redis"),
+        pytest.param("redis", True, id="redis-query"),
+    ],
+)
+def test_a_worker_never_prints_its_storages_password(
+    request: pytest.FixtureRequest, name: str, query: bool
+) -> None:
+    store: Store = request.getfixturevalue(f"{name}_store")
+    url = _with_secret(store.url, query=query)
+    secret = urlsplit(url).password or PASSWORD
+    batch = anyio.run(_submit, store, ["a", "b"])
+    for log_format in ("text", "json"):
+        done = _cli(
+            "worker",
+            "--storage",
+            url,
+            "--prefix",
+            store.prefix,
+            "--generator",
+            f"{GENERATORS}:generate",
+            "--exit-when-idle",
+            "--log-level",
+            "DEBUG",
+            "--log-format",
+            log_format,
+        )
+        assert done.returncode == EXIT_OK, done.stderr
+        assert "started" in done.stderr  # the line that names the storage
+        assert secret not in done.stderr + done.stdout
+        if log_format == "json":  # hidden inside each text: the lines stay JSON
+            assert all(json.loads(line) for line in done.stderr.splitlines())
+    assert anyio.run(_states, store, batch) == [(ItemState.SUCCEEDED, 1)] * 2
 
 
 def test_the_storage_comes_from_the_environment_too(sqlite_store: Store) -> None:

@@ -4,6 +4,7 @@
 * Connection drop: the store's server drops every connection while a worker runs.
 * Race: four workers on one 5,000-item batch.
 * The worker that finished a batch dies before its completion hook has run.
+* A poison item raises a BaseException that is not an Exception on every attempt.
 
 A Redis server that crashes under a worker: `test_redis_restart.py`.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from batchkit import BatchRunner, BatchState, ItemState
+from batchkit import BatchRunner, BatchState, ItemSpec, ItemState
 from batchkit.status import recount
 from batchkit.testing.contract import all_items
 
@@ -105,6 +106,7 @@ async def test_a_worker_killed_again_and_again_loses_nothing(
     assert _hooks_of(workers, batch) == ["completed"]
 
 
+@pytest.mark.serial  # drops every connection to the server, other tests' too
 async def test_dropped_connections_lose_nothing(server_store: Store, workers: Workers) -> None:
     batch = await _submit(server_store, 500)
     process = await workers.start(
@@ -180,3 +182,57 @@ async def test_a_hook_fires_once_though_the_finishing_worker_died(
     again.send_signal(signal.SIGTERM)
     assert await workers.wait(again, 30) == 0, workers.logs()
     assert _hooks_of(workers, batch) == ["completed"]
+
+
+POISONS = ["Poison", "GeneratorExit", "SystemExit", "KeyboardInterrupt"]
+#: The poisons after which the worker writes the attempt and exits (status 1).
+STOPPING = {"SystemExit", "KeyboardInterrupt"}
+
+
+async def test_a_poison_item_ends_failed_and_its_batch_finishes(
+    store: Store, workers: Workers
+) -> None:
+    # One batch per poison: 20 items, the 8th raising it on every attempt. A worker under
+    # a supervisor (started again whenever it exits, as systemd or Kubernetes would) must
+    # end each batch: the poison item failed after its 3 attempts, the 19 others done.
+    batches = {}
+    async with store.storage() as storage:
+        runner = BatchRunner(storage, _nothing)
+        for poison in POISONS:
+            items = [
+                ItemSpec(key=f"{poison}-{n:02}", payload={"raise": poison} if n == 7 else None)
+                for n in range(20)
+            ]
+            batches[poison] = await runner.submit(items)
+    options = ("--max-attempts", "3", "--backoff", "0", "--concurrency", "2", "--exit-when-idle")
+    exits = []
+    with anyio.fail_after(120):
+        while True:
+            process = await workers.start(*options, generator="poisoned", hook=None)
+            exits.append(await workers.wait(process, timeout=60))
+            if exits[-1] == 0:
+                break
+            assert len(exits) <= 12, f"the worker keeps exiting: {exits}\n{workers.logs()}"
+    # Two stopping poisons, three attempts each: an exit with status 1 after each (fewer
+    # when both raise at once, and both attempts are written before the worker stops),
+    # then a run that ends idle.
+    assert exits[-1] == 0, workers.logs()
+    assert set(exits[:-1]) == {1}, exits
+    assert 3 <= len(exits) - 1 <= 6, exits
+    async with store.storage() as storage:
+        runner = BatchRunner(storage, _nothing)
+        for poison, batch in batches.items():
+            status = await runner.status(batch.id)
+            items = await all_items(storage, batch.id)
+            assert status.state is BatchState.COMPLETED_WITH_ERRORS, (poison, workers.logs())
+            bad = items[7]
+            assert bad.state is ItemState.FAILED, (poison, bad)
+            assert bad.error is not None
+            assert bad.error.type == poison
+            assert f"{bad.key} is poisoned" in bad.error.message
+            assert [e.type for e in bad.errors] == [poison] * 3, bad.errors
+            others = items[:7] + items[8:]
+            assert all(i.state is ItemState.SUCCEEDED for i in others), (poison, others)
+    runs = workers.runs()
+    for poison in POISONS:
+        assert len(runs[f"{poison}-07"]) == 3, runs[f"{poison}-07"]  # three, no more

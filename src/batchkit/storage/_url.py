@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._secrets import redact
@@ -12,6 +13,9 @@ if TYPE_CHECKING:
     from ..protocols import Storage
 
 __all__ = ["open_storage", "require"]
+
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
 class _Adapter(NamedTuple):
@@ -91,9 +95,17 @@ def open_storage(url: str, *, prefix: str | None = None, **options: Any) -> Stor
         ValueError: the adapter refuses the prefix (see its class).
     """
     if not isinstance(url, str) or "://" not in url:
-        raise InvalidStorageURL(f"{url!r} is not a storage URL (expected e.g. 'memory://')")
+        # Not a URL, but perhaps a keyword DSN ("host=db password=..."): redacted too.
+        shown = repr(redact(url)) if isinstance(url, str) else redact(repr(url))
+        raise InvalidStorageURL(f"{shown} is not a storage URL (expected e.g. 'memory://')")
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
+    if _SCHEME.fullmatch(scheme) is None:
+        # Not shown: it may be "user:password@host" with the scheme forgotten.
+        raise InvalidStorageURL(
+            "not a storage URL: what comes before '://' is not a scheme "
+            "(expected e.g. 'memory://' or 'postgresql+asyncpg://')"
+        )
     if scheme == "memory":
         if rest.strip("/"):
             raise InvalidStorageURL(f"'memory://' takes no host or path, got {redact(url)!r}")

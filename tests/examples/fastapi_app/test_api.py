@@ -157,6 +157,25 @@ async def test_retry_failed_makes_a_batch_of_exactly_the_failed_products(
     assert "no failed items" in nothing.json()["detail"]
 
 
+async def test_a_request_id_cannot_take_another_owners_retry(app: Any) -> None:
+    # An owner named like batchkit's namespace, sending the request id retry_failed's
+    # key would end with, makes a batch of their own and leaves the victim's retry alone.
+    async with _client(app, "ada") as ada, _client(app, "batchkit") as mallory:
+        victim = (
+            await ada.post("/api/v1/products/batch-generate", json={"product_ids": UNUSABLE[:1]})
+        ).json()
+        await _until_terminal(ada, victim["batch_id"])
+        taken = await mallory.post(
+            "/api/v1/products/batch-generate",
+            json={"product_ids": USABLE[:1], "request_id": f"retry-failed:{victim['batch_id']}"},
+        )
+        assert taken.status_code == 202
+        retry = await ada.post(f"/api/v1/products/batch/{victim['batch_id']}/retry-failed")
+        assert retry.status_code == 202
+        assert retry.json()["parent_id"] == victim["batch_id"]
+        assert retry.json()["batch_id"] != taken.json()["batch_id"]
+
+
 async def test_each_owner_sees_their_own_batches_only(app: Any, ada: httpx.AsyncClient) -> None:
     mine = (
         await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:2]})

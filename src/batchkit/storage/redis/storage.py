@@ -17,9 +17,9 @@ import anyio.lowlevel
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from ..._secrets import redact
+from ..._secrets import redact, safe_url, shows_secret, unparsable, url_secrets
 from ...codec import dumps, loads, same_json
-from ...exceptions import BatchNotFound, ItemNotFound, StorageError
+from ...exceptions import BatchNotFound, InvalidStorageURL, ItemNotFound, StorageError
 from ...history import errors_of
 from ...ids import is_batch_id, new_token
 from ...models import Item, ItemError, ItemState
@@ -84,6 +84,13 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+def _client_secrets(client: Any) -> frozenset[str]:
+    """The password of a host's client, to hide it should a driver error repeat it."""
+    settings = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    password = settings.get("password") if isinstance(settings, dict) else None
+    return frozenset({password}) if isinstance(password, str) and password else frozenset()
+
+
 def _text(value: Any) -> Any:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
@@ -136,10 +143,17 @@ class RedisStorage:
             self._url: str | None = url_or_client
             self._client: Redis | None = None
             self._owns_client = True
+            # What the storage shows of its URL is built once from its parts, the same
+            # before open, while open and after close; the password is never part of it.
+            self._shown = repr(safe_url(url_or_client))
+            self._secrets = url_secrets(url_or_client)
         else:
             self._url = None
             self._client = url_or_client
             self._owns_client = False
+            # Nothing of the client's connection settings is shown: they hold its password.
+            self._shown = "<a host's client>"
+            self._secrets = _client_secrets(url_or_client)
         self.finished_ttl = finished_ttl
         self.poll_interval = poll_interval
         self.retries = retries
@@ -159,8 +173,7 @@ class RedisStorage:
         return cls(url, **options)
 
     def __repr__(self) -> str:
-        where = "a host's client" if self._url is None else redact(self._url)
-        return f"RedisStorage({where}, prefix={self.prefix!r})"
+        return f"RedisStorage({self._shown}, prefix={self.prefix!r})"
 
     @property
     def client(self) -> Redis:
@@ -187,7 +200,14 @@ class RedisStorage:
         """Connect and load the scripts (reloaded by themselves if the server forgets them)."""
         if self._client is None:
             assert self._url is not None
-            self._client = Redis.from_url(self._url)
+            try:
+                self._client = Redis.from_url(self._url)
+            except ValueError as exc:
+                # redis-py's message may quote a piece of the password (as a "port").
+                raise InvalidStorageURL(
+                    f"cannot open {self!r}: its URL cannot be parsed: "
+                    f"{unparsable(self._url, exc, self._secrets)}"
+                ) from None
         if not self._scripts:
             for name in (
                 "CHUNK",
@@ -207,7 +227,12 @@ class RedisStorage:
         try:
             await self._client.ping()
         except _TRANSIENT as exc:
-            raise StorageError(f"cannot open {self!r}: {exc}") from exc
+            # A driver's error that shows a secret is not chained: a logged traceback
+            # would print it (the message says what it said, redacted).
+            cause = None if shows_secret(exc, self._secrets) else exc
+            raise StorageError(
+                f"cannot open {self!r}: {redact(str(exc), self._secrets)}"
+            ) from cause
 
     async def aclose(self) -> None:
         """Close the client if this storage created it; a host's client stays open."""
@@ -332,17 +357,24 @@ class RedisStorage:
                 # lapsed.
                 with anyio.CancelScope(shield=True):
                     return await work()
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, redis_errors.NoScriptError) as exc:
+                # NOSCRIPT: the server lost its scripts (a restart, a failover, a SCRIPT
+                # FLUSH) again between redis-py loading one and running it; it did not
+                # run, so running it again is safe.
                 if tries >= self.retries:
-                    raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+                    raise self._fault(exc) from exc
             except redis_errors.ResponseError as exc:
-                raise StorageError(f"ResponseError: {exc}") from exc
+                raise self._fault(exc) from exc
             tries += 1
             delay = min(2.0, 0.05 * 2**tries)
             logger.warning(
                 "transient Redis fault, retrying", extra={"attempt": tries, "delay": delay}
             )
             await anyio.sleep(delay)
+
+    def _fault(self, exc: BaseException) -> StorageError:
+        """The `StorageError` for a driver's error, without the storage's secrets."""
+        return StorageError(redact(f"{type(exc).__name__}: {exc}", self._secrets))
 
     # -- creating and reading --------------------------------------------------------
 

@@ -16,13 +16,20 @@ from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar, cast
 
 import anyio
 from sqlalchemy import Row, Text, and_, bindparam, case, event, func, literal, or_, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from ..._secrets import redact
-from ...codec import dumps, loads
-from ...exceptions import BatchNotFound, ItemNotFound, SchemaVersionMismatch, StorageError
+from ..._secrets import redact, safe_url, shows_secret, unparsable, url_secrets
+from ...codec import dumps, is_unicode, loads
+from ...exceptions import (
+    BatchNotFound,
+    InvalidStorageURL,
+    ItemNotFound,
+    SchemaVersionMismatch,
+    StorageError,
+)
 from ...history import errors_of
 from ...ids import new_token
 from ...models import Item, ItemError, ItemState
@@ -101,6 +108,7 @@ _COPIED = (
     "updated_at",
 )
 _TAG_MAX = 191
+_HASHED = "#sha256:"
 _SYNC_URLS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
@@ -114,12 +122,47 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+def tag_name(name: str) -> str:
+    """How a top-level metadata key is stored for filtering: as it is, or hashed.
+
+    A key the tags table cannot hold exactly is stored as its SHA-256, so that every key
+    is found again: one longer than the column (191 characters), one with NUL (which
+    PostgreSQL's text cannot hold), and one that starts like a hash itself (so that no
+    key can pass for another's hash). A key that is not valid Unicode (only a filter can
+    name one) gets a hash that matches nothing stored.
+    """
+    if (
+        len(name) <= _TAG_MAX
+        and "\x00" not in name
+        and not name.startswith(_HASHED)
+        and (name.isascii() or is_unicode(name))
+    ):
+        return name
+    return _HASHED + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def tag_value(value: object) -> str:
-    """How a metadata scalar is stored for filtering: its JSON text, hashed when long."""
+    """How a metadata scalar is stored for filtering: its JSON text, hashed when long.
+
+    JSON text never starts with ``#``, so no value passes for another's hash.
+
+    Raises:
+        ValueError: the value is not JSON (NaN, say): it matches nothing stored.
+    """
     encoded = dumps(value)  # type: ignore[arg-type]
-    if len(encoded) <= _TAG_MAX:
+    if len(encoded) <= _TAG_MAX and (encoded.isascii() or is_unicode(encoded)):
         return encoded
-    return "#sha256:" + hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    return _HASHED + hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _tag(name: object, value: object) -> tuple[str, str] | None:
+    """The stored name and value a metadata filter looks for; `None` if none can match."""
+    if not isinstance(name, str) or not isinstance(value, _SCALARS):
+        return None
+    try:
+        return tag_name(name), tag_value(value)
+    except ValueError:
+        return None
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -174,10 +217,21 @@ class SQLStorage:
             self._url: str | None = url_or_engine
             self._engine: AsyncEngine | None = None
             self._owns_engine = True
+            # What the storage shows of its URL is built once from its parts, the same
+            # before open, while open and after close; the password is never part of it.
+            self._shown = repr(safe_url(url_or_engine))
+            self._secrets = url_secrets(url_or_engine)
         else:
             self._url = None
             self._engine = url_or_engine
             self._owns_engine = False
+            # The engine's own repr shows the query string, secrets and all.
+            try:
+                full = url_or_engine.url.render_as_string(hide_password=False)
+            except AttributeError:  # not an engine: `open` says so
+                full = ""
+            self._shown = f"<AsyncEngine {safe_url(full)!r}>"
+            self._secrets = url_secrets(full)
         self.table_prefix = table_prefix
         self.create_schema = create_schema
         self.poll_interval = poll_interval
@@ -215,10 +269,7 @@ class SQLStorage:
         return cls(url, **options)
 
     def __repr__(self) -> str:
-        where = self._url if self._url is not None else repr(self._engine)
-        if self._url is not None and self._engine is not None:
-            where = self._engine.url.render_as_string(hide_password=True)
-        return f"SQLStorage({where!s}, table_prefix={self.table_prefix!r})"
+        return f"SQLStorage({self._shown}, table_prefix={self.table_prefix!r})"
 
     @property
     def engine(self) -> AsyncEngine:
@@ -255,6 +306,14 @@ class SQLStorage:
                 ) from None
             if self._engine is None:
                 assert self._url is not None
+                try:
+                    make_url(self._url)
+                except (ArgumentError, ValueError) as exc:
+                    # The parser's message may quote a piece of the password (a "port").
+                    raise InvalidStorageURL(
+                        f"cannot open {self!r}: its URL cannot be parsed: "
+                        f"{unparsable(self._url, exc, self._secrets)}"
+                    ) from None
                 self._engine = self._create_engine(self._url)
             engine = self._engine
             self._dialect = engine.dialect.name
@@ -283,12 +342,22 @@ class SQLStorage:
                     # A new SQLite file is switched to WAL under a lock that another
                     # process opening it at the same moment may hold: try again.
                     if tries >= self.retries or not is_transient(exc):
-                        raise StorageError(f"cannot open {self!r}: {exc.orig}") from exc
+                        raise self._cannot_open(exc.orig) from self._cause(exc)
                 except OSError as exc:  # the server is not there (connection refused, DNS)
-                    raise StorageError(f"cannot open {self!r}: {exc}") from exc
+                    raise self._cannot_open(exc) from self._cause(exc)
                 tries += 1
                 await anyio.sleep(min(2.0, 0.05 * 2**tries))
             self._opened = True
+
+    def _cannot_open(self, says: object) -> StorageError:
+        # A driver may repeat the URL's host, which holds a piece of a password written
+        # with a raw "@" (``u:p@ss@h`` is host ``ss@h`` to SQLAlchemy).
+        return StorageError(f"cannot open {self!r}: {redact(str(says), self._secrets)}")
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        # A driver's error that shows a secret is not chained: a logged traceback would
+        # print it (the message above says what it said, redacted).
+        return None if shows_secret(exc, self._secrets) else exc
 
     def _create_engine(self, url: str) -> AsyncEngine:
         options: dict[str, Any] = {}
@@ -430,14 +499,14 @@ class SQLStorage:
                         return await attempt()
             except DBAPIError as exc:
                 if tries >= self.retries or not is_transient(exc):
-                    raise StorageError(f"{type(exc.orig).__name__}: {exc.orig}") from exc
+                    raise self._fault(exc.orig if exc.orig is not None else exc) from exc
             except _DriverFault as fault:
                 orig = fault.orig
                 if tries >= self.retries or not fault.transient:
-                    raise StorageError(f"{type(orig).__name__}: {orig}") from orig
+                    raise self._fault(orig) from orig
             except (ConnectionError, TimeoutError, OSError) as exc:
                 if tries >= self.retries:
-                    raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+                    raise self._fault(exc) from exc
             except Exception as exc:
                 # A driver's own error that SQLAlchemy let through unwrapped (asyncpg's, as a
                 # transaction on a connection the server dropped is ended): a StorageError
@@ -445,13 +514,17 @@ class SQLStorage:
                 if not is_driver_error(exc):
                     raise
                 if tries >= self.retries or not is_transient_driver_error(exc):
-                    raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+                    raise self._fault(exc) from exc
             tries += 1
             delay = min(2.0, 0.05 * 2**tries)
             logger.warning(
                 "transient database fault, retrying", extra={"attempt": tries, "delay": delay}
             )
             await anyio.sleep(delay)
+
+    def _fault(self, exc: BaseException) -> StorageError:
+        """The `StorageError` for a driver's error, without the storage's secrets."""
+        return StorageError(redact(f"{type(exc).__name__}: {exc}", self._secrets))
 
     async def _attempt(
         self,
@@ -602,9 +675,9 @@ class SQLStorage:
                 )
             )
             tags = [
-                {"name": name, "value": tag_value(value), "batch_id": batch.id}
+                {"name": tag_name(name), "value": tag_value(value), "batch_id": batch.id}
                 for name, value in batch.metadata.items()
-                if isinstance(value, _SCALARS) and len(name) <= _TAG_MAX
+                if isinstance(value, _SCALARS)
             ]
             if tags:
                 await conn.execute(t.tags.insert(), tags)
@@ -884,13 +957,12 @@ class SQLStorage:
         tg = self.tables.tags
         conditions: list[ColumnElement[bool]] = []
         for name, value in metadata.items():
-            if not isinstance(value, _SCALARS):
+            tag = _tag(name, value)
+            if tag is None:  # no stored tag looks like it: it matches nothing, as elsewhere
                 conditions.append(literal(False))
                 continue
             conditions.append(
-                batch_id.in_(
-                    select(tg.c.batch_id).where(tg.c.name == name, tg.c.value == tag_value(value))
-                )
+                batch_id.in_(select(tg.c.batch_id).where(tg.c.name == tag[0], tg.c.value == tag[1]))
             )
         return conditions
 

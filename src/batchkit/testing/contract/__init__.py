@@ -16,7 +16,8 @@ extended with ``lease_seconds=0`` (an item is claimable when its deadline is not
 the store's now), and a retry that waits an hour is not claimable during a test.
 
 The tests live in one mixin per topic (``creating``, ``claiming``, ``finishing``,
-``history``, ``cancelling``, ``hooks``, ``notify``, ``retention``, ``concurrency``);
+``history``, ``cancelling``, ``hooks``, ``notify``, ``retention``, ``concurrency``,
+``limits``);
 `StorageContract` combines them with the ``storage`` fixture they all use.
 """
 
@@ -34,6 +35,7 @@ from .creating import CreatingContract
 from .finishing import FinishingContract
 from .history import HistoryContract
 from .hooks import HooksContract
+from .limits import LimitsContract
 from .notify import NotifyContract
 from .retention import RetentionContract
 
@@ -57,6 +59,7 @@ class StorageContract(
     NotifyContract,
     RetentionContract,
     ConcurrencyContract,
+    LimitsContract,
 ):
     """The behaviours every `batchkit.protocols.Storage` adapter must show.
 
