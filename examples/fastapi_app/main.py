@@ -16,23 +16,40 @@ default; PostgreSQL, MySQL/MariaDB or Redis URLs work the same), ``BATCHKIT_STOR
 its table or key prefix; ``BATCHKIT_STUDIO_CONCURRENCY`` the worker's slots (4),
 ``BATCHKIT_STUDIO_LEASE`` its lease in seconds (10), ``BATCHKIT_STUDIO_OUTPUT`` and
 ``BATCHKIT_STUDIO_SPEED`` where videos go and how fast they are made (see ``generator.py``),
-``BATCHKIT_STUDIO_SECRET`` the key that signs the sign-in cookie.
+``BATCHKIT_STUDIO_SECRET`` the key that signs the sign-in cookie (made and kept in
+``BATCHKIT_STUDIO_SECRET_FILE`` when unset, see ``owners.py``).
+
+What it refuses, as an app on the internet must: another visitor's batches and videos
+(404, as for none), a request body over 1 MiB (413), a cross-site form or fetch that
+would change something (403), and a ``request_id`` sent again with other products (409).
+No error repeats what was sent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import Cookie, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
+from starlette.datastructures import Headers
 
 from batchkit import (
     BatchNotFound,
@@ -51,6 +68,8 @@ from .generator import generate, output_dir
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
     from batchkit import Item
 
 __all__ = ["app", "create_app"]
@@ -61,6 +80,13 @@ logger = logging.getLogger("examples.fastapi_app")
 MAX_PRODUCTS = 200
 #: Products shown per page of the catalog.
 PAGE_SIZE = 24
+#: The largest request body the app reads (the largest real one, 200 product ids, is
+#: about 5 KB).
+MAX_BODY_BYTES = 1024 * 1024
+#: A video's file name: a product id and ``.gif``, nothing that could leave its folder.
+_VIDEO = re.compile(r"\A[A-Za-z0-9_-]{1,64}\.gif\Z")
+#: Methods that change something: refused when another site sends them.
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
 
@@ -87,7 +113,10 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"a batch holds at most {MAX_PRODUCTS} products, got {len(ids)}")
         unknown = [i for i in dict.fromkeys(ids) if i not in by_id()]
         if unknown:
-            raise ValueError(f"unknown product ids: {', '.join(unknown[:10])}")
+            # Named, but short: an error never repeats a request's input whole.
+            shown = ", ".join(i[:40] for i in unknown[:3])
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise ValueError(f"unknown product ids: {shown}{more}")
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ValueError(f"products chosen twice: {', '.join(repeated[:10])}")
@@ -216,7 +245,19 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
     )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     output_dir().mkdir(parents=True, exist_ok=True)
-    app.mount("/media", StaticFiles(directory=output_dir()), name="media")
+    logger.info("sign-in cookies are signed with the key from %s", owners.secret_source())
+
+    app.add_middleware(_Guard)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # What was wrong and where, never the input itself: it could be anything, of any
+        # size, and an error page that repeats it is a reflection for an attacker.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     async def owned(run: BatchRunner, batch_id: str, name: str) -> BatchStatus:
         """The batch's status, if it is this owner's; 404 otherwise (even if it exists)."""
@@ -233,6 +274,15 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         return {**_summary(status), "products": [_product(i) for i in items]}
 
     # -- API ---------------------------------------------------------------------------
+
+    @app.get("/media/{batch_id}/{filename}", include_in_schema=False)
+    async def media(batch_id: str, filename: str, run: Runner, name: Owner) -> FileResponse:
+        """A video, to the owner of its batch only."""
+        await owned(run, batch_id, name)
+        path = output_dir() / batch_id / filename
+        if not _VIDEO.match(filename) or not path.is_file():
+            raise HTTPException(status_code=404, detail="no such video")
+        return FileResponse(path, media_type="image/gif")
 
     @app.get("/api/v1/products", tags=["products"])
     async def list_products() -> list[dict[str, Any]]:
@@ -267,10 +317,19 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         # The client's token is scoped by its owner (a name holds no ":"), so that
         # nobody's token can name another owner's batch, nor batchkit's own keys.
         key = None if request.request_id is None else f"studio:{name}:{request.request_id}"
+        # What was asked, kept with the batch: the same token with other products is a
+        # mistake of the client's to report, not the first batch to hand back.
+        asked = hashlib.sha256(json.dumps(request.product_ids).encode()).hexdigest()
+        metadata = {"owner": name, "request": asked}
         try:
-            batch = await run.submit(specs, metadata={"owner": name}, idempotency_key=key)
+            batch = await run.submit(specs, metadata=metadata, idempotency_key=key)
         except InvalidBatch as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
+        if batch.metadata.get("request") != asked:
+            raise HTTPException(
+                status_code=409,
+                detail="this request_id was already used for other products; send a new one",
+            )
         return {"batch_id": batch.id, "total": batch.total}
 
     @app.get(
@@ -415,6 +474,62 @@ def _thumbnail(product_id: str) -> bytes:
 
 def _quote(path: str) -> str:
     return quote(path, safe="")
+
+
+class _Guard:
+    """Refuses a cross-site request that would change something (403) and a body over
+    `MAX_BODY_BYTES` (413), before the app reads a byte more of it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if scope["method"] in _UNSAFE and _cross_site(headers):
+            refused = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+            await refused(scope, receive, send)
+            return
+        too_large = JSONResponse({"detail": "request body too large"}, status_code=413)
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            await too_large(scope, receive, send)
+            return
+        received = 0
+        refused = False
+
+        async def counted() -> Message:
+            # A body without a length (chunked) is counted as it comes; past the limit the
+            # client gets its 413 and the app sees the client go.
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES and not refused:
+                    refused = True
+                    await too_large(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, unless_refused)
+
+
+def _cross_site(headers: Headers) -> bool:
+    """Whether the browser says another site sent this request."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None:
+        return False  # not a browser's cross-site request (curl, a server, the tests)
+    host = headers.get("host", "")
+    return origin not in (f"http://{host}", f"https://{host}")
 
 
 def _safe_next(target: str) -> str:

@@ -44,6 +44,7 @@ def studio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
         "BATCHKIT_STUDIO_SPEED": SPEED,
         "BATCHKIT_STUDIO_CONCURRENCY": "2",
         "BATCHKIT_STUDIO_LEASE": "2",
+        "BATCHKIT_STUDIO_SECRET_FILE": str(tmp_path / "studio.secret"),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -308,3 +308,117 @@ def test_the_catalog_has_forty_products_and_a_few_unusable_ones() -> None:
     assert any(p.image is None for p in products)
     assert any(p.price == 0 for p in products)
     assert 2 <= len(UNUSABLE) <= 8
+
+
+# -- an app on the internet ------------------------------------------------------------------
+
+
+async def test_a_video_is_served_to_its_batchs_owner_only(app: Any, ada: httpx.AsyncClient) -> None:
+    batch = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:1]})
+    ).json()
+    final = await _until_terminal(ada, batch["batch_id"])
+    url = final["products"][0]["result_url"]
+    assert (await ada.get(url)).status_code == 200
+    async with _client(app, "grace") as grace, _client(app, None) as anonymous:
+        assert (await grace.get(url)).status_code == 404  # as for no video at all
+        assert (await anonymous.get(url)).status_code == 401
+    for wrong in ("../../studio.db", "..%2F..%2Fstudio.db", "x.png", ".secret"):
+        answer = await ada.get(f"/media/{batch['batch_id']}/{wrong}")
+        assert answer.status_code == 404, wrong
+
+
+async def test_without_a_secret_one_is_made_and_kept(
+    studio_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # No key anyone can read: a random one, kept (a restart keeps its visitors signed in),
+    # readable by its owner only, and a cookie signed with the old public default is
+    # refused.
+    monkeypatch.delenv("BATCHKIT_STUDIO_SECRET", raising=False)
+    path = tmp_path / "studio.secret"
+    cookie = owners.sign("ada")
+    key = path.read_bytes()
+    assert len(key) == 64
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert owners.read(cookie) == "ada"
+    import hashlib
+    import hmac
+
+    public = b"batchkit-studio-development-secret"
+    forged = f"ada|{hmac.new(public, b'ada', hashlib.sha256).hexdigest()[:32]}"
+    assert owners.read(forged) is None
+
+
+async def test_a_request_body_is_capped_and_never_echoed(ada: httpx.AsyncClient) -> None:
+    huge = "x" * (2 * 1024 * 1024)
+    for path in ("/login", "/api/v1/products/batch-generate"):
+        answer = await ada.post(path, content=huge.encode())
+        assert answer.status_code == 413, path
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for _ in range(40):
+            yield b"y" * 65_536
+
+    answer = await ada.post("/api/v1/products/batch-generate", content=chunks())
+    assert answer.status_code == 413
+    marker = "Z" * 50_000
+    bad = await ada.post(
+        "/api/v1/products/batch-generate", json={"product_ids": [marker], "request_id": marker}
+    )
+    assert bad.status_code == 422
+    assert marker[:100] not in bad.text
+    assert len(bad.content) < 2_000
+
+
+async def test_a_request_id_sent_again_with_other_products_is_a_conflict(
+    ada: httpx.AsyncClient,
+) -> None:
+    first = await ada.post(
+        "/api/v1/products/batch-generate",
+        json={"product_ids": USABLE[:2], "request_id": "form-7"},
+    )
+    again = await ada.post(
+        "/api/v1/products/batch-generate",
+        json={"product_ids": USABLE[:2], "request_id": "form-7"},
+    )
+    other = await ada.post(
+        "/api/v1/products/batch-generate",
+        json={"product_ids": USABLE[2:4], "request_id": "form-7"},
+    )
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json()["batch_id"] == first.json()["batch_id"]
+    assert other.status_code == 409
+    assert "already used" in other.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ],
+)
+async def test_a_cross_site_request_cannot_change_anything(
+    app: Any, ada: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    login = await ada.post(
+        "/login",
+        content=b"name=mallory",
+        headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert login.status_code == 403
+    assert owners.COOKIE not in login.cookies
+    assert (await ada.post("/logout", headers=headers)).status_code == 403
+    made = await ada.post(
+        "/api/v1/products/batch-generate", json={"product_ids": USABLE[:1]}, headers=headers
+    )
+    assert made.status_code == 403
+    assert (await ada.get("/api/v1/batches")).json() == []
+    # The same requests from the studio's own pages go through.
+    own = {"Sec-Fetch-Site": "same-origin", "Origin": "http://studio"}
+    made = await ada.post(
+        "/api/v1/products/batch-generate", json={"product_ids": USABLE[:1]}, headers=own
+    )
+    assert made.status_code == 202
