@@ -405,12 +405,14 @@ class LimitsContract:
             storage = portal.call(_enter, storage_factory)
             try:
 
-                @settings
-                @given(case=_CASES)
                 def check(case: _Case) -> None:
                     portal.call(_check_case, storage, case)
 
-                check()
+                # hypothesis annotates its decorators only in its later releases; through
+                # typed names, the module checks against every release pyproject.toml allows.
+                fuzz: Callable[[Callable[..., None]], Callable[[], None]] = given(case=_CASES)
+                run: Callable[[], None] = settings(fuzz(check))
+                run()
             finally:
                 portal.call(storage.__aexit__, None, None, None)
 
