@@ -21,7 +21,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given
 
-from ...codec import MAX_INT_DIGITS, MAX_JSON_DEPTH, dumps
+from ...codec import MAX_INT_DIGITS, MAX_JSON_DEPTH, dumps, is_unicode
 from ...exceptions import InvalidBatch
 from ...models import LIMIT_CAPS, ItemState, Limits
 from ...protocols import ClaimRequest
@@ -528,14 +528,6 @@ def _json_size(value: Any) -> int:
     return len(text.encode("utf-8"))
 
 
-def _unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _plain_json(value: Any, depth: int) -> bool:
     """Whether ``value`` is JSON that comes back exactly, nested ``depth`` deep at most."""
     kind = type(value)
@@ -546,12 +538,12 @@ def _plain_json(value: Any, depth: int) -> bool:
     if kind is float:
         return math.isfinite(value)
     if kind is str:
-        return _unicode(value)
+        return is_unicode(value)
     if kind is list:
         return depth > 0 and all(_plain_json(v, depth - 1) for v in value)
     if kind is dict:
         return depth > 0 and all(
-            type(k) is str and _unicode(k) and _plain_json(v, depth - 1) for k, v in value.items()
+            type(k) is str and is_unicode(k) and _plain_json(v, depth - 1) for k, v in value.items()
         )
     return False
 
@@ -562,7 +554,7 @@ def _acceptable(limits: Limits, keys: Sequence[Any], payloads: Sequence[Any], me
     for key in keys:
         if type(key) is not str or not 1 <= len(key) <= limits.max_key_length:
             return False
-        if "\x00" in key or not _unicode(key):
+        if "\x00" in key or not is_unicode(key):
             return False
     for payload in payloads:
         if payload is None:
@@ -586,7 +578,7 @@ def _acceptable_key(idempotency: Any) -> bool:
     return (
         type(idempotency) is str
         and "\x00" not in idempotency
-        and _unicode(idempotency)
+        and is_unicode(idempotency)
         and not idempotency.startswith("batchkit:")
     )
 
