@@ -21,7 +21,7 @@ export UV_PYTHON_DOWNLOADS := never
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: test check lint typecheck docs demo web lock lock-upgrade test-latest test-lowest \
-	test-pythons bench bench-storage bench-workers soak clean dev-env
+	test-pythons bench bench-storage bench-workers soak clean dev-env screenshots
 
 $(UV_STAMP):
 	rm -rf $(TOOLS)
@@ -109,6 +109,11 @@ PORT ?= 8000
 web: $(UV_STAMP)
 	$(SYNC) --inexact --extra sql --extra examples
 	PORT=$(PORT) $(PY) -m examples.fastapi_app
+
+## The studio's pages at a phone's and a desktop's width, in Chromium, into docs/images.
+screenshots: dev-env
+	BATCHKIT_SCREENSHOTS=docs $(PY) -m pytest -p no:cacheprovider -q -n $(TEST_PROCESSES) \
+		tests/examples/fastapi_app/test_browser.py tests/examples/fastapi_app/test_browser_pages.py
 
 bench: dev-env
 	$(PY) benchmarks/runner_overhead.py

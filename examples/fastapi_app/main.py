@@ -9,11 +9,14 @@ port). It is built on batchkit's public API only:
   resumes its batches by itself;
 * every read (status, list, the Server-Sent Events stream) goes through `BatchRunner`,
   whose state is derived from the items' counts;
-* batches carry their owner in their metadata: a visitor sees their own batches only.
+* batches carry their owner in their metadata: a visitor sees their own batches only;
+* a stopping server ends its open event streams at once (pages reconnect to the next one),
+  and its worker hands back what it could not finish within its grace period.
 
 ``BATCHKIT_STORAGE`` picks the storage (an SQLite file in the working directory by
 default; PostgreSQL, MySQL/MariaDB or Redis URLs work the same), ``BATCHKIT_STORAGE_PREFIX``
-its table or key prefix; ``BATCHKIT_STUDIO_CONCURRENCY`` the worker's slots (4),
+its table or key prefix; ``BATCHKIT_STUDIO_CONCURRENCY`` the worker's slots (4; 0 runs no worker in the app, for
+deployments whose items run in ``python -m batchkit worker`` processes),
 ``BATCHKIT_STUDIO_LEASE`` its lease in seconds (10), ``BATCHKIT_STUDIO_OUTPUT`` and
 ``BATCHKIT_STUDIO_SPEED`` where videos go and how fast they are made (see ``generator.py``),
 ``BATCHKIT_STUDIO_SECRET`` the key that signs the sign-in cookie (made and kept in
@@ -23,20 +26,27 @@ What it refuses, as an app on the internet must: another visitor's batches and v
 (404, as for none), a request body over 1 MiB (413), a cross-site form or fetch that
 would change something (403), and a ``request_id`` sent again with other products (409).
 No error repeats what was sent.
+
+``/docs`` (Swagger UI) and ``/redoc`` are served from the app's own files: they work
+offline and behind a strict firewall.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, quote
 
+import anyio
 from fastapi import Cookie, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
@@ -45,9 +55,9 @@ from fastapi.responses import (
     JSONResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import Headers
 
@@ -66,13 +76,16 @@ from .catalog import by_id, catalog
 from .generator import generate, output_dir
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from batchkit import Item
 
-__all__ = ["app", "create_app"]
+    #: How a producer of events sends one: its name and its data (made JSON).
+    Emit = Callable[[str, Any], Awaitable[None]]
+
+__all__ = ["EventStream", "app", "begin_shutdown", "create_app"]
 
 logger = logging.getLogger("examples.fastapi_app")
 
@@ -88,6 +101,11 @@ _VIDEO = re.compile(r"\A[A-Za-z0-9_-]{1,64}\.gif\Z")
 #: Methods that change something: refused when another site sends them.
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 STATIC = os.path.join(os.path.dirname(__file__), "static")
+#: How long past its lease's end a running item is shown as waiting for a worker (the
+#: store's clock and this server's may differ a little).
+LEASE_SLACK = timedelta(seconds=1)
+#: How often an event stream looks again at a batch that has not changed.
+RECHECK_SECONDS = 2.0
 
 
 # -- the API's shapes (they are the OpenAPI schema) ---------------------------------------
@@ -135,8 +153,12 @@ class ProductStatus(BaseModel):
     product_id: str
     title: str
     state: str = Field(description="queued, running, succeeded, failed or cancelled")
+    stalled: bool = Field(
+        description="running, but its worker stopped answering (its lease has lapsed): "
+        "it waits for a worker to take it up again"
+    )
     progress: float = Field(description="0.0 to 1.0")
-    message: str | None = Field(description="the current stage")
+    message: str | None = Field(description="the current stage, while queued or running")
     error: str | None = Field(description="why it failed, once failed")
     attempt: int
     result_url: str | None = Field(description="the finished video, once succeeded")
@@ -146,26 +168,32 @@ class BatchStatusResponse(BaseModel):
     """A batch's state, derived from its items' counts, and each product's own state."""
 
     batch_id: str
+    name: str = Field(description="made from its products' titles")
     state: str = Field(
         description="queued, running, completed, completed_with_errors, failed or cancelled"
     )
     is_terminal: bool
     total: int
     counts: dict[str, int]
+    stalled: int = Field(description="running items whose worker stopped answering")
     progress: float
     parent_id: str | None
+    cancel_requested: bool
     created_at: str
     products: list[ProductStatus]
 
 
 class BatchSummary(BaseModel):
     batch_id: str
+    name: str = Field(description="made from its products' titles")
+    thumbnails: list[str] = Field(description="pictures of its first products")
     state: str
     is_terminal: bool
     total: int
     counts: dict[str, int]
     progress: float
     parent_id: str | None
+    cancel_requested: bool
     created_at: str
 
 
@@ -178,24 +206,53 @@ def _summary(status: BatchStatus) -> dict[str, Any]:
         "counts": {state.value: n for state, n in status.counts.items()},
         "progress": round(status.progress, 4),
         "parent_id": status.parent_id,
+        "cancel_requested": status.cancel_requested,
         "created_at": status.created_at.isoformat(),
     }
 
 
-def _product(item: Item) -> dict[str, Any]:
+def _title(item: Item) -> str:
+    payload = item.payload if isinstance(item.payload, dict) else {}
+    return str(payload.get("title") or item.key)
+
+
+def batch_name(titles: Sequence[str], total: int) -> str:
+    """A batch's name, from its first products' titles: "Lamp", "Lamp and Chair",
+    "Lamp, Chair and 3 more"."""
+    if total <= 1 or len(titles) < 2:
+        return titles[0] if titles else "An empty batch"
+    if total == 2:
+        return f"{titles[0]} and {titles[1]}"
+    return f"{titles[0]}, {titles[1]} and {total - 2} more"
+
+
+def _stalled(item: Item, now: datetime) -> bool:
+    """Running, but past its lease: its worker died or lost the store, and the item waits
+    for a worker to claim it again."""
+    lapsed = item.lease_expires_at
+    return item.state.value == "running" and lapsed is not None and lapsed + LEASE_SLACK < now
+
+
+def _product(item: Item, now: datetime) -> dict[str, Any]:
     result = item.result if isinstance(item.result, dict) else {}
-    done = item.state.value == "succeeded"
+    state = item.state.value
+    done = state == "succeeded"
     return {
         "product_id": item.key,
-        "title": (item.payload or {}).get("title", item.key),
-        "state": item.state.value,
+        "title": _title(item),
+        "state": state,
+        "stalled": _stalled(item, now),
         "progress": round(item.progress, 4),
-        # A failed item keeps the stage it failed at; a finished video says so.
-        "message": "video ready" if done else item.message,
-        "error": None if item.error is None else item.error.message,
+        # The stage while there is one: a failed or cancelled card shows why it ended,
+        # not the stage it was at; a finished one says so.
+        "message": "video ready" if done else item.message if state in _ACTIVE else None,
+        "error": None if item.error is None or state != "failed" else item.error.message,
         "attempt": item.attempt,
         "result_url": result.get("video") if done else None,
     }
+
+
+_ACTIVE = frozenset({"queued", "running"})
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -224,24 +281,41 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         "BATCHKIT_STORAGE", "sqlite+aiosqlite:///batchkit-studio.db"
     )
     prefix = os.environ.get("BATCHKIT_STORAGE_PREFIX") or None
-    slots = concurrency or int(os.environ.get("BATCHKIT_STUDIO_CONCURRENCY", "4"))
+    slots = int(os.environ.get("BATCHKIT_STUDIO_CONCURRENCY", "4"))
+    if concurrency is not None:
+        slots = concurrency
+    if slots < 0:
+        raise ValueError(f"the worker's concurrency is 0 (no worker) or more, not {slots}")
     lease = float(os.environ.get("BATCHKIT_STUDIO_LEASE", "10"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         output_dir().mkdir(parents=True, exist_ok=True)
-        async with open_storage(url, prefix=prefix) as storage:
+        stopping = anyio.Event()
+        # Set by `begin_shutdown`, from the server's signal handler: it may run between
+        # any two steps of the event loop, so it only schedules the event's setting.
+        loop = asyncio.get_running_loop()
+        app.state.stopping = stopping
+        app.state.begin_shutdown = lambda: loop.call_soon_threadsafe(stopping.set)
+        async with open_storage(url, prefix=prefix) as storage, contextlib.AsyncExitStack() as work:
             app.state.runner = BatchRunner(storage, generate)
-            # The work runs here, not in the requests: a restarted server's worker claims
-            # what is left, and a stopped one hands its running items back.
-            async with Worker(storage, generate, concurrency=slots, lease=lease, grace_period=5):
+            if slots:
+                # The work runs here, not in the requests: a restarted server's worker
+                # claims what is left, and a stopped one hands its running items back.
+                worker = Worker(storage, generate, concurrency=slots, lease=lease, grace_period=5)
+                await work.enter_async_context(worker)
+            try:
                 yield
+            finally:
+                stopping.set()  # a server that did not say it was stopping
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the package's own copies, not from a CDN.
+    app = FastAPIOffline(
         title="batchkit studio",
         description="Batch generation of product videos, with each product's own progress.",
         version="1.0",
         lifespan=lifespan,
+        static_url="/static/docs",
     )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     output_dir().mkdir(parents=True, exist_ok=True)
@@ -270,8 +344,35 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         return status
 
     async def body(run: BatchRunner, status: BatchStatus) -> dict[str, Any]:
-        items = await run.items(status.batch_id, limit=1_000)
-        return {**_summary(status), "products": [_product(i) for i in items]}
+        items = await run.items(status.batch_id, limit=MAX_PRODUCTS)
+        now = datetime.now(UTC)
+        products = [_product(i, now) for i in items]
+        return {
+            **_summary(status),
+            "name": batch_name([p["title"] for p in products[:2]], status.total),
+            "stalled": sum(p["stalled"] for p in products),
+            "products": products,
+        }
+
+    async def summaries(run: BatchRunner, name: str, limit: int) -> list[dict[str, Any]]:
+        """The owner's batches, newest first, each named and shown by its first products
+        (read side by side: one short read per batch)."""
+        listed = await run.batches(metadata={"owner": name}, limit=limit)
+        shown: list[dict[str, Any]] = [_summary(s) for s in listed]
+
+        async def preview(row: dict[str, Any]) -> None:
+            first = await run.items(row["batch_id"], limit=3)
+            row["name"] = batch_name([_title(i) for i in first[:2]], row["total"])
+            row["thumbnails"] = [
+                f"/api/v1/products/{quote(i.key, safe='')}/image.png"
+                for i in first
+                if i.key in by_id()
+            ]
+
+        async with anyio.create_task_group() as group:
+            for row in shown:
+                group.start_soon(preview, row)
+        return shown
 
     # -- API ---------------------------------------------------------------------------
 
@@ -357,34 +458,71 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
             raise HTTPException(status_code=409, detail=str(exc)) from None
         return {"batch_id": again.id, "total": again.total, "parent_id": again.parent_id}
 
+    @app.post(
+        "/api/v1/products/batch/{batch_id}/cancel",
+        response_model=BatchSummary,
+        tags=["batches"],
+    )
+    async def cancel(batch_id: str, run: Runner, name: Owner) -> Any:
+        """Cancel the batch: products not started end cancelled at once, those being made
+        at their next stage. A finished batch stays as it is."""
+        await owned(run, batch_id, name)
+        status = await run.cancel(batch_id, reason=f"cancelled by {name}")
+        first = await run.items(batch_id, limit=3)
+        return {
+            **_summary(status),
+            "name": batch_name([_title(i) for i in first[:2]], status.total),
+            "thumbnails": [f"/api/v1/products/{quote(i.key, safe='')}/image.png" for i in first],
+        }
+
     @app.get("/api/v1/batches", response_model=list[BatchSummary], tags=["batches"])
     async def list_batches(
         run: Runner, name: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20
     ) -> Any:
-        """The caller's batches, newest first."""
-        return [_summary(s) for s in await run.batches(metadata={"owner": name}, limit=limit)]
+        """The caller's batches, newest first, with a name and pictures of each."""
+        return await summaries(run, name, limit)
 
     @app.get(
         "/api/v1/products/batch/{batch_id}/events",
         tags=["batches"],
-        response_class=StreamingResponse,
+        response_class=EventStream,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def batch_events(batch_id: str, run: Runner, name: Owner) -> StreamingResponse:
+    async def batch_events(batch_id: str, request: Request, run: Runner, name: Owner) -> Any:
         """Server-Sent Events: a ``status`` event (the body of ``/status``) now and after
-        every change, then ``end`` once the batch has finished."""
+        every change, then ``end`` once the batch has finished. A stopping server ends the
+        stream early (without ``end``): connect again, to the next server."""
         await owned(run, batch_id, name)
 
-        async def stream() -> AsyncIterator[str]:
-            async for status in run.watch(batch_id, poll_interval=0.5):
-                yield f"event: status\ndata: {json.dumps(await body(run, status))}\n\n"
-            yield "event: end\ndata: {}\n\n"
+        async def produce(emit: Emit) -> None:
+            lock = anyio.Lock()
+            last: dict[str, Any] | None = None
 
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+            async def show() -> None:
+                # Read afresh under the lock, so that no event is older than the one
+                # before it, whichever task sends it.
+                nonlocal last
+                async with lock:
+                    current = await body(run, await run.status(batch_id))
+                    if current != last:
+                        await emit("status", current)
+                        last = current
+
+            async def recheck() -> None:
+                # A worker that died changes nothing until another one takes its items
+                # up: a look every few seconds shows them as waiting for a worker.
+                while True:
+                    await anyio.sleep(RECHECK_SECONDS)
+                    await show()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(recheck)
+                async for _ in run.watch(batch_id, poll_interval=0.5):
+                    await show()
+                group.cancel_scope.cancel()
+            await emit("end", {})
+
+        return EventStream(produce, request.app.state.stopping)
 
     # -- pages -------------------------------------------------------------------------
 
@@ -461,10 +599,74 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         name = signed_in(studio_owner)
         if name is None:
             return to_login(request)
-        listed = [_summary(s) for s in await run.batches(metadata={"owner": name}, limit=50)]
-        return HTMLResponse(pages.batches(listed, owner=name))
+        return HTMLResponse(pages.batches(await summaries(run, name, 50), owner=name))
 
     return app
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """Tell the app its server has begun to stop: its open event streams end now, and
+    the pages that hold them connect to the next server. Safe to call from a signal
+    handler; the studio's ``__main__`` calls it on SIGTERM and SIGINT."""
+    started = getattr(app.state, "begin_shutdown", None)
+    if started is not None:
+        started()
+
+
+class EventStream(Response):
+    """A Server-Sent Events response: ``produce`` sends events through the ``emit`` it is
+    given; the response ends cleanly when ``produce`` returns, when the client goes, or
+    when ``stopping`` is set (the server is shutting down).
+
+    Starlette's `StreamingResponse` stops for the first two only, so a server that waits
+    for its open connections before it stops would wait for the longest batch.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        produce: Callable[[Emit], Awaitable[None]],
+        stopping: anyio.Event,
+        status_code: int = 200,
+    ) -> None:
+        super().__init__(
+            status_code=status_code,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.produce = produce
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # No content-length: the body is as long as the stream lasts.
+        headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+
+        async def emit(event: str, data: Any) -> None:
+            chunk = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async with anyio.create_task_group() as group:
+
+            async def events() -> None:
+                await self.produce(emit)
+                group.cancel_scope.cancel()
+
+            async def until_stopping() -> None:
+                await self.stopping.wait()
+                group.cancel_scope.cancel()
+
+            async def until_gone() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(events)
+            group.start_soon(until_stopping)
+            group.start_soon(until_gone)
+        # The client may be gone already: nothing more to tell it then.
+        with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @cache
@@ -489,8 +691,8 @@ class _Guard:
             return
         headers = Headers(scope=scope)
         if scope["method"] in _UNSAFE and _cross_site(headers):
-            refused = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
-            await refused(scope, receive, send)
+            forbidden = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+            await forbidden(scope, receive, send)
             return
         too_large = JSONResponse({"detail": "request body too large"}, status_code=413)
         declared = headers.get("content-length")

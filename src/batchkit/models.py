@@ -239,6 +239,11 @@ class Item(BaseModel):
     updated_at: datetime
     #: When the latest attempt started.
     started_at: datetime | None = None
+    #: While running: when the current attempt's lease ends unless its runner renews it
+    #: (by a heartbeat or a progress report). A time in the past means the runner stopped
+    #: answering: the item is claimed again once a runner looks. `None` in every other
+    #: state.
+    lease_expires_at: datetime | None = None
     #: When the item reached its final state.
     finished_at: datetime | None = None
 

@@ -1,33 +1,59 @@
-// A batch's page: every card follows its product live (Server-Sent Events, or polling
-// every 2 seconds when the stream is not available), and "Retry N Failed" at the end.
+// A batch's page: every card follows its product live (Server-Sent Events), "Cancel
+// batch" while it runs and "Retry N Failed" once it has ended.
+//
+// When the stream breaks (a server restart, a proxy that cuts long requests, the network)
+// the page polls /status every 2 seconds and opens the stream again as soon as the server
+// answers, waiting longer after each failed try (up to 30 s); it says which of these it is
+// doing, in words.
 (function () {
   "use strict";
   var status = JSON.parse(document.getElementById("initial-status").textContent);
+  var labels = JSON.parse(document.getElementById("labels").textContent);
   var batchId = status.batch_id;
+  var base = "/api/v1/products/batch/" + encodeURIComponent(batchId);
   var live = document.getElementById("live");
   var retry = document.getElementById("retry");
+  var cancel = document.getElementById("cancel");
+  var problem = document.getElementById("action-error");
+  var OFFLINE = "Cannot reach the studio: check your connection. Trying again…";
   var polling = null;
   var stream = null;
+  var reopen = null;
+  var failures = 0;
 
   function setText(node, text) { if (node.textContent !== text) { node.textContent = text; } }
+
+  function itemState(p) { return p.state === "running" && p.stalled ? "waiting" : p.state; }
+
+  function countsLine(s) {
+    var counts = Object.assign({}, s.counts);
+    counts.running = (counts.running || 0) - (s.stalled || 0);
+    counts.waiting = s.stalled || 0;
+    var parts = [];
+    Object.keys(labels.counts).forEach(function (k) {
+      if (counts[k]) { parts.push(counts[k] + " " + labels.counts[k]); }
+    });
+    return (parts.join(" · ") || "nothing yet") + " of " + s.total;
+  }
 
   function render(s) {
     status = s;
     var overall = document.getElementById("overall-state");
-    setText(overall, s.state);
+    setText(overall, labels.batches[s.state] || s.state);
     overall.className = "badge big " + s.state;
-    var parts = [];
-    Object.keys(s.counts).forEach(function (k) { if (s.counts[k]) { parts.push(s.counts[k] + " " + k); } });
-    setText(document.getElementById("counts"), parts.join(" · "));
-    setText(document.getElementById("total"), String(s.total));
-    document.getElementById("overall-progress").style.width = Math.round(100 * s.progress) + "%";
+    overall.dataset.state = s.state;
+    setText(document.getElementById("counts"), countsLine(s));
+    var percent = Math.round(100 * s.progress);
+    document.getElementById("overall-progress").style.width = percent + "%";
+    document.querySelector(".progress.overall").setAttribute("aria-valuenow", String(percent));
     s.products.forEach(function (p) {
       var card = document.querySelector('.item[data-product-id="' + CSS.escape(p.product_id) + '"]');
       if (!card) { return; }
-      card.dataset.state = p.state;
+      var state = itemState(p);
+      card.dataset.state = state;
       var badge = card.querySelector(".badge");
-      setText(badge, p.state);
-      badge.className = "badge " + p.state;
+      setText(badge, labels.items[state] || state);
+      badge.className = "badge " + state;
       var percent = Math.round(100 * p.progress);
       var bar = card.querySelector(".progress");
       bar.setAttribute("aria-valuenow", String(percent));
@@ -40,7 +66,7 @@
       if (p.result_url && !media.querySelector("img")) {
         var img = document.createElement("img");
         img.className = "video";
-        img.alt = "video of " + p.title;
+        img.alt = "Video of " + p.title;
         img.src = p.result_url;
         media.appendChild(img);
       }
@@ -48,55 +74,98 @@
     var failed = s.counts.failed || 0;
     retry.hidden = !(s.is_terminal && failed > 0);
     setText(retry, "Retry " + failed + " Failed");
-    if (s.is_terminal) { stop(); setText(live, "finished"); }
+    cancel.hidden = s.is_terminal || s.cancel_requested;
+    if (s.is_terminal) { stop(); setText(live, "Finished."); }
   }
 
   function stop() {
     if (stream) { stream.close(); stream = null; }
     if (polling) { clearInterval(polling); polling = null; }
+    if (reopen) { clearTimeout(reopen); reopen = null; }
   }
 
   function poll() {
-    fetch("/api/v1/products/batch/" + encodeURIComponent(batchId) + "/status", {cache: "no-store"})
-      .then(function (answer) { if (answer.ok) { return answer.json(); } throw new Error(answer.status); })
-      .then(render)
-      .catch(function () { setText(live, "reconnecting…"); });
+    fetch(base + "/status", {cache: "no-store"})
+      .then(function (answer) { if (answer.ok) { return answer.json(); } throw new Error(String(answer.status)); })
+      .then(function (s) {
+        render(s);
+        if (!s.is_terminal) {
+          setText(live, "Updating every 2 s; reconnecting to live updates…");
+          // The server answers again: back to the live stream, now.
+          if (!stream && failures === 1 && reopen) { clearTimeout(reopen); reopen = null; listen(); }
+        }
+      })
+      .catch(function () { setText(live, OFFLINE); });
   }
 
   function startPolling() {
     if (polling || status.is_terminal) { return; }
-    setText(live, "updating every 2 s");
     poll();
     polling = setInterval(poll, 2000);
   }
 
   function listen() {
-    if (status.is_terminal) { setText(live, "finished"); return; }
+    if (status.is_terminal) { setText(live, "Finished."); return; }
     if (!window.EventSource) { startPolling(); return; }
-    stream = new EventSource("/api/v1/products/batch/" + encodeURIComponent(batchId) + "/events");
-    stream.addEventListener("open", function () { setText(live, "live"); });
+    var opened = false;
+    stream = new EventSource(base + "/events");
+    stream.addEventListener("open", function () {
+      opened = true;
+      failures = 0;
+      if (polling) { clearInterval(polling); polling = null; }
+      setText(live, "Live.");
+    });
     stream.addEventListener("status", function (event) { render(JSON.parse(event.data)); });
     stream.addEventListener("end", function () { stop(); });
     stream.addEventListener("error", function () {
-      // The server went away (a restart) or a proxy cut the stream: poll instead.
+      // The server went away (a restart, a deploy) or something cut the stream: poll
+      // meanwhile, and open a new stream later (at once if a poll gets an answer first).
       if (stream) { stream.close(); stream = null; }
+      failures = opened ? 1 : failures + 1;
+      setText(live, "Connection lost; reconnecting…");
       startPolling();
+      var wait = Math.min(30000, 1000 * Math.pow(2, failures - 1));
+      if (reopen) { clearTimeout(reopen); }
+      reopen = setTimeout(function () { reopen = null; listen(); }, wait);
     });
+  }
+
+  // A fetch that fails without an answer (the server is down, the network is gone) says
+  // so in words; an answer that is an error says what the server said.
+  function post(path) {
+    return fetch(base + path, {method: "POST"}).then(
+      function (answer) {
+        return answer.json().catch(function () { return {}; }).then(function (data) {
+          if (!answer.ok) {
+            throw new Error(typeof data.detail === "string" ? data.detail : "The studio refused (" + answer.status + ").");
+          }
+          return data;
+        });
+      },
+      function () { throw new Error("Cannot reach the studio: check your connection and try again."); }
+    );
   }
 
   retry.addEventListener("click", function () {
     retry.disabled = true;
-    fetch("/api/v1/products/batch/" + encodeURIComponent(batchId) + "/retry-failed", {method: "POST"})
-      .then(function (answer) {
-        return answer.json().then(function (data) { return {ok: answer.ok, data: data}; });
+    setText(problem, "");
+    post("/retry-failed")
+      .then(function (data) {
+        window.location.assign("/batch-generate?batch_id=" + encodeURIComponent(data.batch_id));
       })
-      .then(function (result) {
-        if (!result.ok) { throw new Error(result.data.detail || "the retry could not be started"); }
-        window.location.assign("/batch-generate?batch_id=" + encodeURIComponent(result.data.batch_id));
-      })
+      .catch(function (error) { setText(problem, error.message); retry.disabled = false; });
+  });
+
+  cancel.addEventListener("click", function () {
+    cancel.disabled = true;
+    setText(problem, "");
+    setText(cancel, "Cancelling…");
+    post("/cancel")
+      .then(function () { cancel.hidden = true; poll(); })
       .catch(function (error) {
-        setText(document.getElementById("retry-error"), error.message);
-        retry.disabled = false;
+        setText(problem, error.message);
+        setText(cancel, "Cancel batch");
+        cancel.disabled = false;
       });
   });
 

@@ -48,7 +48,11 @@
       headers: {"content-type": "application/json"},
       body: JSON.stringify({product_ids: ids, request_id: token})
     }).then(function (answer) {
-      return answer.json().then(function (data) { return {ok: answer.ok, data: data}; });
+      return answer.json().catch(function () { return {}; })
+        .then(function (data) { return {ok: answer.ok, data: data}; });
+    }, function () {
+      // No answer at all: the server is down or the network is gone.
+      throw new Error("Cannot reach the studio: check your connection and try again.");
     }).then(function (result) {
       if (!result.ok) { throw new Error(describe(result.data)); }
       selected.clear(); save();

@@ -567,6 +567,7 @@ class MemoryStorage:
             created_at=_ts(item.created_at),  # type: ignore[arg-type]
             updated_at=_ts(item.updated_at),  # type: ignore[arg-type]
             started_at=_ts(item.started_at),
+            lease_expires_at=_ts(item.deadline) if item.state is _RUNNING else None,
             finished_at=_ts(item.finished_at),
         )
 

@@ -20,7 +20,7 @@ from .._servers import ServerProcess, free_port
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["ARTIFACTS", "Studio"]
+__all__ = ["ARTIFACTS", "Studio", "new_page", "screenshot"]
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Screenshots and logs of the browser tests (kept after the run; CI can collect them).
@@ -111,26 +111,46 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
+def new_page(
+    browser: Any, studio: Studio, *, width: int = 1280, height: int = 900, owner: str | None = "ada"
+) -> Any:
+    """A page in a browser context of its own, with a window of ``width`` x ``height``,
+    signed in to the studio as ``owner`` (through the sign-in form) unless that is `None`.
+    Closing its context is the caller's."""
+    context = browser.new_context(viewport={"width": width, "height": height}, base_url=studio.url)
+    tab = context.new_page()
+    tab.set_default_timeout(20_000)
+    if owner is not None:
+        tab.goto("/products")
+        tab.fill("input[name=name]", owner)
+        tab.click("button[type=submit]")
+        tab.wait_for_url("**/products")
+    return tab
+
+
 @pytest.fixture
 def page(browser: Any, studio: Studio) -> Iterator[Any]:
     """A new browser page, signed in to the studio as "ada"."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=studio.url)
-    tab = context.new_page()
-    tab.set_default_timeout(20_000)
-    tab.goto("/products")
-    tab.fill("input[name=name]", "ada")
-    tab.click("button[type=submit]")
-    tab.wait_for_url("**/products")
+    tab = new_page(browser, studio)
     try:
         yield tab
     finally:
-        context.close()
+        tab.context.close()
 
 
-def screenshot(tab: Any, name: str, *, full_page: bool = True) -> Path:
-    """Save a screenshot (of the whole page, or of the window) among the test artifacts."""
+#: ``BATCHKIT_SCREENSHOTS=docs`` (``make screenshots``) writes the pages' screenshots into
+#: docs/images as well, where the docs show them.
+DOCS_IMAGES = ROOT / "docs" / "images"
+
+
+def screenshot(tab: Any, name: str, *, full_page: bool = True, docs: bool = False) -> Path:
+    """Save a screenshot (of the whole page, or of the window) among the test artifacts,
+    and as ``docs/images/studio-<name>.png`` when ``docs`` and ``BATCHKIT_SCREENSHOTS=docs``."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     tab.wait_for_timeout(400)  # the progress bars' transitions end
     tab.screenshot(path=str(path), full_page=full_page)
+    if docs and os.environ.get("BATCHKIT_SCREENSHOTS") == "docs":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        (DOCS_IMAGES / f"studio-{name}.png").write_bytes(path.read_bytes())
     return path

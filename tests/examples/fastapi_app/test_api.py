@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 
@@ -14,8 +17,11 @@ from examples.fastapi_app import owners
 from examples.fastapi_app.catalog import catalog
 from examples.fastapi_app.main import MAX_PRODUCTS, create_app
 
+from .conftest import Studio
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -422,3 +428,197 @@ async def test_a_cross_site_request_cannot_change_anything(
         "/api/v1/products/batch-generate", json={"product_ids": USABLE[:1]}, headers=own
     )
     assert made.status_code == 202
+
+
+# -- cancel, names, honest states -------------------------------------------------------------
+
+
+async def test_a_batch_can_be_cancelled_by_its_owner_only(app: Any, ada: httpx.AsyncClient) -> None:
+    chosen = USABLE[:8]  # two slots: most of them are still queued when it is cancelled
+    batch_id = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": chosen})
+    ).json()["batch_id"]
+    async with _client(app, "grace") as grace, _client(app, None) as anonymous:
+        assert (await grace.post(f"/api/v1/products/batch/{batch_id}/cancel")).status_code == 404
+        assert (
+            await anonymous.post(f"/api/v1/products/batch/{batch_id}/cancel")
+        ).status_code == 401
+    refused = await ada.post(
+        f"/api/v1/products/batch/{batch_id}/cancel", headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert refused.status_code == 403
+    answer = await ada.post(f"/api/v1/products/batch/{batch_id}/cancel")
+    assert answer.status_code == 200
+    assert answer.json()["cancel_requested"] is True
+    final = await _until_terminal(ada, batch_id)
+    assert final["state"] == "cancelled"
+    states = [p["state"] for p in final["products"]]
+    assert states.count("cancelled") >= 5, states
+    assert set(states) <= {"succeeded", "cancelled"}
+    for product in final["products"]:
+        if product["state"] == "cancelled":
+            # A cancelled card shows no stage it will never finish, nor a video.
+            assert product["message"] is None
+            assert product["result_url"] is None
+    # Cancelling a finished batch changes nothing.
+    again = await ada.post(f"/api/v1/products/batch/{batch_id}/cancel")
+    assert again.status_code == 200
+    assert again.json()["counts"] == final["counts"]
+
+
+async def test_batches_are_named_after_their_products_with_pictures(
+    ada: httpx.AsyncClient,
+) -> None:
+    titles = {p.id: p.title for p in catalog()}
+    one = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:1]})
+    ).json()
+    five = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[1:6]})
+    ).json()
+    listed = {b["batch_id"]: b for b in (await ada.get("/api/v1/batches")).json()}
+    assert listed[one["batch_id"]]["name"] == titles[USABLE[0]]
+    expected = f"{titles[USABLE[1]]}, {titles[USABLE[2]]} and 3 more"
+    assert listed[five["batch_id"]]["name"] == expected
+    assert listed[five["batch_id"]]["thumbnails"] == [
+        f"/api/v1/products/{p}/image.png" for p in USABLE[1:4]
+    ]
+    status = (await ada.get(f"/api/v1/products/batch/{five['batch_id']}/status")).json()
+    assert status["name"] == expected
+    picture = await ada.get(listed[five["batch_id"]]["thumbnails"][0])
+    assert picture.status_code == 200
+    assert picture.headers["content-type"] == "image/png"
+    page = (await ada.get("/batches")).text
+    assert expected.replace("&", "&amp;") in page
+    assert five["batch_id"] in page  # the link to it
+    assert f'src="/api/v1/products/{USABLE[1]}/image.png"' in page
+
+
+async def test_a_failed_product_shows_its_error_not_a_stale_stage(ada: httpx.AsyncClient) -> None:
+    batch_id = (
+        await ada.post("/api/v1/products/batch-generate", json={"product_ids": UNUSABLE[:1]})
+    ).json()["batch_id"]
+    final = await _until_terminal(ada, batch_id)
+    (product,) = final["products"]
+    assert product["state"] == "failed"
+    assert product["message"] is None  # not "script: writing the script"
+    assert product["error"]
+    page = (await ada.get(f"/batch-generate?batch_id={batch_id}")).text
+    assert "writing the script" not in page
+    assert 'data-state="failed"' in page
+    # Words for people, not FAILED: the batch's badge and the card's.
+    assert 'id="overall-state" data-state="failed">Failed</span>' in page
+    assert '<span class="badge failed">Failed</span>' in page
+
+
+async def _events(client: httpx.AsyncClient, batch_id: str) -> AsyncIterator[dict[str, Any]]:
+    """The status events of a batch's stream, as they come."""
+    async with client.stream("GET", f"/api/v1/products/batch/{batch_id}/events") as events:
+        async for line in events.aiter_lines():
+            if line.startswith("data: "):
+                yield json.loads(line.removeprefix("data: "))
+
+
+def _served(server: Studio, owner: str = "ada") -> httpx.AsyncClient:
+    """A client of the real server (the in-process transport holds a stream's whole body
+    until the app ends it)."""
+    return httpx.AsyncClient(
+        base_url=server.url, cookies={owners.COOKIE: owners.sign(owner)}, timeout=10
+    )
+
+
+async def test_an_item_whose_worker_died_is_shown_waiting_for_a_worker(
+    studio_env: dict[str, str], tmp_path: Path
+) -> None:
+    from batchkit import open_storage
+    from batchkit.protocols import ClaimRequest
+
+    # The app runs no worker: its items run in worker processes, one of which dies here.
+    server = Studio({**studio_env, "BATCHKIT_STUDIO_CONCURRENCY": "0"}, tmp_path)
+    server.start()
+    try:
+        async with _served(server) as ada, open_storage(studio_env["BATCHKIT_STORAGE"]) as store:
+            chosen = USABLE[:2]
+            batch_id = (
+                await ada.post("/api/v1/products/batch-generate", json={"product_ids": chosen})
+            ).json()["batch_id"]
+            # A worker claims one item, with a short lease, and dies: no heartbeat, no end.
+            claim = await store.claim(ClaimRequest(lease_seconds=0.2, batch_ids=(batch_id,)))
+            assert claim is not None
+            first = (await ada.get(f"/api/v1/products/batch/{batch_id}/status")).json()
+            assert first["counts"]["running"] == 1
+            assert first["stalled"] == 0
+            assert [p["stalled"] for p in first["products"]] == [False, False]
+
+            # The event stream says so too, though nothing in the store changes.
+            with anyio.fail_after(10):
+                async for event in _events(ada, batch_id):
+                    if event["stalled"] == 1:
+                        break
+            status = (await ada.get(f"/api/v1/products/batch/{batch_id}/status")).json()
+            assert status["counts"]["running"] == 1  # the store's count, as it is
+            assert status["stalled"] == 1
+            other = next(k for k in chosen if k != claim.lease.key)
+            stalled = {p["product_id"]: p["stalled"] for p in status["products"]}
+            assert stalled == {claim.lease.key: True, other: False}
+            page = (await ada.get(f"/batch-generate?batch_id={batch_id}")).text
+            assert "Waiting for a worker" in page
+            assert "1 waiting for a worker · 1 queued of 2" in page
+    finally:
+        server.close()
+
+
+async def test_sigterm_ends_open_event_streams_and_the_server_at_once(studio: Studio) -> None:
+    async with _served(studio) as ada:
+        batch_id = (
+            await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:8]})
+        ).json()["batch_id"]
+        streams = [_events(ada, batch_id), _events(ada, batch_id)]  # two pages open
+        for stream in streams:
+            with anyio.fail_after(10):
+                while (await anext(stream))["counts"]["running"] == 0:
+                    pass  # until items run: the worker's grace period has work to do
+        started = time.monotonic()
+        assert studio.process is not None
+        studio.process.send_signal(signal.SIGTERM)
+        ends: list[float] = []
+        seen: list[dict[str, Any]] = []
+
+        async def drain(stream: AsyncIterator[dict[str, Any]]) -> None:
+            seen.extend([event async for event in stream])
+            ends.append(time.monotonic() - started)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for stream in streams:
+                    group.start_soon(drain, stream)
+        code = await anyio.to_thread.run_sync(studio.process.wait)
+        exited = time.monotonic() - started
+        studio.process = None
+    assert max(ends) < 1.5, ends
+    assert exited < 3.0, studio.logs()
+    # uvicorn ends by raising the signal it caught again, as a process stopped by it.
+    assert code in (0, -signal.SIGTERM), studio.logs()
+    assert "2 item(s) running" in studio.logs()
+    assert not any(event["is_terminal"] for event in seen)  # they ended before the batch
+
+    # Nothing was lost: the next server finishes the batch.
+    studio.start()
+    async with _served(studio) as ada:
+        final = await _until_terminal(ada, batch_id)
+    assert final["state"] == "completed"
+
+
+async def test_the_api_docs_need_nothing_from_another_site(ada: httpx.AsyncClient) -> None:
+    for path in ("/docs", "/redoc"):
+        page = await ada.get(path)
+        assert page.status_code == 200
+        sources = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(
+            r"url: '([^']+)'", page.text
+        )
+        assert sources, page.text
+        for source in sources:
+            assert source.startswith("/"), (path, source)  # this site only
+            assert (await ada.get(source)).status_code == 200, source
+        assert "cdn" not in page.text.lower()
+        assert "fonts.googleapis" not in page.text

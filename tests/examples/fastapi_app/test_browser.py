@@ -43,9 +43,15 @@ def _card_states(page: Any) -> dict[str, str]:
 def _wait_terminal(page: Any, timeout: float = 60_000) -> None:
     page.wait_for_function(
         "() => ['completed', 'completed_with_errors', 'failed', 'cancelled']"
-        ".includes(document.getElementById('overall-state').textContent.trim())",
+        ".includes(document.getElementById('overall-state').dataset.state)",
         timeout=timeout,
     )
+
+
+def _overall(page: Any) -> tuple[str, str]:
+    """The batch's state, and the words its badge shows for it."""
+    badge = page.locator("#overall-state")
+    return str(badge.get_attribute("data-state")), str(badge.text_content())
 
 
 def _generate(page: Any, product_ids: list[str]) -> str:
@@ -78,7 +84,7 @@ def test_checkboxes_are_always_visible_and_the_bar_follows_the_selection(
     assert bar.is_visible()
     assert page.text_content("#selection-count") == "3 selected"
     assert page.text_content("#generate") == "Generate 3 Videos"
-    screenshot(page, "products", full_page=False)  # the window, with its sticky bar
+    screenshot(page, "products", full_page=False, docs=True)  # the window and its sticky bar
     page.uncheck(f'article.product[data-product-id="{USABLE[1]}"] input.select')
     assert page.text_content("#generate") == "Generate 2 Videos"
     page.uncheck(f'article.product[data-product-id="{UNUSABLE[0]}"] input.select')
@@ -127,7 +133,7 @@ def test_generate_watch_every_card_and_retry_the_failed_ones(page: Any, studio: 
     _wait_terminal(page)
     seen = page.evaluate("() => window.__states")
     final = _card_states(page)
-    assert page.text_content("#overall-state") == "completed_with_errors"
+    assert _overall(page) == ("completed_with_errors", "Done, with errors")
     for product_id in chosen:
         expected = "succeeded" if product_id in USABLE else "failed"
         assert final[product_id] == expected
@@ -149,11 +155,17 @@ def test_generate_watch_every_card_and_retry_the_failed_ones(page: Any, studio: 
         error = page.locator(f'.item[data-product-id="{product_id}"] .error')
         assert error.is_visible()
         assert product_id in error.text_content()
-    assert page.locator("#counts").text_content() == "3 succeeded · 2 failed"
+    assert page.locator("#counts").text_content() == "3 done · 2 failed of 5"
+    assert page.locator('.item[data-state="failed"] .badge').first.text_content() == "Failed"
+    assert page.locator('.item[data-state="succeeded"] .badge').first.text_content() == "Done"
+    # A failed card says why it failed, not the stage it had reached.
+    assert page.locator('.item[data-state="failed"] .message').first.text_content() == ""
+    titles = {p.id: p.title for p in catalog()}
+    assert page.text_content("h1") == f"{titles[chosen[0]]}, {titles[chosen[1]]} and 3 more"
     retry = page.locator("#retry")
     assert retry.is_visible()
     assert retry.text_content() == "Retry 2 Failed"
-    screenshot(page, "batch")
+    screenshot(page, "batch", docs=True)
 
     retry.click()
     page.wait_for_url(lambda url: "batch_id=" in url and batch_id not in url)
@@ -162,7 +174,7 @@ def test_generate_watch_every_card_and_retry_the_failed_ones(page: Any, studio: 
     assert ids == UNUSABLE[:2]  # exactly the failed products
     assert page.locator(".parent a").get_attribute("href") == f"/batch-generate?batch_id={batch_id}"
     _wait_terminal(page)
-    assert page.text_content("#overall-state") == "failed"
+    assert _overall(page) == ("failed", "Failed")
 
 
 def test_a_server_restart_in_the_middle_of_a_batch_loses_nothing(page: Any, studio: Studio) -> None:
@@ -173,13 +185,12 @@ def test_a_server_restart_in_the_middle_of_a_batch_loses_nothing(page: Any, stud
     )
     studio.stop(signal.SIGKILL)  # a crash: its running items come back after their lease
     page.wait_for_function(
-        "() => document.getElementById('live').textContent.includes('reconnecting')"
-        " || document.getElementById('live').textContent.includes('every 2 s')"
+        "() => document.getElementById('live').textContent.includes('Cannot reach the studio')"
     )
     time.sleep(0.5)
     studio.start()
     _wait_terminal(page, timeout=90_000)
-    assert page.text_content("#overall-state") == "completed", studio.logs()
+    assert _overall(page)[0] == "completed", studio.logs()
     assert set(_card_states(page).values()) == {"succeeded"}
     assert page.locator("img.video").count() == len(chosen)
     assert page.locator("#retry").is_hidden()  # ended without failures: nothing to retry

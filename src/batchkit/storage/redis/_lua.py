@@ -247,14 +247,18 @@ local function claimed_by(token)
   return nil
 end
 
+-- An item's fields for ITEM and ITEMS; the last is its lease's deadline while running
+-- (its score in the running set, on the same clock as its times), false otherwise.
 local function item_reply(pos, rec)
   local result = false
   if rec[STATE] == 'succeeded' then result = rec[RESULT] end
+  local lease_end = false
+  if rec[STATE] == 'running' then lease_end = redis.call('ZSCORE', RUNNING, pos) end
   return {
     rec[KEY], tonumber(pos), redis.call('HGET', PAYLOADS, pos), rec[STATE],
     fmt(rec[PROGRESS]), rec[MESSAGE], rec[ATTEMPT], rec[ERROR], result,
     fmt(rec[CREATED]), fmt(rec[UPDATED]), opt(rec[STARTED]), opt(rec[FINISHED]),
-    rec[HISTORY] or false,
+    rec[HISTORY] or false, lease_end,
   }
 end
 
@@ -342,7 +346,8 @@ return record()
 """
 )
 
-#: Read one item. ARGV: 3 key. Returns {found: 0 no batch, 1 no item, 2 item; item}.
+#: Read one item. ARGV: 3 key. Returns {found: 0 no batch, 1 no item, 2 item; item}
+#: (see item_reply).
 ITEM = (
     _COMMON
     + r"""

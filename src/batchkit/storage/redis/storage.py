@@ -505,7 +505,9 @@ class RedisStorage:
 
     def _to_item(self, batch_id: str, reply: list[Any]) -> Item:
         (key, position, payload, state, progress, message, attempt, error, result) = reply[:9]
-        created, updated, started, finished, history = reply[9:14]
+        # lease_end: the lease's deadline while running (its score in the running set, on
+        # the server's clock like the other times), None otherwise.
+        created, updated, started, finished, history, lease_end = reply[9:15]
         return Item(
             batch_id=batch_id,
             key=_text(key),
@@ -521,6 +523,7 @@ class RedisStorage:
             created_at=_ts(created),  # type: ignore[arg-type]
             updated_at=_ts(updated),  # type: ignore[arg-type]
             started_at=_ts(started),
+            lease_expires_at=_ts(lease_end),
             finished_at=_ts(finished),
         )
 

@@ -869,6 +869,9 @@ class SQLStorage:
             created_at=_ts(m["created_at"]),  # type: ignore[arg-type]
             updated_at=_ts(m["updated_at"]),  # type: ignore[arg-type]
             started_at=_ts(m["started_at"]),
+            # The lease's deadline while running; while queued the column holds the retry
+            # time, which is not a lease.
+            lease_expires_at=_ts(m["claimable_at"]) if m["state"] == _R else None,
             finished_at=_ts(m["finished_at"]),
         )
 

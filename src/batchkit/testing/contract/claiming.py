@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ...models import BatchState
-from ...protocols import ClaimRequest
+from ...models import TERMINAL_ITEM_STATES, BatchState
+from ...protocols import ClaimRequest, Outcome
 from ...status import empty_counts, status_from_record
-from ._helpers import _Q, _R, LONG, _claim, _claim_key, _create, _request, counts_of
+from ._helpers import (
+    _Q,
+    _R,
+    LONG,
+    _claim,
+    _claim_key,
+    _create,
+    _error,
+    _request,
+    all_items,
+    counts_of,
+)
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ...models import Item
     from ...protocols import Storage
 
 __all__ = ["ClaimingContract"]
+
+#: How far an item's `lease_expires_at` may be from the deadline the test expects (its
+#: `started_at` or `updated_at`, plus the lease): both are read from the store's clock.
+_SLACK = timedelta(seconds=1)
+
+
+def _near(value: datetime | None, expected: datetime) -> bool:
+    return value is not None and abs(value - expected) <= _SLACK
+
+
+def _lease_end(item: Item) -> datetime:
+    assert item.state is _R, item
+    assert item.lease_expires_at is not None, "a running item shows its lease's end"
+    return item.lease_expires_at
 
 
 class ClaimingContract:
@@ -135,3 +164,104 @@ class ClaimingContract:
         item = await storage.get_item(record.id, "item-0")
         assert (item.progress, item.message) == (0.25, "rendering")
         assert math.isclose((await storage.get_batch(record.id)).running_progress, 0.75)
+
+    # -- lease_expires_at ------------------------------------------------------------------
+
+    async def test_queued_item_has_no_lease_expiry(self, storage: Storage) -> None:
+        record = await _create(storage, 3)
+        assert (await storage.get_item(record.id, "item-0")).lease_expires_at is None
+        waiting = await _claim(storage, record.id)
+        await storage.finish(waiting.lease, Outcome.released(delay=LONG, error=_error()))
+        released = await _claim(storage, record.id)
+        await storage.finish(released.lease, Outcome.released())
+        for key in ("item-0", "item-1"):  # waiting for its retry time; claimable again
+            item = await storage.get_item(record.id, key)
+            assert (item.state, item.lease_expires_at) == (_Q, None)
+        items = await all_items(storage, record.id)
+        assert [(i.state, i.lease_expires_at) for i in items] == [(_Q, None)] * 3
+
+    async def test_claim_sets_lease_expires_at(self, storage: Storage) -> None:
+        record = await _create(storage, 3)
+        await _claim(storage, record.id, lease_seconds=600)
+        await _claim(storage, record.id, lease_seconds=LONG)
+        short = await storage.get_item(record.id, "item-0")
+        long = await storage.get_item(record.id, "item-1")
+        assert short.started_at is not None
+        assert long.started_at is not None
+        assert _near(_lease_end(short), short.started_at + timedelta(seconds=600))
+        assert _near(_lease_end(long), long.started_at + timedelta(seconds=LONG))
+        listed = await all_items(storage, record.id)
+        assert [i.lease_expires_at for i in listed] == [
+            short.lease_expires_at,
+            long.lease_expires_at,
+            None,
+        ]
+        assert [i.lease_expires_at for i in await storage.list_items(record.id, states=[_R])] == [
+            short.lease_expires_at,
+            long.lease_expires_at,
+        ]
+
+    async def test_finish_then_claim_sets_lease_expires_at(self, storage: Storage) -> None:
+        record = await _create(storage, 2)
+        first = await _claim(storage, record.id)
+        result = await storage.finish(
+            first.lease, Outcome.succeeded("1"), then_claim=_request(record.id, lease_seconds=600)
+        )
+        assert result.accepted
+        assert result.claim is not None
+        done, running = await all_items(storage, record.id)
+        assert done.lease_expires_at is None
+        assert running.started_at is not None
+        assert _near(_lease_end(running), running.started_at + timedelta(seconds=600))
+
+    async def test_heartbeat_and_progress_extend_lease_expires_at(self, storage: Storage) -> None:
+        record = await _create(storage, 1)
+        claim = await _claim(storage, record.id, lease_seconds=60)
+        claimed = await storage.get_item(record.id, "item-0")
+        assert claimed.started_at is not None
+        first = _lease_end(claimed)
+        assert (await storage.heartbeat(claim.lease, lease_seconds=LONG)).held
+        second = _lease_end(await storage.get_item(record.id, "item-0"))
+        assert second > first
+        assert second >= claimed.started_at + timedelta(seconds=LONG) - _SLACK
+        status = await storage.record_progress(claim.lease, 0.5, "half", lease_seconds=2 * LONG)
+        assert status.held
+        progressed = await storage.get_item(record.id, "item-0")
+        third = _lease_end(progressed)
+        assert third > second
+        assert _near(third, progressed.updated_at + timedelta(seconds=2 * LONG))
+        assert (await storage.record_progress(claim.lease, 0.75, None)).held
+        assert _lease_end(await storage.get_item(record.id, "item-0")) == third
+        [listed] = await all_items(storage, record.id)
+        assert listed.lease_expires_at == third
+
+    async def test_terminal_items_have_no_lease_expiry(self, storage: Storage) -> None:
+        record = await _create(storage, 5)
+        succeeded = await _claim(storage, record.id)
+        failed = await _claim(storage, record.id)
+        cancelled = await _claim(storage, record.id)
+        await _claim(storage, record.id, lease_seconds=0)  # lapsed: the cancel reaps it
+        await storage.finish(succeeded.lease, Outcome.succeeded("1"))
+        await storage.finish(failed.lease, Outcome.failed(_error()))
+        await storage.finish(cancelled.lease, Outcome.cancelled())
+        await storage.cancel_batch(record.id)  # item-4, queued, is cancelled too
+        items = await all_items(storage, record.id)
+        assert all(item.state in TERMINAL_ITEM_STATES for item in items)
+        assert [item.lease_expires_at for item in items] == [None] * 5
+        for item in items:
+            assert (await storage.get_item(record.id, item.key)).lease_expires_at is None
+
+    async def test_lapsed_lease_reads_running_with_past_expiry(self, storage: Storage) -> None:
+        record = await _create(storage, 2)
+        renewed = await _claim(storage, record.id)
+        await _claim(storage, record.id, lease_seconds=0)
+        assert (await storage.heartbeat(renewed.lease, lease_seconds=0)).held
+        # A write after both, for the store's own "now".
+        now = (await _create(storage, 1)).created_at
+        items = await all_items(storage, record.id)
+        for item in items:
+            assert _lease_end(item) <= now, "a lapsed lease reads as ended"
+            assert (await storage.get_item(record.id, item.key)) == item
+        lapsed = items[1]
+        assert lapsed.started_at is not None
+        assert _near(_lease_end(lapsed), lapsed.started_at)
