@@ -354,24 +354,30 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
             "products": products,
         }
 
-    async def summaries(run: BatchRunner, name: str, limit: int) -> list[dict[str, Any]]:
-        """The owner's batches, newest first, each named and shown by its first products
-        (read side by side: one short read per batch)."""
-        listed = await run.batches(metadata={"owner": name}, limit=limit)
-        shown: list[dict[str, Any]] = [_summary(s) for s in listed]
-
-        async def preview(row: dict[str, Any]) -> None:
-            first = await run.items(row["batch_id"], limit=3)
-            row["name"] = batch_name([_title(i) for i in first[:2]], row["total"])
-            row["thumbnails"] = [
+    async def previewed(run: BatchRunner, status: BatchStatus) -> dict[str, Any]:
+        """The batch's summary, named and shown by its first products (one short read)."""
+        first = await run.items(status.batch_id, limit=3)
+        return {
+            **_summary(status),
+            "name": batch_name([_title(i) for i in first[:2]], status.total),
+            "thumbnails": [
                 f"/api/v1/products/{quote(i.key, safe='')}/image.png"
                 for i in first
                 if i.key in by_id()
-            ]
+            ],
+        }
+
+    async def summaries(run: BatchRunner, name: str, limit: int) -> list[dict[str, Any]]:
+        """The owner's batches, newest first, previewed side by side."""
+        listed = await run.batches(metadata={"owner": name}, limit=limit)
+        shown: list[dict[str, Any]] = [{} for _ in listed]
+
+        async def preview(n: int) -> None:
+            shown[n] = await previewed(run, listed[n])
 
         async with anyio.create_task_group() as group:
-            for row in shown:
-                group.start_soon(preview, row)
+            for n in range(len(listed)):
+                group.start_soon(preview, n)
         return shown
 
     # -- API ---------------------------------------------------------------------------
@@ -467,13 +473,7 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         """Cancel the batch: products not started end cancelled at once, those being made
         at their next stage. A finished batch stays as it is."""
         await owned(run, batch_id, name)
-        status = await run.cancel(batch_id, reason=f"cancelled by {name}")
-        first = await run.items(batch_id, limit=3)
-        return {
-            **_summary(status),
-            "name": batch_name([_title(i) for i in first[:2]], status.total),
-            "thumbnails": [f"/api/v1/products/{quote(i.key, safe='')}/image.png" for i in first],
-        }
+        return await previewed(run, await run.cancel(batch_id, reason=f"cancelled by {name}"))
 
     @app.get("/api/v1/batches", response_model=list[BatchSummary], tags=["batches"])
     async def list_batches(
@@ -490,8 +490,9 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
     )
     async def batch_events(batch_id: str, request: Request, run: Runner, name: Owner) -> Any:
         """Server-Sent Events: a ``status`` event (the body of ``/status``) now and after
-        every change, then ``end`` once the batch has finished. A stopping server ends the
-        stream early (without ``end``): connect again, to the next server."""
+        every change, then ``end`` once the batch has finished (``gone`` if it is deleted
+        meanwhile). A stopping server ends the stream early, without either: connect
+        again, to the next server."""
         await owned(run, batch_id, name)
 
         async def produce(emit: Emit) -> None:
@@ -515,12 +516,16 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
                     await anyio.sleep(RECHECK_SECONDS)
                     await show()
 
-            async with anyio.create_task_group() as group:
-                group.start_soon(recheck)
-                async for _ in run.watch(batch_id, poll_interval=0.5):
-                    await show()
-                group.cancel_scope.cancel()
-            await emit("end", {})
+            ending = "end"
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(recheck)
+                    async for _ in run.watch(batch_id, poll_interval=0.5):
+                        await show()
+                    group.cancel_scope.cancel()
+            except* BatchNotFound:
+                ending = "gone"  # deleted while watched: nothing more will come
+            await emit(ending, {})
 
         return EventStream(produce, request.app.state.stopping)
 
@@ -610,7 +615,8 @@ def begin_shutdown(app: FastAPI) -> None:
     handler; the studio's ``__main__`` calls it on SIGTERM and SIGINT."""
     started = getattr(app.state, "begin_shutdown", None)
     if started is not None:
-        started()
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing is open
+            started()
 
 
 class EventStream(Response):

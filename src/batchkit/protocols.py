@@ -263,7 +263,8 @@ class Storage(Protocol):
         ...
 
     async def get_item(self, batch_id: str, key: str) -> Item:
-        """Read one item.
+        """Read one item. A running item's `Item.lease_expires_at` is its lease's current
+        deadline (past, once the lease has lapsed); it is `None` in every other state.
 
         Raises:
             BatchNotFound: no batch has this id.

@@ -84,18 +84,35 @@
     if (reopen) { clearTimeout(reopen); reopen = null; }
   }
 
+  // What the page says when /status answers with an error instead of the batch.
+  function refused(code) {
+    if (code === 404) { gone(); return null; }
+    if (code === 401) { stop(); setText(live, "Your sign-in has ended: sign in again to follow this batch."); return null; }
+    setText(live, "The studio could not read the batch (error " + code + "); trying again…");
+    return null;
+  }
+
+  function gone() {
+    stop();
+    cancel.hidden = true;
+    setText(live, "This batch no longer exists.");
+  }
+
   function poll() {
     fetch(base + "/status", {cache: "no-store"})
-      .then(function (answer) { if (answer.ok) { return answer.json(); } throw new Error(String(answer.status)); })
+      .then(
+        function (answer) { return answer.ok ? answer.json() : refused(answer.status); },
+        function () { setText(live, OFFLINE); return null; }
+      )
       .then(function (s) {
+        if (!s) { return; }
         render(s);
         if (!s.is_terminal) {
           setText(live, "Updating every 2 s; reconnecting to live updates…");
           // The server answers again: back to the live stream, now.
           if (!stream && failures === 1 && reopen) { clearTimeout(reopen); reopen = null; listen(); }
         }
-      })
-      .catch(function () { setText(live, OFFLINE); });
+      });
   }
 
   function startPolling() {
@@ -117,6 +134,7 @@
     });
     stream.addEventListener("status", function (event) { render(JSON.parse(event.data)); });
     stream.addEventListener("end", function () { stop(); });
+    stream.addEventListener("gone", gone);
     stream.addEventListener("error", function () {
       // The server went away (a restart, a deploy) or something cut the stream: poll
       // meanwhile, and open a new stream later (at once if a poll gets an answer first).

@@ -568,6 +568,40 @@ async def test_an_item_whose_worker_died_is_shown_waiting_for_a_worker(
         server.close()
 
 
+async def test_an_event_stream_ends_with_gone_when_its_batch_is_deleted(
+    studio_env: dict[str, str], tmp_path: Path
+) -> None:
+    from batchkit import BatchRunner, open_storage
+    from examples.fastapi_app.generator import generate
+
+    server = Studio({**studio_env, "BATCHKIT_STUDIO_CONCURRENCY": "0"}, tmp_path)
+    server.start()
+    try:
+        async with _served(server) as ada, open_storage(studio_env["BATCHKIT_STORAGE"]) as store:
+            batch_id = (
+                await ada.post("/api/v1/products/batch-generate", json={"product_ids": USABLE[:2]})
+            ).json()["batch_id"]
+            # A page that leaves mid-stream: the server lets it go without an error.
+            async with ada.stream("GET", f"/api/v1/products/batch/{batch_id}/events") as left:
+                async for line in left.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+            async with ada.stream("GET", f"/api/v1/products/batch/{batch_id}/events") as events:
+                lines = events.aiter_lines()
+                while not (await anext(lines)).startswith("data: "):
+                    pass
+                await BatchRunner(store, generate).delete(batch_id)
+                with anyio.fail_after(10):
+                    rest = [line async for line in lines]
+            assert "event: gone" in rest
+            assert "event: end" not in rest
+            gone = await ada.get(f"/api/v1/products/batch/{batch_id}/status")
+            assert gone.status_code == 404
+        assert "Traceback" not in server.logs()
+    finally:
+        server.close()
+
+
 async def test_sigterm_ends_open_event_streams_and_the_server_at_once(studio: Studio) -> None:
     async with _served(studio) as ada:
         batch_id = (
