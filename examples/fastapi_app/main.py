@@ -528,10 +528,12 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
 
             async def recheck() -> None:
                 # A worker that died changes nothing until another one takes its items
-                # up: a look every few seconds shows them as waiting for a worker.
+                # up: a look every few seconds, while some are running, shows them as
+                # waiting for a worker.
                 while True:
                     await anyio.sleep(RECHECK_SECONDS)
-                    await show()
+                    if last is None or last["counts"].get("running"):
+                        await show()
 
             ending = "end"
             try:
