@@ -62,7 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             return
         # Started with the app, stopped with it: leaving the block lets running items
         # finish for a few seconds, then hands the rest back to `queued`.
-        async with Worker(storage, generate, concurrency=4, lease=LEASE, grace_period=5):
+        async with Worker(storage, generate, concurrency=4, lease_seconds=LEASE, grace_period=5):
             yield
 
 

@@ -300,7 +300,7 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
         slots = concurrency
     if slots < 0:
         raise ValueError(f"the worker's concurrency is 0 (no worker) or more, not {slots}")
-    lease = float(os.environ.get("BATCHKIT_STUDIO_LEASE", "10"))
+    lease_seconds = float(os.environ.get("BATCHKIT_STUDIO_LEASE", "10"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -316,7 +316,13 @@ def create_app(storage_url: str | None = None, *, concurrency: int | None = None
             if slots:
                 # The work runs here, not in the requests: a restarted server's worker
                 # claims what is left, and a stopped one hands its running items back.
-                worker = Worker(storage, generate, concurrency=slots, lease=lease, grace_period=5)
+                worker = Worker(
+                    storage,
+                    generate,
+                    concurrency=slots,
+                    lease_seconds=lease_seconds,
+                    grace_period=5,
+                )
                 await work.enter_async_context(worker)
             try:
                 yield

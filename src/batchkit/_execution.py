@@ -1,29 +1,30 @@
-"""Running claimed items: the slot loop, the keeper task and the capture of failures.
+"""The executor: claims items, runs them in slots, and writes their outcomes.
 
-Shared by `BatchRunner.run` (items of one batch) and workers (items of any batch).
+Shared by `BatchRunner.run` (items of one batch) and workers (items of any batch). What
+it builds on lives beside it: `_keeper` (heartbeats and progress writes), `_calling`
+(one call of the generator), `_errors` (what the generator raised), `_failure_limit`
+(``max_failures``), `_itemlog` (the items log) and `_batch_info`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import heapq
-import inspect
 import logging
 import math
 import time
-import traceback
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 
-from ._keeper import Keeper
+from ._calling import Ended, call_generator, is_async_callable
+from ._errors import STOPPING, cut
+from ._failure_limit import enforce_max_failures
+from ._itemlog import items_logger, log_item
+from ._keeper import Keeper, KeeperSettings
 from ._secrets import redact
-from .codec import JSONError, clean_text, encode
 from .context import ItemContext, _Reporter
 from .exceptions import StorageError
 from .history import History
@@ -33,148 +34,11 @@ from .protocols import Claim, ClaimRequest, FinishResult, Lease, Outcome, Storag
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from ._batch_info import BatchInfo
     from .protocols import Generator, SyncGenerator
     from .retry import RetryPolicy
 
-__all__ = [
-    "BatchInfo",
-    "BatchInfoCache",
-    "Executor",
-    "error_from_exception",
-    "is_async_callable",
-    "is_cancellation",
-    "redact",
-]
-
-logger = logging.getLogger("batchkit.runner")
-#: One line per transition of an item (started, succeeded, failed, retrying, released,
-#: cancelled, recovered), with the fields ``event batch_id key attempt`` and more.
-items_logger = logging.getLogger("batchkit.items")
-
-
-def _cut(text: str, limit: int, *, keep_end: bool = False) -> str:
-    if len(text) <= limit:
-        return text
-    if limit <= 1:
-        return "…"[:limit]
-    if keep_end:
-        return "…" + text[-(limit - 1) :]
-    return text[: limit - 1] + "…"
-
-
-#: Longest exception class name kept in `ItemError.type` (a generated class can have any).
-_MAX_TYPE_LENGTH = 200
-
-
-def error_from_exception(exc: BaseException, *, attempt: int, limits: Limits) -> ItemError:
-    """The bounded, redacted record of why an attempt failed."""
-    # The generator's exception is foreign code: its __str__ may itself raise, and that
-    # must fail the item, not escape the runner.
-    try:
-        message = str(exc) or repr(exc)
-    except Exception:
-        message = f"<{type(exc).__name__}: str() failed>"
-    try:
-        formatted = "".join(traceback.format_exception(exc))
-    except Exception:
-        formatted = message
-    return ItemError(
-        type=_cut(clean_text(type(exc).__name__), _MAX_TYPE_LENGTH),
-        message=_cut(clean_text(redact(message)), limits.max_error_length),
-        traceback=_cut(clean_text(redact(formatted)), limits.max_traceback_length, keep_end=True),
-        attempt=attempt,
-    )
-
-
-def is_async_callable(fn: object) -> bool:
-    """Whether calling ``fn`` returns an awaitable (async function, partial, or object)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
-_FORGOT_ASYNC = object()
-
-
-def _close(value: object) -> None:
-    close = getattr(value, "close", None)
-    if callable(close):
-        close()  # silence "coroutine was never awaited"
-
-
-@dataclass(frozen=True, slots=True)
-class _Raised:
-    """A sync generator's `BaseException` that is not an `Exception`, carried as a value.
-
-    Raised across the thread boundary, a `GeneratorExit` would be taken by the event
-    loop machinery as the closing of its own coroutine.
-    """
-
-    exc: BaseException
-
-
-def _call_sync(generator: Callable[[ItemContext], Any], ctx: ItemContext) -> Any:
-    # A sync function that returns a coroutine forgot `async`; trio's to_thread would
-    # refuse it with its own TypeError, so recognise it here, the same on every backend.
-    try:
-        value = generator(ctx)
-    except Exception:
-        raise
-    except BaseException as exc:
-        return _Raised(exc)
-    if inspect.isawaitable(value):
-        _close(value)
-        return _FORGOT_ASYNC
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class BatchInfo:
-    """What running a batch's items needs of the batch: it never changes after submission."""
-
-    metadata: dict[str, Any]
-    max_failures: int | None = None
-
-
-class BatchInfoCache:
-    """Reads a batch's `BatchInfo` once and keeps it (it never changes after submission).
-
-    Args:
-        storage: where to read it.
-        size: how many batches to keep; the oldest read is dropped first.
-    """
-
-    def __init__(self, storage: Storage, size: int = 1_024) -> None:
-        self._storage = storage
-        self._size = size
-        self._info: dict[str, BatchInfo] = {}
-
-    async def __call__(self, batch_id: str) -> BatchInfo:
-        """The batch's info.
-
-        Raises:
-            BatchNotFound: no batch has this id.
-        """
-        info = self._info.get(batch_id)
-        if info is None:
-            record = await self._storage.get_batch(batch_id)
-            info = BatchInfo(metadata=record.metadata, max_failures=record.max_failures)
-            if len(self._info) >= self._size:
-                self._info.pop(next(iter(self._info)))
-            self._info[batch_id] = info
-        return info
-
-    def forget(self, batch_id: str) -> None:
-        """Drop what is kept of a batch (it was deleted, or it finished)."""
-        self._info.pop(batch_id, None)
-
-
-#: What an attempt came to before the retry policy has its say: the outcome, and the
-#: exception that failed it (`None` when none was raised: a result that is not JSON).
-_Ended = tuple[Outcome, BaseException | None]
+__all__ = ["Executor", "ExecutorOptions", "build_executor"]
 
 
 _NO_HISTORY = History()
@@ -226,6 +90,13 @@ class Executor:
         self.lease_seconds = lease_seconds
         self.heartbeat_interval = lease_seconds / 3
         self.progress_interval = progress_interval
+        #: What each slot's keeper reads of these options.
+        self.keeper_settings = KeeperSettings(
+            lease_seconds=lease_seconds,
+            heartbeat_interval=self.heartbeat_interval,
+            progress_interval=progress_interval,
+            generator_is_async=self.generator_is_async,
+        )
         self.batch_info = batch_info
         self.retry = retry
         self.thread_limiter = thread_limiter
@@ -248,7 +119,7 @@ class Executor:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Keeper]:
         """A slot that runs one item at a time: its keeper task runs while it is open."""
-        keeper = Keeper(self)
+        keeper = Keeper(self.storage, self.keeper_settings)
         self._keepers.add(keeper)
         try:
             async with anyio.create_task_group() as tg:
@@ -477,40 +348,24 @@ class Executor:
         fields: dict[str, Any] = {"duration": round(duration, 6)}
         if outcome.error is not None:
             fields["error_type"] = outcome.error.type
-            fields["error"] = _cut(outcome.error.message, 200)
+            fields["error"] = cut(outcome.error.message, 200)
         if event == "retrying":
             fields["delay"] = round(outcome.delay, 3)
         self._log(level, event, lease, **fields)
 
     async def _limit_failures(self, lease: Lease, limit: int, *, failing: bool) -> None:
-        """Cancel the rest of the batch once more than ``limit`` of its items have failed.
+        """The batch's ``max_failures``: see `enforce_max_failures`."""
+        await enforce_max_failures(
+            self.storage,
+            lease,
+            limit,
+            failing=failing,
+            lease_seconds=self.lease_seconds,
+            stop_running=self._cancel_running,
+        )
 
-        Checked before the failure is written (counting it), so that a runner dying right
-        after writing it still leaves the batch cancelled, and again after (without it),
-        for failures written by other runners at the same moment.
-        """
-        batch_id = lease.batch_id
-        # Only a failure that will be written counts: the lease must still be ours.
-        seconds = self.lease_seconds
-        if failing and not (await self.storage.heartbeat(lease, lease_seconds=seconds)).held:
-            return
-        record = await self.storage.get_batch(batch_id)
-        failed = record.counts.get(ItemState.FAILED, 0) + (1 if failing else 0)
-        if failed <= limit or record.cancel_requested_at is not None:
-            return
-        if record.finished_at is not None:
-            return
-        reason = (
-            f"{failed} items failed, more than max_failures={limit}: "
-            "the rest of the batch was cancelled"
-        )
-        await self.storage.cancel_batch(batch_id, reason=reason)
-        logger.warning(
-            "batch %s cancelled: %s",
-            batch_id,
-            reason,
-            extra={"batch_id": batch_id, "failed": failed, "max_failures": limit},
-        )
+    def _cancel_running(self, batch_id: str) -> None:
+        """Stop this executor's running items of a batch as cancelled (it just was)."""
         for keeper in list(self._keepers):
             if keeper.lease is not None and keeper.lease.batch_id == batch_id:
                 keeper.cancel_now()
@@ -523,20 +378,7 @@ class Executor:
         self, level: int, event: str, lease: Lease, *, says: str | None = None, **fields: Any
     ) -> None:
         """Log an item's ``event``; the line says ``says`` when given, else the event."""
-        if not items_logger.isEnabledFor(level):
-            return
-        extra: dict[str, Any] = {
-            "event": event,
-            "batch_id": lease.batch_id,
-            "key": lease.key,
-            "attempt": lease.attempt,
-            **fields,
-        }
-        if self.name is not None:
-            extra["worker"] = self.name
-        items_logger.log(
-            level, "item %s %s: %s", lease.batch_id, _shown(lease.key), says or event, extra=extra
-        )
+        log_item(level, event, lease, worker=self.name, says=says, **fields)
 
     def recently_running(self, since: float) -> list[Lease]:
         """The items running now, or that ended at ``since`` (`time.monotonic`) or later."""
@@ -546,11 +388,11 @@ class Executor:
             if (lease := k.lease or (k.recent if k.recent_end >= since else None))
         ]
 
-    async def _execute(self, claim: Claim, keeper: Keeper, history: History) -> _Ended | None:
+    async def _execute(self, claim: Claim, keeper: Keeper, history: History) -> Ended | None:
         lease = claim.lease
         reporter = _Reporter(self.limits.max_message_length)
         timeout = self.item_timeout
-        ended: _Ended | None = None
+        ended: Ended | None = None
         try:
             # A storage shields its writes, and a generator need not await anything: this
             # is where a cancelled run notices, once per item, whatever both do.
@@ -569,7 +411,13 @@ class Executor:
             deadline = math.inf if timeout is None else anyio.current_time() + timeout
             with anyio.CancelScope(deadline=deadline) as control:
                 keeper.begin(lease, reporter, control)
-                ended = await self._invoke(ctx)
+                ended = await call_generator(
+                    self.generator,
+                    ctx,
+                    is_async=self.generator_is_async,
+                    limits=self.limits,
+                    thread_limiter=self.thread_limiter,
+                )
         except BaseException:
             keeper.end()
             released = Outcome.released(history=history.with_release().encode())
@@ -602,74 +450,51 @@ class Executor:
         error = ItemError(type="TimeoutError", message=message, attempt=lease.attempt)
         return Outcome.failed(error), TimeoutError(message)
 
-    async def _invoke(self, ctx: ItemContext) -> _Ended:
-        try:
-            if self.generator_is_async:
-                value = await self.generator(ctx)
-            else:
-                value = await anyio.to_thread.run_sync(
-                    _call_sync,
-                    self.generator,
-                    ctx,
-                    abandon_on_cancel=True,
-                    limiter=self.thread_limiter,
-                )
-        except Exception as exc:
-            error = error_from_exception(exc, attempt=ctx.attempt, limits=self.limits)
-            return Outcome.failed(error), exc
-        except BaseException as exc:
-            if is_cancellation(exc):
-                raise
-            value = _Raised(exc)
-        if type(value) is _Raised:
-            # GeneratorExit, SystemExit, KeyboardInterrupt, a class of the host's own: the
-            # attempt fails like any other, counted against the item's budget, and is
-            # written before anything propagates (`work` re-raises the two that stop a
-            # process): an item that raises one on every run must end `failed`, not be
-            # handed back uncounted to crash the next runner in turn.
-            error = error_from_exception(value.exc, attempt=ctx.attempt, limits=self.limits)
-            return Outcome.failed(error), value.exc
-        if value is _FORGOT_ASYNC or inspect.isawaitable(value):
-            _close(value)
-            error = ItemError(
-                type="InvalidResult",
-                message="the generator returned an awaitable; declare it `async def` "
-                "so that batchkit awaits it",
-                attempt=ctx.attempt,
-            )
-            return Outcome.failed(error), None
-        try:
-            text = encode(
-                value,
-                max_bytes=self.limits.max_result_bytes,
-                max_depth=self.limits.max_json_depth,
-                what="result",
-            )
-        except JSONError as exc:
-            error = ItemError(type="InvalidResult", message=str(exc), attempt=ctx.attempt)
-            return Outcome.failed(error), None
-        return Outcome.succeeded(text), None
+
+class ExecutorOptions(Protocol):
+    """The options `BatchRunner` and `Worker` share, from which each builds its executor."""
+
+    @property
+    def storage(self) -> Storage: ...
+    @property
+    def generator(self) -> Generator | SyncGenerator: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def item_timeout(self) -> float | None: ...
+    @property
+    def lease_seconds(self) -> float: ...
+    @property
+    def progress_interval(self) -> float: ...
+    @property
+    def retry(self) -> RetryPolicy | None: ...
 
 
-def is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is a cancellation of the running task, not an error named like one.
+def build_executor(
+    options: ExecutorOptions,
+    batch_info: Callable[[str], Awaitable[BatchInfo]],
+    *,
+    name: str | None = None,
+    on_event: Callable[[str, Lease], None] | None = None,
+    patient: bool = False,
+) -> Executor:
+    """The executor of a runner or a worker: its sync generator gets one thread per slot.
 
-    On asyncio a generator can raise `asyncio.CancelledError` itself, or get one from a
-    future someone else cancelled, while nothing cancels its task: that is the
-    generator's error. (trio's `Cancelled` cannot be raised by hand.)
+    ``batch_info``, ``name``, ``on_event`` and ``patient`` are as `Executor` takes them.
     """
-    if not isinstance(exc, anyio.get_cancelled_exc_class()):
-        return False
-    if isinstance(exc, asyncio.CancelledError):
-        task = asyncio.current_task()
-        return task is None or task.cancelling() > 0
-    return True
-
-
-#: Errors that stop a process: after the attempt is written, they propagate.
-STOPPING = (SystemExit, KeyboardInterrupt)
-
-
-def _shown(key: str) -> str:
-    """An item key as the log shows it: quoted, control characters escaped, cut."""
-    return repr(_cut(key, 80))
+    return Executor(
+        storage=options.storage,
+        generator=options.generator,
+        limits=options.limits,
+        item_timeout=options.item_timeout,
+        lease_seconds=options.lease_seconds,
+        progress_interval=options.progress_interval,
+        batch_info=batch_info,
+        retry=options.retry,
+        thread_limiter=anyio.CapacityLimiter(options.concurrency),
+        name=name,
+        on_event=on_event,
+        patient=patient,
+    )

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ._execution import is_cancellation
+from ._errors import is_cancellation
 from .status import status_from_record
 
 if TYPE_CHECKING:

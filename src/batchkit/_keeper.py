@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -13,20 +14,40 @@ import anyio.lowlevel
 from .exceptions import StorageError
 
 if TYPE_CHECKING:
-    from ._execution import Executor
     from .context import _Reporter
-    from .protocols import Lease, LeaseStatus
+    from .protocols import Lease, LeaseStatus, Storage
 
-__all__ = ["Keeper"]
+__all__ = ["Keeper", "KeeperSettings"]
 
 logger = logging.getLogger("batchkit.runner")
 
 
-class Keeper:
-    """Heartbeats and throttled progress writes for the item a slot is running."""
+@dataclass(frozen=True, slots=True)
+class KeeperSettings:
+    """What a keeper needs to know of the runner it serves."""
 
-    def __init__(self, executor: Executor) -> None:
-        self._ex = executor
+    #: How long a heartbeat or a progress write renews the lease for.
+    lease_seconds: float
+    #: Seconds between two heartbeats (a progress write counts as one).
+    heartbeat_interval: float
+    #: At most one progress write per item per this many seconds.
+    progress_interval: float
+    #: Whether the generator is async: a sync one runs in a thread, which cannot wake
+    #: the keeper when it reports progress, so the keeper looks every interval.
+    generator_is_async: bool
+
+
+class Keeper:
+    """Heartbeats and throttled progress writes for the item a slot is running.
+
+    Args:
+        storage: the store the item was claimed from.
+        settings: the runner's lease and intervals.
+    """
+
+    def __init__(self, storage: Storage, settings: KeeperSettings) -> None:
+        self._storage = storage
+        self._settings = settings
         self.lease: Lease | None = None
         self.reporter: _Reporter | None = None
         self.scope: anyio.CancelScope | None = None
@@ -57,7 +78,7 @@ class Keeper:
         self._idle = anyio.Event()
 
     async def run(self) -> None:
-        ex = self._ex
+        settings, storage = self._settings, self._storage
         while True:
             await self._idle.wait()
             lease, reporter, scope = self.lease, self.reporter, self.scope
@@ -65,14 +86,14 @@ class Keeper:
                 await anyio.lowlevel.checkpoint()
                 continue
             last_write = -math.inf
-            next_beat = anyio.current_time() + ex.heartbeat_interval
+            next_beat = anyio.current_time() + settings.heartbeat_interval
             while self.lease is lease:
                 now = anyio.current_time()
                 due = next_beat
                 if reporter.pending is not None:
-                    due = min(due, last_write + ex.progress_interval)
-                elif not ex.generator_is_async:
-                    due = min(due, now + ex.progress_interval)  # a thread cannot wake us
+                    due = min(due, last_write + settings.progress_interval)
+                elif not settings.generator_is_async:
+                    due = min(due, now + settings.progress_interval)  # a thread cannot wake us
                 if due > now:
                     reporter.wake = anyio.Event()
                     with anyio.move_on_after(due - now):
@@ -84,21 +105,21 @@ class Keeper:
                 status: LeaseStatus | None = None
                 pending = reporter.pending
                 try:
-                    if pending is not None and now >= last_write + ex.progress_interval:
+                    if pending is not None and now >= last_write + settings.progress_interval:
                         reporter.pending = None
                         last_write = now
-                        next_beat = now + ex.heartbeat_interval
+                        next_beat = now + settings.heartbeat_interval
                         # Shielded: cancelling a driver mid-write (the item ended meanwhile)
                         # can leave its connection half-closed; the write is short anyway.
                         with anyio.CancelScope(shield=True):
-                            status = await ex.storage.record_progress(
-                                lease, pending[0], pending[1], lease_seconds=ex.lease_seconds
+                            status = await storage.record_progress(
+                                lease, pending[0], pending[1], lease_seconds=settings.lease_seconds
                             )
                     elif now >= next_beat:
-                        next_beat = now + ex.heartbeat_interval
+                        next_beat = now + settings.heartbeat_interval
                         with anyio.CancelScope(shield=True):
-                            status = await ex.storage.heartbeat(
-                                lease, lease_seconds=ex.lease_seconds
+                            status = await storage.heartbeat(
+                                lease, lease_seconds=settings.lease_seconds
                             )
                 except (StorageError, OSError) as exc:
                     # The store stayed away past its own retries. The item goes on: its
@@ -109,7 +130,7 @@ class Keeper:
                         exc,
                         extra={"batch_id": lease.batch_id, "key": lease.key},
                     )
-                    next_beat = anyio.current_time() + ex.heartbeat_interval / 3
+                    next_beat = anyio.current_time() + settings.heartbeat_interval / 3
                     continue
                 if status is None or self.lease is not lease:
                     continue

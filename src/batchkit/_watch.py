@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
+from ._itemlog import shown
+
 if TYPE_CHECKING:
     from ._execution import Executor
 
@@ -49,7 +51,7 @@ async def watch_loop(
 
 def _report(executor: Executor, blocked: float, since: float) -> None:
     running = executor.recently_running(since)
-    shown = ", ".join(f"{r.batch_id} {_shown(r.key)}" for r in running[:5]) or "nothing"
+    items = ", ".join(f"{r.batch_id} {shown(r.key)}" for r in running[:5]) or "nothing"
     advice = ""
     if blocked >= executor.lease_seconds:
         advice = (
@@ -69,11 +71,7 @@ def _report(executor: Executor, blocked: float, since: float) -> None:
         "plain `def` (it then runs in a thread) or move the blocking part into "
         "anyio.to_thread.run_sync",
         blocked,
-        shown,
+        items,
         advice,
         extra=extra,
     )
-
-
-def _shown(key: str) -> str:
-    return repr(key if len(key) <= 80 else key[:79] + "…")

@@ -16,6 +16,7 @@ import anyio
 
 from . import __version__
 from ._console import JSONFormatter, LiveSummary, TextFormatter
+from ._options import is_filter_value, is_positive_int, is_seconds
 from ._secrets import redact, url_secrets
 from .exceptions import BatchkitError
 from .ids import is_batch_id
@@ -84,7 +85,7 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
+    if not is_positive_int(value):
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
@@ -95,7 +96,7 @@ def _seconds(*, zero: bool = False) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if not value == value or value in (float("inf"), float("-inf")) or value < 0:
+        if not is_seconds(value, allow_zero=True):
             raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
         if value == 0 and not zero:
             raise argparse.ArgumentTypeError("must be more than 0 seconds")
@@ -120,7 +121,7 @@ def _where(text: str) -> tuple[str, Any]:
         value = []  # nested too deep to read: not a scalar either
     except ValueError:
         value = raw  # plain text
-    if not isinstance(value, str | int | float | bool | type(None)):
+    if not is_filter_value(value):
         raise argparse.ArgumentTypeError(f"{key}: a filter value is a single JSON scalar")
     return key, value
 
@@ -193,12 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="items run at once by this worker (default: 1)",
     )
     how.add_argument(
+        "--lease-seconds",
         "--lease",
+        dest="lease_seconds",
         metavar="SECONDS",
         type=_seconds(),
         default=30.0,
         help="how long a claim holds without a heartbeat; heartbeats renew it every third "
-        "of this, and an item whose worker died runs again after it (default: 30)",
+        "of this, and an item whose worker died runs again after it (default: 30; "
+        "--lease for short)",
     )
     how.add_argument(
         "--item-timeout",
@@ -359,7 +363,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
                 storage,
                 generator,
                 concurrency=args.concurrency,
-                lease=args.lease,
+                lease_seconds=args.lease_seconds,
                 batch_ids=args.batch_ids,
                 metadata=dict(args.where) if args.where else None,
                 retry=retry,

@@ -3,11 +3,12 @@ are worth another try."""
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias, cast
+
+from ._options import positive_int, seconds
 
 __all__ = ["ErrorMatcher", "RetryPolicy"]
 
@@ -28,17 +29,6 @@ def _matcher(value: ErrorMatcher, name: str) -> Callable[[BaseException], bool]:
     if callable(value):
         return cast("Callable[[BaseException], bool]", value)
     raise TypeError(f"{name} must be an exception class, a tuple of them or a predicate")
-
-
-def _seconds(name: str, value: object) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a finite number of seconds, at least 0; got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -84,25 +74,22 @@ class RetryPolicy:
     _give_up_on: Callable[[BaseException], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if (
-            not isinstance(self.max_attempts, int)
-            or isinstance(self.max_attempts, bool)
-            or self.max_attempts < 1
-        ):
-            raise ValueError(
-                f"max_attempts must be an integer of at least 1, got {self.max_attempts!r}"
-            )
+        positive_int("max_attempts", self.max_attempts)
         backoff = self.backoff
         if isinstance(backoff, Sequence) and not isinstance(backoff, str | bytes):
             if not backoff:
                 raise ValueError("backoff must hold at least one delay")
             object.__setattr__(
-                self, "backoff", tuple(_seconds("each backoff delay", d) for d in backoff)
+                self,
+                "backoff",
+                tuple(seconds("each backoff delay", d, allow_zero=True) for d in backoff),
             )
         elif not callable(backoff):
-            object.__setattr__(self, "backoff", _seconds("backoff", backoff))
-        object.__setattr__(self, "max_backoff", _seconds("max_backoff", self.max_backoff))
-        jitter = _seconds("jitter", self.jitter)
+            object.__setattr__(self, "backoff", seconds("backoff", backoff, allow_zero=True))
+        object.__setattr__(
+            self, "max_backoff", seconds("max_backoff", self.max_backoff, allow_zero=True)
+        )
+        jitter = seconds("jitter", self.jitter, allow_zero=True)
         if jitter > 1:
             raise ValueError(f"jitter must be a fraction from 0 to 1, got {self.jitter!r}")
         object.__setattr__(self, "jitter", jitter)
@@ -119,7 +106,7 @@ class RetryPolicy:
         if isinstance(backoff, tuple):
             base = float(backoff[min(failures, len(backoff)) - 1])
         elif callable(backoff):
-            base = _seconds("the backoff callable's delay", backoff(failures))
+            base = seconds("the backoff callable's delay", backoff(failures), allow_zero=True)
         else:
             assert isinstance(backoff, float)
             base = backoff * 2.0 ** min(failures - 1, 64)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._execution import BatchInfoCache, Executor
+from ._batch_info import BatchInfoCache
+from ._execution import build_executor
+from ._failure_limit import check_max_failures
 from ._hooks import BatchFinishedHook, fire_hook
+from ._options import check_generator, check_metadata_filter, positive_int, positive_seconds
 from ._secrets import redact
 from ._watch import watch_loop
 from .codec import JSONError, clean_text, encode, is_unicode, loads
@@ -24,6 +26,7 @@ from .retry import RetryPolicy
 from .status import batch_from_record, status_from_record
 
 if TYPE_CHECKING:
+    from ._execution import Executor
     from .protocols import Generator, Storage, SyncGenerator
 
 __all__ = ["BatchFinishedHook", "BatchRunner"]
@@ -31,28 +34,6 @@ __all__ = ["BatchFinishedHook", "BatchRunner"]
 logger = logging.getLogger("batchkit.runner")
 
 _ITEMS_PAGE_MAX = 1_000
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def check_max_failures(value: object) -> int | None:
-    """``max_failures`` as given to `BatchRunner.submit`: `None` or an integer of at least 0."""
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidBatch(f"max_failures must be None or an integer of at least 0, got {value!r}")
-    return value
-
-
-def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
 class BatchRunner:
@@ -97,15 +78,13 @@ class BatchRunner:
         retry: RetryPolicy | None = None,
         block_warning: float | None = 1.0,
     ) -> None:
-        if not callable(generator):
-            raise TypeError(f"generator must be callable, got {generator!r}")
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ValueError(f"concurrency must be an integer of at least 1, got {concurrency!r}")
-        _positive("item_timeout", item_timeout, allow_none=True)
-        _positive("lease_seconds", lease_seconds)
-        _positive("progress_interval", progress_interval)
-        _positive("poll_interval", poll_interval)
-        _positive("block_warning", block_warning, allow_none=True)
+        check_generator(generator)
+        positive_int("concurrency", concurrency)
+        positive_seconds("item_timeout", item_timeout, allow_none=True)
+        positive_seconds("lease_seconds", lease_seconds)
+        positive_seconds("progress_interval", progress_interval)
+        positive_seconds("poll_interval", poll_interval)
+        positive_seconds("block_warning", block_warning, allow_none=True)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         self.storage = storage
@@ -366,17 +345,7 @@ class BatchRunner:
             await executor.run_slot(request, first)
 
     def _executor(self) -> Executor:
-        return Executor(
-            storage=self.storage,
-            generator=self.generator,
-            limits=self.limits,
-            item_timeout=self.item_timeout,
-            lease_seconds=self.lease_seconds,
-            progress_interval=self.progress_interval,
-            batch_info=self._batch_info,
-            retry=self.retry,
-            thread_limiter=anyio.CapacityLimiter(self.concurrency),
-        )
+        return build_executor(self, self._batch_info)
 
     async def _fire_hook(self, batch_id: str) -> None:
         if self.on_batch_finished is not None:
@@ -470,12 +439,7 @@ class BatchRunner:
         if before is not None and not is_batch_id(before):
             raise ValueError(f"before must be a batch id, got {before!r}")
         if metadata is not None:
-            for name, value in metadata.items():
-                if not isinstance(name, str) or not isinstance(value, _SCALARS):
-                    raise ValueError(
-                        "metadata filters map top-level keys to str, int, float, bool or "
-                        f"None values; got {name!r}: {value!r}"
-                    )
+            check_metadata_filter(metadata)
         records = await self.storage.list_batches(metadata=metadata, before=before, limit=limit)
         return [status_from_record(r) for r in records]
 
@@ -493,7 +457,7 @@ class BatchRunner:
         """
         self._check_id(batch_id)
         interval = self.poll_interval if poll_interval is None else poll_interval
-        _positive("poll_interval", interval)
+        positive_seconds("poll_interval", interval)
         last: BatchStatus | None = None
         async with self.storage.subscribe(batch_id) as changes:
             while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import socket
@@ -15,8 +14,10 @@ from typing import TYPE_CHECKING, Self
 import anyio
 import anyio.abc
 
-from ._execution import BatchInfoCache, Executor
+from ._batch_info import BatchInfoCache
+from ._execution import build_executor
 from ._hooks import BatchFinishedHook, fire_hook
+from ._options import check_generator, check_metadata_filter, positive_int, seconds
 from ._secrets import redact
 from ._watch import watch_loop
 from .exceptions import BatchNotFound, StorageError
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
+    from ._execution import Executor
     from ._keeper import Keeper
     from .protocols import Claim, Generator, Lease, Storage, SyncGenerator
 
@@ -38,20 +40,6 @@ __all__ = ["Worker", "WorkerStats"]
 logger = logging.getLogger("batchkit.worker")
 
 _CACHE_MAX = 1_024
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        least = "at least 0" if allow_zero else "more than 0"
-        raise ValueError(f"{name} must be a finite number of seconds, {least}; got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -125,8 +113,8 @@ class Worker:
         generator: ``async def generate(ctx) -> result``, or a plain function (it runs in
             a worker thread).
         concurrency: how many items this worker runs at once.
-        lease: seconds a claim holds without a heartbeat; heartbeats renew it every third
-            of this. A worker that dies holds its items this long at most.
+        lease_seconds: seconds a claim holds without a heartbeat; heartbeats renew it every
+            third of this. A worker that dies holds its items this long at most.
         batch_ids: only items of these batches; `None` for any batch.
         metadata: only items of batches whose metadata has these top-level values
             (``{"queue": "video"}``).
@@ -138,8 +126,8 @@ class Worker:
         progress_interval: at most one progress write per item per this many seconds.
         on_batch_finished: called once per batch when it becomes terminal, with its final
             status, whichever worker finished it and even if that one died right after;
-            keep it shorter than ``lease`` (a hook still running after that may be fired
-            again by another worker).
+            keep it shorter than ``lease_seconds`` (a hook still running after that may be
+            fired again by another worker).
         hook_interval: how often the worker looks for finished batches whose hook has not
             fired (a worker that died before firing one); by default ``poll_interval``.
         exit_when_idle: stop once nothing is claimable and nothing is running here; with
@@ -157,7 +145,7 @@ class Worker:
         generator: Generator | SyncGenerator,
         *,
         concurrency: int = 1,
-        lease: float = 30.0,
+        lease_seconds: float = 30.0,
         batch_ids: Iterable[str] | None = None,
         metadata: MetadataFilter | None = None,
         retry: RetryPolicy | None = None,
@@ -172,10 +160,8 @@ class Worker:
         block_warning: float | None = 1.0,
         name: str | None = None,
     ) -> None:
-        if not callable(generator):
-            raise TypeError(f"generator must be callable, got {generator!r}")
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ValueError(f"concurrency must be an integer of at least 1, got {concurrency!r}")
+        check_generator(generator)
+        positive_int("concurrency", concurrency)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         if on_batch_finished is not None and not callable(on_batch_finished):
@@ -191,38 +177,31 @@ class Worker:
             if not ids:
                 raise ValueError("batch_ids is empty: pass None to take items of any batch")
         if metadata is not None:
-            for key, value in metadata.items():
-                if not isinstance(key, str) or not isinstance(value, _SCALARS):
-                    raise ValueError(
-                        "metadata filters map top-level keys to str, int, float, bool or "
-                        f"None values; got {key!r}: {value!r}"
-                    )
+            check_metadata_filter(metadata)
         self.storage = storage
         self.generator = generator
         self.concurrency = concurrency
-        self.lease = _seconds("lease", lease)
+        self.lease_seconds = seconds("lease_seconds", lease_seconds)
         self.batch_ids = ids
         self.metadata = dict(metadata) if metadata else None
         self.retry = retry
-        self.item_timeout = None if item_timeout is None else _seconds("item_timeout", item_timeout)
-        self.grace_period = _seconds("grace_period", grace_period, allow_zero=True)
-        self.poll_interval = _seconds("poll_interval", poll_interval)
-        self.progress_interval = _seconds("progress_interval", progress_interval)
+        self.item_timeout = None if item_timeout is None else seconds("item_timeout", item_timeout)
+        self.grace_period = seconds("grace_period", grace_period, allow_zero=True)
+        self.poll_interval = seconds("poll_interval", poll_interval)
+        self.progress_interval = seconds("progress_interval", progress_interval)
         self.hook_interval = (
-            self.poll_interval
-            if hook_interval is None
-            else _seconds("hook_interval", hook_interval)
+            self.poll_interval if hook_interval is None else seconds("hook_interval", hook_interval)
         )
         self.on_batch_finished = on_batch_finished
         self.exit_when_idle = bool(exit_when_idle)
         self.limits = limits or Limits()
         self.block_warning = (
-            None if block_warning is None else _seconds("block_warning", block_warning)
+            None if block_warning is None else seconds("block_warning", block_warning)
         )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self.stats = WorkerStats()
         self._request = ClaimRequest(
-            lease_seconds=self.lease, batch_ids=self.batch_ids, metadata=self.metadata
+            lease_seconds=self.lease_seconds, batch_ids=self.batch_ids, metadata=self.metadata
         )
         self._same_batch: dict[str, ClaimRequest] = {}
         self._batch_info = BatchInfoCache(storage)
@@ -260,7 +239,7 @@ class Worker:
         grace = (
             self.grace_period
             if grace_period is None
-            else _seconds("grace_period", grace_period, allow_zero=True)
+            else seconds("grace_period", grace_period, allow_zero=True)
         )
         self._grace = min(self._grace, grace) if self._stopping else grace
         if not self._stopping:
@@ -306,20 +285,13 @@ class Worker:
             "worker %s started: concurrency %d, lease %g s, on %s",
             self.name,
             self.concurrency,
-            self.lease,
+            self.lease_seconds,
             redact(repr(self.storage)),
             extra={"event": "worker_started", "worker": self.name},
         )
-        executor = Executor(
-            storage=self.storage,
-            generator=self.generator,
-            limits=self.limits,
-            item_timeout=self.item_timeout,
-            lease_seconds=self.lease,
-            progress_interval=self.progress_interval,
-            batch_info=self._batch_info,
-            retry=self.retry,
-            thread_limiter=anyio.CapacityLimiter(self.concurrency),
+        executor = build_executor(
+            self,
+            self._batch_info,
             name=self.name,
             on_event=lambda event, lease: self.stats._count(event, lease),
             patient=True,
@@ -493,7 +465,7 @@ class Worker:
         if request is None:
             if len(self._same_batch) >= _CACHE_MAX:
                 self._same_batch.clear()
-            request = ClaimRequest(lease_seconds=self.lease, batch_ids=(batch_id,))
+            request = ClaimRequest(lease_seconds=self.lease_seconds, batch_ids=(batch_id,))
             self._same_batch[batch_id] = request
         return request
 
@@ -534,7 +506,7 @@ class Worker:
         fired = await fire_hook(
             self.storage,
             self.on_batch_finished,
-            lease_seconds=self.lease,
+            lease_seconds=self.lease_seconds,
             batch_id=batch_id,
             name=self.name,
         )

@@ -115,7 +115,7 @@ async def counting(storage: SQLStorage, *, calls: bool = False) -> AsyncIterator
     sync_engine = storage.engine.sync_engine
     # Connections the storage keeps between steps were checked out before the counting
     # began: give them back, so that every connection used from now on is seen.
-    await storage._close_lanes()
+    await storage._dialect.release()
 
     def record(sql: str) -> None:
         statements.append(" ".join(sql.split()))
@@ -1064,7 +1064,7 @@ async def _plan_cases(db: Database, storage: SQLStorage) -> list[PlanCase]:
     batches_pk = await _primary_key_index(db, storage, batches)
 
     def claiming(what: str, batch_ids: tuple[str, ...] | None, indexes: set[str]) -> PlanCase:
-        query, params = storage._claim_query(ClaimRequest(60, batch_ids=batch_ids))
+        query, params = storage._sql.claim_query(ClaimRequest(60, batch_ids=batch_ids))
         return (what, query, {**params, "b_now": time.time() + 1}, {items: indexes}, True)
 
     def listing(what: str, **options: Any) -> PlanCase:
@@ -1072,11 +1072,11 @@ async def _plan_cases(db: Database, storage: SQLStorage) -> list[PlanCase]:
         expected = {items: {by_state}}
         if not options["metadata"]:
             expected[batches] = {batches_pk}
-        return (what, storage._batches_query(**options), {}, expected, False)
+        return (what, storage._sql.batches_query(**options), {}, expected, False)
 
-    page = storage._items_query(big, states=None, after=5_000, limit=100)
-    failed = storage._items_query(big, states={ItemState.FAILED}, after=None, limit=100)
-    status = storage._batch_query().where(storage.tables.batches.c.id == small[80])
+    page = storage._sql.items_query(big, states=None, after=5_000, limit=100)
+    failed = storage._sql.items_query(big, states={ItemState.FAILED}, after=None, limit=100)
+    status = storage._sql.batch_query().where(storage.tables.batches.c.id == small[80])
     return [
         claiming("claim in one batch", (big,), {claim, claim_any}),
         claiming("claim in any batch", None, {claim_any}),

@@ -343,7 +343,7 @@ async def test_a_heartbeat_that_fails_for_a_while_does_not_stop_the_item(
     worker = Worker(
         storage,  # type: ignore[arg-type]
         slow,
-        lease=0.3,  # a heartbeat every 0.1 s
+        lease_seconds=0.3,  # a heartbeat every 0.1 s
         progress_interval=0.05,
         batch_ids=[batch.id],
         exit_when_idle=True,
@@ -384,7 +384,7 @@ async def test_an_outcome_the_store_cannot_take_for_a_while_is_kept_and_written(
     worker = Worker(
         storage,  # type: ignore[arg-type]
         count,
-        lease=0.3,  # tries again every 0.033 s
+        lease_seconds=0.3,  # tries again every 0.033 s
         batch_ids=[batch.id],
         exit_when_idle=True,
     )
@@ -440,8 +440,8 @@ async def test_each_transition_is_logged_with_the_worker_name(
     ("options", "error", "message"),
     [
         ({"concurrency": 0}, ValueError, "concurrency"),
-        ({"lease": 0}, ValueError, "lease"),
-        ({"lease": float("inf")}, ValueError, "lease"),
+        ({"lease_seconds": 0}, ValueError, "lease_seconds"),
+        ({"lease_seconds": float("inf")}, ValueError, "lease_seconds"),
         ({"grace_period": -1}, ValueError, "grace_period"),
         ({"poll_interval": 0}, ValueError, "poll_interval"),
         ({"batch_ids": "0190-abc"}, TypeError, "batch_ids"),

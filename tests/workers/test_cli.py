@@ -85,7 +85,8 @@ def test_help_documents_every_option() -> None:
     ("args", "message"),
     [
         (["--concurrency", "0"], "must be at least 1"),
-        (["--lease", "soon"], "not a number of seconds"),
+        (["--lease-seconds", "soon"], "not a number of seconds"),
+        (["--lease-seconds", "0"], "more than 0"),
         (["--lease", "0"], "more than 0"),
         (["--grace", "-1"], "not a number of seconds"),
         (["--batch", "nope"], "not a batch id"),
@@ -99,6 +100,14 @@ def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) 
     done = _cli("worker", "--storage", "sqlite+aiosqlite:///x.db", "--generator", "m:g", *args)
     assert done.returncode == EXIT_USAGE
     assert message in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--lease-seconds", "--lease"])
+def test_the_lease_is_lease_seconds_and_lease_for_short(option: str) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["worker", "--generator", "m:g"]).lease_seconds == 30.0
+    args = parser.parse_args(["worker", "--generator", "m:g", option, "2.5"])
+    assert args.lease_seconds == 2.5
 
 
 def test_a_storage_is_required_and_memory_is_refused() -> None:

@@ -85,7 +85,7 @@ async def test_a_worker_killed_again_and_again_loses_nothing(
     store: Store, workers: Workers, kills: int, size: int, sleep: float
 ) -> None:
     batch = await _submit(store, size)
-    options = ["--concurrency", "4", "--lease", "1", "--poll-interval", "0.05"]
+    options = ["--concurrency", "4", "--lease-seconds", "1", "--poll-interval", "0.05"]
     rng = random.Random()
     for _ in range(kills):
         process = await workers.start(*options, sleep=sleep)
@@ -166,7 +166,7 @@ async def test_a_hook_fires_once_though_the_finishing_worker_died(
     store: Store, workers: Workers
 ) -> None:
     batch = await _submit(store, 3)
-    options = ["--lease", "1", "--poll-interval", "0.05", "--batch", batch.id]
+    options = ["--lease-seconds", "1", "--poll-interval", "0.05", "--batch", batch.id]
     # It finishes the batch, claims the hook and dies before the hook has run.
     dying = await workers.start(*options, hook="dying_hook")
     assert await workers.wait(dying, 60) == -signal.SIGKILL, workers.logs()
@@ -174,7 +174,7 @@ async def test_a_hook_fires_once_though_the_finishing_worker_died(
         assert (await BatchRunner(storage, _nothing).status(batch.id)).is_terminal
     assert _hooks_of(workers, batch) == []
     # Another worker, with no work left, fires it once the dead one's claim has lapsed.
-    again = await workers.start("--lease", "1", "--poll-interval", "0.05")
+    again = await workers.start("--lease-seconds", "1", "--poll-interval", "0.05")
     with anyio.fail_after(30):
         while not _hooks_of(workers, batch):  # noqa: ASYNC110 - a file, no event
             await anyio.sleep(0.05)

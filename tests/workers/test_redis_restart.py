@@ -113,7 +113,15 @@ async def test_a_redis_crash_and_restart_loses_nothing(
     try:
         # A lease far longer than the outage and the retries after it: no lease lapses.
         process = await workers.start(
-            *("--concurrency", "4", "--lease", "30", "--batch", batch.id, "--exit-when-idle"),
+            *(
+                "--concurrency",
+                "4",
+                "--lease-seconds",
+                "30",
+                "--batch",
+                batch.id,
+                "--exit-when-idle",
+            ),
             sleep=0.01,
         )
         with anyio.fail_after(60):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._secrets import redact
 from ..exceptions import InvalidStorageURL, MissingDependency
+from ._base import refuse_synchronous_driver
 
 if TYPE_CHECKING:
     from ..protocols import Storage
@@ -42,18 +43,6 @@ _ADAPTERS: dict[str, _Adapter] = {
     "mariadb+asyncmy": _sql("mysql", "asyncmy"),
     "redis": _REDIS,
     "rediss": _REDIS,
-}
-
-#: Synchronous spellings people paste from elsewhere, and the async one to use instead.
-_SYNC_SPELLINGS = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgres": "postgresql+asyncpg",
-    "postgresql": "postgresql+asyncpg",
-    "postgresql+psycopg2": "postgresql+asyncpg",
-    "mysql": "mysql+asyncmy",
-    "mysql+pymysql": "mysql+asyncmy",
-    "mysql+mysqldb": "mysql+asyncmy",
-    "mariadb": "mariadb+asyncmy",
 }
 
 
@@ -112,13 +101,8 @@ def open_storage(url: str, *, prefix: str | None = None, **options: Any) -> Stor
         from .memory import MemoryStorage
 
         return MemoryStorage(**options)
-    if scheme in _SYNC_SPELLINGS:
-        fixed = _SYNC_SPELLINGS[scheme]
-        # The password stays out of the message: a host may log its exceptions.
-        raise InvalidStorageURL(
-            f"{scheme}:// names a synchronous driver; batchkit is async: use "
-            f"{redact(f'{fixed}://{rest}')}"
-        )
+    # The password stays out of the message: a host may log its exceptions.
+    refuse_synchronous_driver(url)
     adapter = _ADAPTERS.get(scheme)
     if adapter is None:
         known = ", ".join(["memory", *sorted(_ADAPTERS)])

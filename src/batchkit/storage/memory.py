@@ -8,7 +8,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -32,10 +32,10 @@ from ..protocols import (
     Subscription,
 )
 from ..status import empty_counts
+from ._base import AsyncContext
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection
-    from types import TracebackType
 
 __all__ = ["MemoryStorage"]
 
@@ -114,7 +114,7 @@ def _matches(metadata: dict[str, Any], wanted: MetadataFilter | None) -> bool:
     return all(k in metadata and same_json(metadata[k], v) for k, v in wanted.items())
 
 
-class MemoryStorage:
+class MemoryStorage(AsyncContext):
     """Batches and items in this process's memory, under one `anyio.Lock`.
 
     It honours the whole Storage contract (it is the reference the other adapters are
@@ -136,17 +136,6 @@ class MemoryStorage:
 
     def __repr__(self) -> str:
         return f"MemoryStorage(batches={len(self._batches)})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Nothing to release; the data stays readable until the object is dropped."""

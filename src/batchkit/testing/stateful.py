@@ -31,7 +31,7 @@ from ..ids import new_batch_id
 from ..models import TERMINAL_ITEM_STATES, ItemError, ItemState
 from ..protocols import ClaimRequest, NewBatch, NewItem, Outcome
 from ..status import derive_state, recount, status_from_record
-from .contract import LONG, all_items, counts_of
+from ._shared import LONG, all_items, counts_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

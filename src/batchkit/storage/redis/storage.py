@@ -5,24 +5,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import time
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
-import anyio.lowlevel
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from ..._secrets import redact, safe_url, shows_secret, unparsable, url_secrets
-from ...codec import dumps, loads, same_json
+from ..._secrets import redact, safe_url, unparsable, url_secrets
+from ...codec import dumps, loads
 from ...exceptions import BatchNotFound, InvalidStorageURL, ItemNotFound, StorageError
-from ...history import errors_of
 from ...ids import is_batch_id, new_token
-from ...models import Item, ItemError, ItemState
+from ...models import ItemState
 from ...protocols import (
     BatchRecord,
     Claim,
@@ -36,13 +32,19 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
+from .._base import KEY_PREFIX, AsyncContext, chained, fault_of, retrying
+from .._base import validate_prefix as _validate_prefix
 from .._doubt import ClaimsInDoubt
-from .._polling import PollingSubscription
 from . import _lua
+from ._records import matches, text, to_item, to_record
+from ._subscription import subscribe
+from ._wire import TRANSIENT, Lanes, bulk, classify, client_secrets, evalsha
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
-    from types import TracebackType
+    from datetime import datetime
+
+    from ...models import Item
 
 __all__ = ["RedisStorage", "validate_prefix"]
 
@@ -64,44 +66,17 @@ BATCH_KEYS = (
     "failed",
     "cancelled",
 )
-_PREFIX = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")
-#: Errors after which the same call may succeed (OSError covers ConnectionError).
-_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _PAGE = 200
-#: Connections a storage keeps for its hot path between calls.
-_LANES = 4
 #: Seconds between two repairs of the finished-batch index (see `_repair_finished`).
 _REPAIR_INTERVAL = 10.0
 
 
 def validate_prefix(prefix: str) -> str:
     """Check a key prefix: letters, digits and ``_ . : -``, at most 64, no hash tag braces."""
-    if not isinstance(prefix, str) or _PREFIX.match(prefix) is None:
-        raise ValueError(
-            f"prefix must be 1 to 64 letters, digits or '_.:-' (and not start with one of "
-            f"'.:-'), got {prefix!r}"
-        )
-    return prefix
+    return _validate_prefix(prefix, KEY_PREFIX)
 
 
-def _client_secrets(client: Any) -> frozenset[str]:
-    """The password of a host's client, to hide it should a driver error repeat it."""
-    settings = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    password = settings.get("password") if isinstance(settings, dict) else None
-    return frozenset({password}) if isinstance(password, str) and password else frozenset()
-
-
-def _text(value: Any) -> Any:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _ts(value: Any) -> datetime | None:
-    if value is None or value is False:
-        return None
-    return datetime.fromtimestamp(float(_text(value)), UTC)
-
-
-class RedisStorage:
+class RedisStorage(AsyncContext):
     """Batches and items in Redis (or Valkey), through redis-py's asyncio client.
 
     Every transition is one Lua script run atomically by the server: an item and its
@@ -153,7 +128,7 @@ class RedisStorage:
             self._owns_client = False
             # Nothing of the client's connection settings is shown: they hold its password.
             self._shown = "<a host's client>"
-            self._secrets = _client_secrets(url_or_client)
+            self._secrets = client_secrets(url_or_client)
         self.finished_ttl = finished_ttl
         self.poll_interval = poll_interval
         self.retries = retries
@@ -164,7 +139,7 @@ class RedisStorage:
         self._doubtful: ClaimsInDoubt[str] = ClaimsInDoubt()
         self._heads: dict[str, tuple[list[str], bytes]] = {}
         # Connections kept out of the pool for the hot path (see `_hot`).
-        self._lanes: list[Any] = []
+        self._lanes = Lanes()
         self._repair_due = -math.inf
 
     @classmethod
@@ -183,18 +158,6 @@ class RedisStorage:
         return self._client
 
     # -- lifecycle -------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def open(self) -> None:
         """Connect and load the scripts (reloaded by themselves if the server forgets them)."""
@@ -226,13 +189,11 @@ class RedisStorage:
                 self._scripts[name] = self._client.register_script(getattr(_lua, name))
         try:
             await self._client.ping()
-        except _TRANSIENT as exc:
-            # A driver's error that shows a secret is not chained: a logged traceback
-            # would print it (the message says what it said, redacted).
-            cause = None if shows_secret(exc, self._secrets) else exc
+        except TRANSIENT as exc:
+            # A driver's error that shows a secret is not chained (see `chained`).
             raise StorageError(
                 f"cannot open {self!r}: {redact(str(exc), self._secrets)}"
-            ) from cause
+            ) from chained(exc, self._secrets)
 
     async def aclose(self) -> None:
         """Close the client if this storage created it; a host's client stays open."""
@@ -268,7 +229,7 @@ class RedisStorage:
             if len(self._heads) >= 1_000:
                 self._heads.clear()
             keys = self.batch_keys(batch_id)
-            packed = b"".join(_bulk(arg) for arg in [*keys, self._channel(batch_id), self._ttl()])
+            packed = b"".join(bulk(arg) for arg in [*keys, self._channel(batch_id), self._ttl()])
             head = self._heads[batch_id] = (keys, packed)
         return head
 
@@ -291,55 +252,15 @@ class RedisStorage:
         if type(self.client) is not Redis or self.client.connection is not None or pool is None:
             return await self._script(name, batch_id, *args)
         _, head = self._head(batch_id)
-        packed = b"".join(
-            [
-                b"*%d\r\n$7\r\nEVALSHA\r\n" % (5 + len(BATCH_KEYS) + len(args)),
-                _bulk(self._scripts[name].sha),
-                _bulk(str(len(BATCH_KEYS))),
-                head,
-                *(_bulk(arg) for arg in args),
-            ]
-        )
-        conn = self._lanes.pop() if self._lanes else await pool.get_connection()
-        # The read keeps the connection's timeout; the write of a small command only fills
-        # the socket's buffer, and timing it would cost a task per call.
-        timeout, conn.socket_timeout = conn.socket_timeout, None
+        packed = evalsha(self._scripts[name].sha, len(BATCH_KEYS), head, args)
         try:
-            try:
-                await conn.send_packed_command(packed)
-            finally:
-                conn.socket_timeout = timeout
-            reply = await conn.read_response(timeout=timeout)
+            return await self._lanes.send(pool, packed)
         except redis_errors.NoScriptError:
-            await self._keep(conn)
             return await self._script(name, batch_id, *args)  # loads it, then calls
-        except redis_errors.ResponseError:
-            await self._keep(conn)  # an error answer: the connection is fine
-            raise
-        except BaseException as exc:
-            await conn.disconnect()
-            await pool.release(conn)
-            if isinstance(exc, _TRANSIENT):
-                # The server dropped this connection (a restart, CLIENT KILL): the ones
-                # kept beside it are most likely gone too, so the retry takes a new one.
-                await self._close_lanes(disconnect=True)
-            raise
-        await self._keep(conn)
-        return reply
-
-    async def _keep(self, conn: Any) -> None:
-        if len(self._lanes) < _LANES:
-            self._lanes.append(conn)
-        else:
-            await self.client.connection_pool.release(conn)
 
     async def _close_lanes(self, *, disconnect: bool = False) -> None:
-        lanes, self._lanes = self._lanes, []
-        if self._client is not None:
-            for conn in lanes:
-                if disconnect:
-                    await conn.disconnect()
-                await self._client.connection_pool.release(conn)
+        pool = None if self._client is None else getattr(self._client, "connection_pool", None)
+        await self._lanes.close(pool, disconnect=disconnect)
 
     # -- calls -------------------------------------------------------------------------
 
@@ -347,34 +268,19 @@ class RedisStorage:
         """Run ``work``, again after a dropped connection; writes shielded from cancellation."""
         if self._client is None:
             await self.open()
-        tries = 0
-        while True:
-            try:
-                if not write:
-                    return await work()
-                # A write that landed must reach its caller: cancelled between the
-                # server's answer and the return, a claim would be lost until its lease
-                # lapsed.
-                with anyio.CancelScope(shield=True):
-                    return await work()
-            except (*_TRANSIENT, redis_errors.NoScriptError) as exc:
-                # NOSCRIPT: the server lost its scripts (a restart, a failover, a SCRIPT
-                # FLUSH) again between redis-py loading one and running it; it did not
-                # run, so running it again is safe.
-                if tries >= self.retries:
-                    raise self._fault(exc) from exc
-            except redis_errors.ResponseError as exc:
-                raise self._fault(exc) from exc
-            tries += 1
-            delay = min(2.0, 0.05 * 2**tries)
-            logger.warning(
-                "transient Redis fault, retrying", extra={"attempt": tries, "delay": delay}
-            )
-            await anyio.sleep(delay)
+        return await retrying(
+            work,
+            classify=classify,
+            fault=self._fault,
+            retries=self.retries,
+            write=write,
+            logger=logger,
+            message="transient Redis fault, retrying",
+        )
 
     def _fault(self, exc: BaseException) -> StorageError:
         """The `StorageError` for a driver's error, without the storage's secrets."""
-        return StorageError(redact(f"{type(exc).__name__}: {exc}", self._secrets))
+        return fault_of(exc, self._secrets)
 
     # -- creating and reading --------------------------------------------------------
 
@@ -408,7 +314,7 @@ class RedisStorage:
                 "" if batch.max_failures is None else str(batch.max_failures),
             )
         )
-        record = self._to_record(reply[1])
+        record = to_record(reply[1], self._metadata)
         await self._call(lambda: self._index_new(batch.id, record, bool(reply[2])))
         # Created now, or by our own earlier attempt whose answer a dropped connection lost.
         return record, True
@@ -421,7 +327,7 @@ class RedisStorage:
             taken = await self._call(lambda: self.client.set(name, batch_id, nx=True))
             if taken:
                 return None
-            owner = _text(await self._call(lambda: self.client.get(name), write=False))
+            owner = text(await self._call(lambda: self.client.get(name), write=False))
             if owner is None:
                 continue  # released meanwhile: try again
             if owner == batch_id:
@@ -466,66 +372,7 @@ class RedisStorage:
         reply = await self._call(lambda: self._script("RECORD", batch_id), write=False)
         if not reply:
             raise BatchNotFound(batch_id)
-        return self._to_record(reply)
-
-    def _to_record(self, flat: list[Any]) -> BatchRecord:
-        m = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
-        batch_id = _text(m["id"])
-        metadata = self._metadata.get(batch_id)
-        if metadata is None:
-            metadata = cast("dict[str, Any]", loads(_text(m["metadata"])))
-            if len(self._metadata) < 10_000:
-                self._metadata[batch_id] = metadata  # metadata never changes
-        parent = m.get("parent")
-        idem = m.get("idem")
-        max_failures = m.get("maxf")
-        reason = m.get("cancel_reason")
-        return BatchRecord(
-            id=batch_id,
-            total=int(m["total"]),
-            counts={
-                ItemState.QUEUED: int(m["q"]),
-                ItemState.RUNNING: int(m["r"]),
-                ItemState.SUCCEEDED: int(m["s"]),
-                ItemState.FAILED: int(m["f"]),
-                ItemState.CANCELLED: int(m["c"]),
-            },
-            created_at=_ts(m["created"]),  # type: ignore[arg-type]
-            updated_at=_ts(m["updated"]),  # type: ignore[arg-type]
-            metadata=dict(metadata),
-            parent_id=None if parent is None else _text(parent),
-            idempotency_key=None if idem is None else _text(idem),
-            running_progress=float(_text(m.get("running_progress", "0"))),
-            started_at=_ts(m.get("started")),
-            finished_at=_ts(m.get("finished")),
-            cancel_requested_at=_ts(m.get("cancel_at")),
-            cancel_reason=None if reason is None else _text(reason),
-            max_failures=None if max_failures is None else int(max_failures),
-        )
-
-    def _to_item(self, batch_id: str, reply: list[Any]) -> Item:
-        (key, position, payload, state, progress, message, attempt, error, result) = reply[:9]
-        # lease_end: the lease's deadline while running (its score in the running set, on
-        # the server's clock like the other times), None otherwise.
-        created, updated, started, finished, history, lease_end = reply[9:15]
-        return Item(
-            batch_id=batch_id,
-            key=_text(key),
-            position=int(position),
-            payload=loads(_text(payload)),
-            state=ItemState(_text(state)),
-            progress=float(_text(progress)),
-            message=None if message is None else _text(message),
-            attempt=int(attempt),
-            error=None if error is None else ItemError.model_validate_json(_text(error)),
-            errors=[] if history is None else errors_of(_text(history)),
-            result=None if result is None else loads(_text(result)),
-            created_at=_ts(created),  # type: ignore[arg-type]
-            updated_at=_ts(updated),  # type: ignore[arg-type]
-            started_at=_ts(started),
-            lease_expires_at=_ts(lease_end),
-            finished_at=_ts(finished),
-        )
+        return to_record(reply, self._metadata)
 
     async def get_item(self, batch_id: str, key: str) -> Item:
         """Read one item (see `Storage.get_item`)."""
@@ -536,7 +383,7 @@ class RedisStorage:
             raise BatchNotFound(batch_id)
         if reply[0] == 1:
             raise ItemNotFound(batch_id, key)
-        return self._to_item(batch_id, reply[1])
+        return to_item(batch_id, reply[1])
 
     async def list_items(
         self,
@@ -564,7 +411,7 @@ class RedisStorage:
         )
         if reply[0] == 0:
             raise BatchNotFound(batch_id)
-        return [self._to_item(batch_id, item) for item in reply[1:]]
+        return [to_item(batch_id, item) for item in reply[1:]]
 
     async def list_batches(
         self,
@@ -593,7 +440,7 @@ class RedisStorage:
                     continue
                 if parent_id is not None and record.parent_id != parent_id:
                     continue
-                if metadata and not _matches(record.metadata, metadata):
+                if metadata and not matches(record.metadata, metadata):
                     continue
                 page.append(record)
                 if len(page) >= limit:
@@ -616,7 +463,7 @@ class RedisStorage:
                 partial(self.client.zrangebylex, name, bound, "+", start=0, num=_PAGE),
                 write=False,
             )
-        return [_text(batch_id) for batch_id in found]
+        return [text(batch_id) for batch_id in found]
 
     async def _records(self, batch_ids: list[str]) -> list[BatchRecord | None]:
         async def read() -> list[Any]:
@@ -626,7 +473,7 @@ class RedisStorage:
             return list(await pipe.execute())
 
         replies = await self._call(read, write=False)
-        return [self._to_record(reply) if reply else None for reply in replies]
+        return [to_record(reply, self._metadata) if reply else None for reply in replies]
 
     async def _forget(self, batch_ids: Iterable[str]) -> None:
         ids = list(batch_ids)
@@ -670,7 +517,7 @@ class RedisStorage:
                 record = await self.get_batch(batch_id)
             except BatchNotFound:
                 return None
-            if not _matches(record.metadata, request.metadata):
+            if not matches(record.metadata, request.metadata):
                 return None
         token = self._doubtful.take(batch_id)
         tries = 0 if token is None else 1  # a claim in doubt is asked for first
@@ -702,10 +549,10 @@ class RedisStorage:
             return None
         _, key, position, payload, attempt, history = claim
         return Claim(
-            lease=Lease(batch_id, _text(key), token, int(attempt)),
+            lease=Lease(batch_id, text(key), token, int(attempt)),
             position=int(position),
-            payload=loads(_text(payload)),
-            history=None if history is None else _text(history),
+            payload=loads(text(payload)),
+            history=None if history is None else text(history),
         )
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
@@ -847,7 +694,7 @@ class RedisStorage:
         )
         code = reply[0]
         if code == 1:
-            return FinishedBatch(record=self._to_record(reply[1]), token=token)
+            return FinishedBatch(record=to_record(reply[1], self._metadata), token=token)
         return {0: "not due", 2: "gone", 3: "done"}[code]
 
     async def _repair_finished(self) -> None:
@@ -880,30 +727,10 @@ class RedisStorage:
         """Wait for changes of one batch, through the batch's pub/sub channel."""
         if self._client is None:
             await self.open()
-        pubsub = self.client.pubsub()
-        subscription: _PubSubSubscription | PollingSubscription
-        try:
-            await pubsub.subscribe(self._channel(batch_id))
-            with anyio.fail_after(5):
-                while True:  # confirmed: no change made from now on is missed
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") in ("subscribe", b"subscribe"):
-                        break
-            subscription = _PubSubSubscription(pubsub, self.poll_interval)
-        except (*_TRANSIENT, TimeoutError):
-            logger.warning("could not subscribe to a batch's changes: polling", exc_info=True)
-            subscription = PollingSubscription(self.poll_interval)
-        try:
+        async with subscribe(
+            self.client, self._channel(batch_id), self.poll_interval
+        ) as subscription:
             yield subscription
-        finally:
-            with anyio.CancelScope(shield=True):
-                # redis-py types `aclose` from 8.2 on; through a typed name, the same
-                # code checks against the older, untyped releases too.
-                close: Callable[[], Awaitable[None]] = pubsub.aclose
-                try:
-                    await close()
-                except _TRANSIENT:
-                    logger.debug("could not close a subscription", exc_info=True)
 
     async def delete_batch(self, batch_id: str) -> bool:
         """Delete a batch, every key of it (see `Storage.delete_batch`)."""
@@ -917,7 +744,7 @@ class RedisStorage:
             existed = bool(await self.client.unlink(*keys))
             if idem is not None:
                 await self._scripts["RELEASE_KEY"](
-                    keys=[self._idempotency_key(_text(idem))], args=[batch_id]
+                    keys=[self._idempotency_key(text(idem))], args=[batch_id]
                 )
             await self._forget([batch_id])
             await self.client.publish(self._channel(batch_id), "1")
@@ -932,7 +759,7 @@ class RedisStorage:
         deleted = 0
         while True:
             ids = [
-                _text(found)
+                text(found)
                 for found in await self._call(
                     lambda: self.client.zrangebyscore(
                         self._index("done"), "-inf", cutoff, start=0, num=_PAGE
@@ -944,40 +771,3 @@ class RedisStorage:
                 return deleted
             for batch_id in ids:
                 deleted += await self.delete_batch(batch_id)
-
-
-def _bulk(value: str | bytes) -> bytes:
-    """One argument of a command in the Redis protocol (RESP)."""
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def _matches(metadata: dict[str, Any], wanted: MetadataFilter) -> bool:
-    return all(k in metadata and same_json(metadata[k], v) for k, v in wanted.items())
-
-
-class _PubSubSubscription:
-    def __init__(self, pubsub: Any, poll_interval: float) -> None:
-        self._pubsub = pubsub
-        self._poll_interval = poll_interval
-        self._broken = False
-
-    async def wait(self, timeout: float) -> None:
-        if self._broken:
-            await anyio.sleep(min(timeout, self._poll_interval))
-            return
-        try:
-            with anyio.move_on_after(timeout):
-                while True:
-                    message = await self._pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=timeout
-                    )
-                    if message is not None:
-                        break
-                    await anyio.lowlevel.checkpoint()
-            # Several changes may be waiting: one wake-up covers them all.
-            while await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0):
-                pass
-        except _TRANSIENT:
-            logger.warning("a batch's change channel failed: polling", exc_info=True)
-            self._broken = True

@@ -1,4 +1,8 @@
-"""Which SQL errors can pass (retry the transaction) and which cannot (StorageError)."""
+"""Which SQL errors can pass (retry the transaction) and which cannot (StorageError).
+
+What holds for every driver is here; what one driver's codes mean is in its dialect's
+module (`FaultRules`: ``_sqlite``, ``_postgres``, ``_mysql``).
+"""
 
 from __future__ import annotations
 
@@ -11,25 +15,20 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
+    "FaultRules",
     "broken_driver_connection",
     "is_broken_connection",
     "is_driver_error",
-    "is_transient",
-    "is_transient_driver_error",
+    "sqlstate",
 ]
 
-# PostgreSQL SQLSTATEs: serialization failure, deadlock, admin shutdown
-# (pg_terminate_backend), crash shutdown, cannot connect now, connection exceptions.
-_PG_TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03"}
-# MySQL/MariaDB error numbers: deadlock, lock wait timeout, server gone away, lost
-# connection, connection killed (MariaDB KILL), client disconnected (MySQL 8).
-_MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 1927, 4031, 1053}
 _BUSY = re.compile(r"another operation (\(\d+\) )?is in progress", re.IGNORECASE)
 # The drivers whose own errors can reach us past SQLAlchemy's wrapping.
 _DRIVERS = ("asyncpg", "psycopg", "asyncmy", "pymysql", "aiosqlite", "sqlite3")
 
 
-def _sqlstate(orig: BaseException | None) -> str | None:
+def sqlstate(orig: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver's error (asyncpg, psycopg), if it has one."""
     for attr in ("sqlstate", "pgcode"):
         value = getattr(orig, attr, None)
         if isinstance(value, str):
@@ -42,28 +41,44 @@ def _sqlstate(orig: BaseException | None) -> str | None:
     return None
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the whole transaction may succeed (a dropped or busy connection)."""
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        orig = exc.orig
-        state = _sqlstate(orig)
-        if state is not None and (state in _PG_TRANSIENT or state.startswith("08")):
-            return True
-        args = getattr(orig, "args", ())
-        if args and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT:
-            return True
-        text = str(orig).lower()
-        if "database is locked" in text or "database is busy" in text:
-            return True  # SQLite past its busy timeout
-        if broken_driver_connection(exc):
-            return True
-        return bool(
-            isinstance(exc, OperationalError | InterfaceError)
-            and ("connection" in text and ("closed" in text or "lost" in text or "reset" in text))
-        )
-    return isinstance(exc, ConnectionError | TimeoutError)
+class FaultRules:
+    """How one database's driver errors are told apart: a fault to retry, or not.
+
+    A dialect says what its own codes mean (`driver_transient` for an error SQLAlchemy
+    wrapped, `raw_transient` for one the driver raised past it); what holds for every
+    driver (a dropped connection, a timeout) is decided here.
+    """
+
+    def driver_transient(self, orig: BaseException | None) -> bool:
+        """Whether the driver error inside a `DBAPIError` is one a retry may get past."""
+        return False
+
+    def raw_transient(self, exc: BaseException) -> bool:
+        """The same for an error the driver raised directly (not wrapped by SQLAlchemy)."""
+        return False
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether retrying the whole transaction may succeed (a dropped or busy connection)."""
+        if isinstance(exc, DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            orig = exc.orig
+            if self.driver_transient(orig):
+                return True
+            if broken_driver_connection(exc):
+                return True
+            text = str(orig).lower()
+            return bool(
+                isinstance(exc, OperationalError | InterfaceError)
+                and (
+                    "connection" in text and ("closed" in text or "lost" in text or "reset" in text)
+                )
+            )
+        return isinstance(exc, ConnectionError | TimeoutError)
+
+    def is_transient_driver_error(self, exc: BaseException) -> bool:
+        """The same question for an error raised by a driver directly (asyncpg, sqlite3)."""
+        return is_broken_connection(exc) or self.raw_transient(exc)  # a new connection is not
 
 
 def is_driver_error(exc: BaseException) -> bool:
@@ -75,22 +90,12 @@ def is_broken_connection(exc: BaseException) -> bool:
     """Whether a driver's error leaves its connection unusable (drop it, open another)."""
     if isinstance(exc, OSError):  # ConnectionError and TimeoutError among them
         return True
-    state = _sqlstate(exc)
+    state = sqlstate(exc)
     if state is not None and state.startswith("08"):
         return True
     # asyncpg, on a connection the server dropped while a statement was under way:
     # "cannot switch to state 15; another operation (2) is in progress".
     return _BUSY.search(str(exc)) is not None
-
-
-def is_transient_driver_error(exc: BaseException) -> bool:
-    """The same question for an error raised by a driver directly (asyncpg, sqlite3)."""
-    if is_broken_connection(exc):
-        return True  # a new connection is not
-    if _sqlstate(exc) in _PG_TRANSIENT:
-        return True
-    text = str(exc).lower()
-    return "database is locked" in text or "database is busy" in text
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

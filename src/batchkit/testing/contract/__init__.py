@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
+from ..stateful import run_state_machine
 from ._helpers import LONG, all_items, counts_of, new_batch
 from .cancelling import CancellingContract
 from .claiming import ClaimingContract
@@ -95,8 +96,6 @@ class StorageContract(
         state_machine_settings: hypothesis.settings | None,
     ) -> None:
         """Random sequences of operations keep every rule (see `batchkit.testing.stateful`)."""
-        from ..stateful import run_state_machine  # it builds on this package's helpers
-
         if isinstance(anyio_backend, tuple):
             backend, options = anyio_backend
         else:

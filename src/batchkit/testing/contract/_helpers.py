@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from ...codec import dumps
 from ...ids import new_batch_id
-from ...models import Item, ItemError, ItemState
+from ...models import ItemError, ItemState
 from ...protocols import BatchRecord, Claim, ClaimRequest, NewBatch, NewItem, Outcome
-from ...status import empty_counts, recount
+from ...status import recount
+from .._shared import LONG, all_items, counts_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -16,9 +17,6 @@ if TYPE_CHECKING:
     from ...protocols import Storage
 
 __all__ = ["LONG", "all_items", "counts_of", "new_batch"]
-
-#: Seconds of a lease or a retry wait that does not end while a test runs.
-LONG = 3600.0
 
 _Q, _R = ItemState.QUEUED, ItemState.RUNNING
 _S, _F, _C = ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED
@@ -53,23 +51,6 @@ def new_batch(
         idempotency_key=idempotency_key,
         max_failures=max_failures,
     )
-
-
-def counts_of(record: BatchRecord) -> dict[ItemState, int]:
-    """A record's counts with every `ItemState` present (zero when the store left it out)."""
-    counts = empty_counts()
-    counts.update(record.counts)
-    return counts
-
-
-async def all_items(storage: Storage, batch_id: str, *, page: int = 100) -> list[Item]:
-    """Every item of a batch in submission order, read page by page."""
-    items: list[Item] = []
-    after: int | None = None
-    while chunk := await storage.list_items(batch_id, after=after, limit=page):
-        items.extend(chunk)
-        after = chunk[-1].position
-    return items
 
 
 async def _create(storage: Storage, items: int | Sequence[str] = 3, **kw: Any) -> BatchRecord:

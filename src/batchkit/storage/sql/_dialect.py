@@ -1,0 +1,171 @@
+"""The dialect interface: what differs between the databases `SQLStorage` runs on.
+
+`SQLStorage.open` picks one `Dialect` for its engine (``_sqlite``, ``_postgres``,
+``_mysql``) and its steps call it; they never ask which database they run on. The base
+class is a database reached through SQLAlchemy alone, with ``UPDATE ... RETURNING`` and
+nothing else of its own: each dialect overrides what it does differently.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from ...protocols import LeaseStatus
+from .._polling import PollingSubscription
+from ._connector import Result
+from ._faults import FaultRules
+from ._statements import Q
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from ...protocols import ClaimRequest, FinishResult, Lease, NewBatch, Outcome, Subscription
+    from ._connector import Connector
+    from ._statements import PendingClaim, Statements, Steps
+
+__all__ = ["Dialect"]
+
+T = TypeVar("T")
+
+
+class Dialect(FaultRules):
+    """What one database does its own way; the storage's steps are written once on it.
+
+    It is the statements' `Shape` (what a dialect adds to a statement), the `FaultRules`
+    of its driver, and the way each transaction is executed. One is made per `open`.
+
+    Args:
+        connector: the storage's engine, clock and statement cache.
+        statements: the storage's statements, for its tables.
+        prefix: the storage's table prefix (names its locks and its notification channel).
+    """
+
+    def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
+        self.connector = connector
+        self.statements = statements
+        self.prefix = prefix
+
+    @classmethod
+    def engine_options(cls, url: str) -> dict[str, Any]:
+        """Options of `create_async_engine` this dialect needs for ``url``."""
+        return {}
+
+    @classmethod
+    def for_engine(
+        cls, engine: AsyncEngine, connector: Connector, statements: Statements, prefix: str
+    ) -> Dialect:
+        """The dialect for ``engine`` (a subclass may pick a variant by its driver)."""
+        return cls(connector, statements, prefix)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def schema_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        """Held while the tables are created, so processes opening a new database at
+        once do not race to create the same tables (and fail on "already exists")."""
+        yield
+
+    def clock_query(self) -> Any:
+        """The SELECT of the database's clock in epoch seconds (`None`: it is ours)."""
+        return None
+
+    # -- executing -------------------------------------------------------------------------
+
+    async def serialize(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run one try of a write transaction (queued behind this process's other writers
+        where the database has one writer at a time)."""
+        return await attempt()
+
+    async def write(self, steps: Callable[[], Steps[T]]) -> T:
+        """One try of a hot-path write transaction, by the fastest way the database allows:
+        here, its statements one by one through SQLAlchemy."""
+        return await self.connector.attempt(lambda conn: self.drive(conn, steps()))
+
+    async def drive(self, conn: AsyncConnection, steps: Steps[T]) -> T:
+        """Run ``steps`` through SQLAlchemy, statement by statement, on ``conn``."""
+        try:
+            stmt, params = next(steps)
+            while True:
+                result = await self.exec(conn, stmt, params)
+                stmt, params = steps.send(result)
+        except StopIteration as stop:
+            return cast("T", stop.value)
+
+    async def exec(self, conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Result:
+        """Execute one statement of a transaction."""
+        result = await conn.execute(stmt, params)
+        rows = result.all() if result.returns_rows else []
+        return Result(list(rows), result.rowcount)
+
+    async def insert_items(
+        self, conn: AsyncConnection, batch: NewBatch, now: float, chunk_size: int
+    ) -> None:
+        """Insert a new batch's items, queued, in its transaction on ``conn``."""
+        insert = self.statements.tables.items.insert()
+        total = len(batch.items)
+        for start in range(0, total, chunk_size):
+            rows = [
+                {
+                    "batch_id": batch.id,
+                    "position": start + offset,
+                    "key": key,
+                    "payload": payload,
+                    "state": Q,
+                    "active": 1,
+                    "claimable_at": 0.0,
+                    "cancel_requested": False,
+                    "progress": 0.0,
+                    "attempt": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for offset, (key, payload) in enumerate(batch.items[start : start + chunk_size])
+            ]
+            await conn.execute(insert, rows)
+
+    def finish_and_claim(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        request: ClaimRequest | None,
+        sent: PendingClaim,
+    ) -> Callable[[], Awaitable[FinishResult]] | None:
+        """One try of a finish with its next claim in a way of this dialect's own, or
+        `None`: the storage's steps do it (`SQLStorage.finish`)."""
+        return None
+
+    def lease_status(self, stmt: Any, params: dict[str, Any]) -> Steps[LeaseStatus]:
+        """Run a lease's UPDATE (`Statements.extend`): whether the lease is held, and the
+        item's cancel flag, read by the UPDATE itself (RETURNING)."""
+        row = (yield stmt, params).first()
+        if row is None:
+            return LeaseStatus(held=False)
+        return LeaseStatus(held=True, cancel_requested=bool(row[0]))
+
+    @asynccontextmanager
+    async def subscribe(self, batch_id: str, poll_interval: float) -> AsyncIterator[Subscription]:
+        """Wait for changes of one batch: by polling, unless the database can notify."""
+        yield PollingSubscription(poll_interval)
+
+    async def release(self) -> None:
+        """Give back the connections kept between steps, if any (they are reopened)."""
+
+    async def close(self) -> None:
+        """Give back the connections kept between steps, for good (the storage closes)."""
+
+    # -- the statements' shape (see `Shape`) -----------------------------------------------
+
+    def with_notify(self, stmt: Any, id_column: Any) -> Any:
+        """``stmt`` (an UPDATE of a batch) announcing the change, where that is free."""
+        return stmt
+
+    def counted(self, stmt: Any, column: Any) -> Any:
+        """``stmt`` (an UPDATE) made so that its result counts the rows it updated."""
+        return stmt
+
+    def with_lease_flag(self, stmt: Any, items: Any, *, notify: bool) -> Any:
+        """``stmt`` (an UPDATE of a leased item) returning the item's cancel flag."""
+        return stmt.returning(items.c.cancel_requested)

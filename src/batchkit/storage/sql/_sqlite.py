@@ -1,0 +1,183 @@
+"""SQLite (aiosqlite): one writer at a time, WAL, and whole transactions in one thread call."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.pool import StaticPool
+
+from . import _aiosqlite_fast
+from ._connector import DriverFault, Lanes, Result
+from ._dialect import Dialect
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from ._connector import Connector, Lane
+    from ._statements import Statements, Steps
+
+__all__ = ["SQLiteDialect", "SQLiteLanesDialect"]
+
+T = TypeVar("T")
+
+
+class SQLiteDialect(Dialect):
+    """SQLite through SQLAlchemy: WAL mode, a busy timeout, the write lock taken up front
+    (``BEGIN IMMEDIATE``), and this process's writers queued on a lock of their own.
+
+    Used as it is for a shared in-memory database (one connection for everyone), or when
+    aiosqlite cannot run a whole transaction per call; otherwise `SQLiteLanesDialect`.
+    """
+
+    def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
+        super().__init__(connector, statements, prefix)
+        # SQLite has one writer at a time: this process's writers queue here instead of
+        # polling the file lock through the busy timeout.
+        self._write_lock = anyio.Lock()
+
+    @classmethod
+    def engine_options(cls, url: str) -> dict[str, Any]:
+        path = url.partition("://")[2].lstrip("/")
+        if path in ("", ":memory:") or "mode=memory" in url:
+            return {"poolclass": StaticPool}
+        return {}
+
+    @classmethod
+    def for_engine(
+        cls, engine: AsyncEngine, connector: Connector, statements: Statements, prefix: str
+    ) -> Dialect:
+        _configure(engine)
+        # A shared in-memory database has one connection for everyone: no lanes.
+        if (
+            engine.dialect.driver == "aiosqlite"
+            and not isinstance(engine.pool, StaticPool)
+            and _aiosqlite_fast.available()
+        ):
+            return SQLiteLanesDialect(connector, statements, prefix)
+        return cls(connector, statements, prefix)
+
+    # On SQLite, BEGIN IMMEDIATE already serialises the processes creating the tables:
+    # `schema_lock` takes no lock of its own. Its clock is this machine's.
+
+    def driver_transient(self, orig: BaseException | None) -> bool:
+        return _busy(orig)
+
+    def raw_transient(self, exc: BaseException) -> bool:
+        return _busy(exc)
+
+    async def serialize(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        async with self._write_lock:
+            return await attempt()
+
+    async def exec(self, conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Result:
+        """Execute one statement of a transaction in one hop to the driver's thread.
+
+        SQLAlchemy's aiosqlite adapter makes several hops to the driver's thread per
+        statement (cursor, execute, fetch, close); the compiled SQL sent straight through
+        the same connection (so inside the same transaction) costs one.
+        """
+        if not self.connector.is_cached(stmt):
+            return await super().exec(conn, stmt, params)
+        sql, args, row_type = self.connector.plan(stmt, params)
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        fetched = await raw.execute_fetchall(sql, args)
+        if row_type is None:
+            return Result([], -1)
+        return Result([row_type(*row) for row in fetched], len(fetched))
+
+    def counted(self, stmt: Any, column: Any) -> Any:
+        # `execute_fetchall` tells no row count: the rows returned count the rows updated.
+        return stmt.returning(column)
+
+
+class SQLiteLanesDialect(SQLiteDialect):
+    """SQLite with each hot-path transaction run whole in ONE call to aiosqlite's thread,
+    on a connection kept out of the pool (`_aiosqlite_fast`)."""
+
+    def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
+        super().__init__(connector, statements, prefix)
+        self._lanes = Lanes(connector, cap=1)
+
+    async def write(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._lanes.attempt(lambda lane: self._transaction(lane, steps()))
+
+    async def _transaction(self, lane: Lane, steps: Steps[T]) -> T:
+        """Run ``steps`` as one transaction in ONE call to the SQLite driver's thread."""
+        try:
+            return await _aiosqlite_fast.run_in_thread(lane.driver, self._run_steps, steps)
+        except sqlite3.Error as exc:
+            raise DriverFault(exc, transient=self.is_transient_driver_error(exc)) from exc
+
+    def _run_steps(self, db: sqlite3.Connection, steps: Steps[T]) -> T:
+        # In the driver's thread: BEGIN IMMEDIATE, every statement, COMMIT.
+        plan = self.connector.plan
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                stmt, params = next(steps)
+                while True:
+                    sql, args, row_type = plan(stmt, params)
+                    cursor = db.execute(sql, args)
+                    if row_type is None:
+                        result = Result([], cursor.rowcount)
+                    else:
+                        rows = [row_type(*row) for row in cursor.fetchall()]
+                        result = Result(rows, len(rows))
+                    cursor.close()
+                    stmt, params = steps.send(result)
+            except StopIteration as stop:
+                value = cast("T", stop.value)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return value
+
+    async def release(self) -> None:
+        await self._lanes.drop()
+
+    async def close(self) -> None:
+        await self._lanes.close()
+
+
+def _busy(exc: BaseException | None) -> bool:
+    """Whether SQLite gave up waiting for its lock (past its busy timeout)."""
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def _configure(engine: AsyncEngine) -> None:
+    # Once per engine: storages sharing a host's engine, or opened again, would otherwise
+    # each add a listener, and the second BEGIN would fail inside the first.
+    sync_engine = engine.sync_engine
+    if not event.contains(sync_engine, "begin", _begin):
+        event.listen(sync_engine, "connect", _connect)
+        event.listen(sync_engine, "begin", _begin)
+
+
+def _connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver would defer it).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # The busy timeout first: switching a new file to WAL needs its lock, which another
+    # process opening the same file at the same moment may hold.
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _begin(conn: Any) -> None:
+    # Writers take the write lock up front, so two transactions never both read and
+    # then fail to upgrade; readers take none.
+    if conn.get_execution_options().get("batchkit_read"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
