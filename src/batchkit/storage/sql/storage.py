@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy import MetaData, or_, select
@@ -40,6 +40,7 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
+from .._base import AsyncContext
 from .._doubt import ClaimsInDoubt
 from ._connector import Connector, DriverFault
 from ._dialect import Dialect
@@ -53,7 +54,6 @@ from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
-    from types import TracebackType
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -83,7 +83,7 @@ _SYNC_URLS = {
 }
 
 
-class SQLStorage:
+class SQLStorage(AsyncContext):
     """Batches and items in a SQL database, through SQLAlchemy 2's async engines.
 
     Supported: ``sqlite+aiosqlite`` (the embedded default: WAL mode, a busy timeout and a
@@ -158,19 +158,7 @@ class SQLStorage:
         """The engine (created on open when the storage was built from a URL)."""
         return self._connector.engine
 
-    # -- lifecycle -----------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    # -- lifecycle (``async with`` comes from `AsyncContext`) -----------------------------
 
     async def open(self) -> None:
         """Connect, set up the tables (or check their version) and measure the clock."""
