@@ -2,9 +2,10 @@
 // batch" while it runs and "Retry N Failed" once it has ended.
 //
 // When the stream breaks (a server restart, a proxy that cuts long requests, the network)
-// the page polls /status every 2 seconds and opens the stream again as soon as the server
-// answers, waiting longer after each failed try (up to 30 s); it says which of these it is
-// doing, in words.
+// the page polls /status every 2 seconds and tries the stream again, waiting longer after
+// each failed try (up to 30 s), and at once when a poll finds the server back after it
+// could not be reached; it says which of these it is doing, in words. A poll that answers
+// after the stream is live again is dropped: the stream is newer.
 (function () {
   "use strict";
   var status = JSON.parse(document.getElementById("initial-status").textContent);
@@ -20,6 +21,10 @@
   var stream = null;
   var reopen = null;
   var failures = 0;
+  var streamOpen = false;   // the stream is open and delivering
+  var unreachable = false;  // the last poll did not reach the server
+
+  function streamLive() { return stream !== null && streamOpen; }
 
   function setText(node, text) { if (node.textContent !== text) { node.textContent = text; } }
 
@@ -79,7 +84,7 @@
   }
 
   function stop() {
-    if (stream) { stream.close(); stream = null; }
+    if (stream) { stream.close(); stream = null; streamOpen = false; }
     if (polling) { clearInterval(polling); polling = null; }
     if (reopen) { clearTimeout(reopen); reopen = null; }
   }
@@ -99,18 +104,33 @@
   }
 
   function poll() {
+    var cameBack = false;
     fetch(base + "/status", {cache: "no-store"})
       .then(
-        function (answer) { return answer.ok ? answer.json() : refused(answer.status); },
-        function () { setText(live, OFFLINE); return null; }
+        function (answer) {
+          if (streamLive()) { return null; }
+          cameBack = unreachable;
+          unreachable = false;
+          return answer.ok ? answer.json() : refused(answer.status);
+        },
+        function () {
+          if (streamLive()) { return null; }
+          unreachable = true;
+          setText(live, OFFLINE);
+          return null;
+        }
       )
       .then(function (s) {
-        if (!s) { return; }
+        if (!s || streamLive()) { return; }
         render(s);
         if (!s.is_terminal) {
           setText(live, "Updating every 2 s; reconnecting to live updates…");
-          // The server answers again: back to the live stream, now.
-          if (!stream && failures === 1 && reopen) { clearTimeout(reopen); reopen = null; listen(); }
+          // The server answers (again): back to the live stream, now.
+          if (!stream && reopen && (failures === 1 || cameBack)) {
+            clearTimeout(reopen);
+            reopen = null;
+            listen();
+          }
         }
       });
   }
@@ -125,9 +145,11 @@
     if (status.is_terminal) { setText(live, "Finished."); return; }
     if (!window.EventSource) { startPolling(); return; }
     var opened = false;
+    streamOpen = false;
     stream = new EventSource(base + "/events");
     stream.addEventListener("open", function () {
       opened = true;
+      streamOpen = true;
       failures = 0;
       if (polling) { clearInterval(polling); polling = null; }
       setText(live, "Live.");
@@ -138,9 +160,9 @@
     stream.addEventListener("error", function () {
       // The server went away (a restart, a deploy) or something cut the stream: poll
       // meanwhile, and open a new stream later (at once if a poll gets an answer first).
-      if (stream) { stream.close(); stream = null; }
+      if (stream) { stream.close(); stream = null; streamOpen = false; }
       failures = opened ? 1 : failures + 1;
-      setText(live, "Connection lost; reconnecting…");
+      setText(live, unreachable ? OFFLINE : "Connection lost; reconnecting…");
       startPolling();
       var wait = Math.min(30000, 1000 * Math.pow(2, failures - 1));
       if (reopen) { clearTimeout(reopen); }
