@@ -281,12 +281,7 @@ class Executor:
             item = await self.storage.get_item(lease.batch_id, lease.key)
         except (StorageError, OSError, LookupError):
             return False
-        if item.attempt != lease.attempt or item.state is ItemState.RUNNING:
-            return False
-        asked = outcome.state
-        return item.state is asked or (
-            asked is ItemState.QUEUED and item.state is ItemState.CANCELLED
-        )
+        return outcome.landed(lease, item.state, item.attempt)
 
     async def hand_back(self, claim: Claim) -> None:
         """Give a claimed item back to `queued` without running it (a worker stopping)."""

@@ -2,9 +2,10 @@
 
 A storage adapter persists; the core decides. Everything that crosses this boundary has
 already been validated and encoded by the core: payloads and results arrive as JSON text,
-ids are ones batchkit generated or checked. Durations are relative (``lease_seconds``,
-``delay``) and measured by the store's own clock, so that runners on machines whose
-clocks disagree still agree on who holds a lease.
+ids are ones batchkit generated or checked. What a storage reads back it hands over as
+records (`BatchRecord`, `ItemRecord`), the JSON texts as stored: the core decodes them.
+Durations are relative (``lease_seconds``, ``delay``) and measured by the store's own
+clock, so that runners on machines whose clocks disagree still agree on who holds a lease.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .context import ItemContext
-    from .models import Item
 
 __all__ = [
     "BatchRecord",
@@ -30,6 +30,7 @@ __all__ = [
     "FinishResult",
     "FinishedBatch",
     "Generator",
+    "ItemRecord",
     "Lease",
     "LeaseStatus",
     "NewBatch",
@@ -87,6 +88,51 @@ class BatchRecord:
     #: Why the cancel was requested, as its first requester gave it.
     cancel_reason: str | None = None
     max_failures: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """What a storage knows of an item, as stored; the core derives `Item` from it.
+
+    The JSON texts are handed back as the core wrote them, unread: the core decodes them.
+
+    Attributes:
+        batch_id: the item's batch.
+        key: the item's key, unique in its batch.
+        position: its index in submission order (0-based).
+        payload: the payload as JSON text.
+        state: the item's state.
+        created_at: when the item was created (with its batch).
+        updated_at: when the item last changed.
+        progress: fraction done (0..1) as last recorded (1.0 once succeeded).
+        message: the last progress message, or `None`.
+        attempt: how many times the item has been claimed.
+        error: the last `Outcome.error` kept, as its JSON text
+            (`ItemError.model_dump_json`), or `None`.
+        history: the last `Outcome.history` written, as it is, or `None` if none was.
+        result: the result as JSON text, once succeeded; `None` otherwise.
+        started_at: when the latest attempt started.
+        lease_expires_at: while running, the lease's current deadline (past, once the
+            lease has lapsed); `None` in every other state.
+        finished_at: when the item reached its final state.
+    """
+
+    batch_id: str
+    key: str
+    position: int
+    payload: str
+    state: ItemState
+    created_at: datetime
+    updated_at: datetime
+    progress: float = 0.0
+    message: str | None = None
+    attempt: int = 0
+    error: str | None = None
+    history: str | None = None
+    result: str | None = None
+    started_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +225,22 @@ class Outcome:
         """
         return cls(ItemState.QUEUED, error=error, delay=delay, history=history)
 
+    def landed(self, lease: Lease, state: ItemState | str, attempt: int) -> bool:
+        """Whether an item found in ``state`` at ``attempt``, held by nobody, is this
+        outcome of ``lease``'s attempt, written by a try whose answer was lost.
+
+        A try of a write that ran but whose answer never came is refused when made again
+        (the lease is gone): this tells a write that landed from one that did not. A
+        release in a batch being cancelled ends the item cancelled: that counts as landed.
+        Every adapter and the executor decide it here.
+        """
+        if attempt != lease.attempt:
+            return False
+        found = ItemState(state)
+        return found is self.state or (
+            self.state is ItemState.QUEUED and found is ItemState.CANCELLED
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class FinishResult:
@@ -262,9 +324,11 @@ class Storage(Protocol):
         """
         ...
 
-    async def get_item(self, batch_id: str, key: str) -> Item:
-        """Read one item. A running item's `Item.lease_expires_at` is its lease's current
-        deadline (past, once the lease has lapsed); it is `None` in every other state.
+    async def get_item(self, batch_id: str, key: str) -> ItemRecord:
+        """Read one item's record, its JSON texts as stored (the core builds the `Item`).
+
+        A running item's ``lease_expires_at`` is its lease's current deadline (past, once
+        the lease has lapsed); it is `None` in every other state.
 
         Raises:
             BatchNotFound: no batch has this id.
@@ -279,8 +343,8 @@ class Storage(Protocol):
         states: Collection[ItemState] | None = None,
         after: int | None = None,
         limit: int = 100,
-    ) -> list[Item]:
-        """List a batch's items in submission order.
+    ) -> list[ItemRecord]:
+        """List a batch's item records in submission order (as `get_item` reads them).
 
         Args:
             batch_id: the batch.

@@ -23,7 +23,7 @@ from .ids import is_batch_id, new_batch_id
 from .models import Batch, BatchStatus, Item, ItemSpec, ItemState, Limits
 from .protocols import ClaimRequest, MetadataFilter, NewBatch, NewItem, Subscription
 from .retry import RetryPolicy
-from .status import batch_from_record, status_from_record
+from .status import batch_from_record, item_from_record, status_from_record
 
 if TYPE_CHECKING:
     from ._execution import Executor
@@ -403,7 +403,8 @@ class BatchRunner:
             raise ValueError(f"limit must be from 1 to {_ITEMS_PAGE_MAX}, got {limit!r}")
         if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
             raise ValueError(f"after must be an item position (int), got {after!r}")
-        return await self.storage.list_items(batch_id, states=states, after=after, limit=limit)
+        records = await self.storage.list_items(batch_id, states=states, after=after, limit=limit)
+        return [item_from_record(record) for record in records]
 
     async def item(self, batch_id: str, key: str) -> Item:
         """One item of a batch, by key.
@@ -413,7 +414,7 @@ class BatchRunner:
             ItemNotFound: the batch has no such key.
         """
         self._check_id(batch_id)
-        return await self.storage.get_item(batch_id, key)
+        return item_from_record(await self.storage.get_item(batch_id, key))
 
     async def batches(
         self,
@@ -530,7 +531,7 @@ class BatchRunner:
             page = await self.storage.list_items(
                 batch_id, states=(ItemState.FAILED,), after=after, limit=_ITEMS_PAGE_MAX
             )
-            failed.extend(ItemSpec(key=item.key, payload=item.payload) for item in page)
+            failed.extend(ItemSpec(key=item.key, payload=loads(item.payload)) for item in page)
             if len(page) < _ITEMS_PAGE_MAX:
                 break
             after = page[-1].position

@@ -2,24 +2,36 @@
 
 Pure functions, no I/O. Every reader (status calls, lists, watch streams, the example
 apps) goes through `derive_state`, so a stored status can never disagree with the items.
+The public `Batch`, `BatchStatus` and `Item` of what a storage reads are built here too.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .models import TERMINAL_BATCH_STATES, Batch, BatchState, BatchStatus, ItemState
+from .codec import loads
+from .history import errors_of
+from .models import (
+    TERMINAL_BATCH_STATES,
+    Batch,
+    BatchState,
+    BatchStatus,
+    Item,
+    ItemError,
+    ItemState,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from .protocols import BatchRecord
+    from .protocols import BatchRecord, ItemRecord
 
 __all__ = [
     "batch_from_record",
     "derive_progress",
     "derive_state",
     "empty_counts",
+    "item_from_record",
     "recount",
     "status_from_record",
 ]
@@ -122,4 +134,35 @@ def batch_from_record(record: BatchRecord) -> Batch:
         total=record.total,
         max_failures=record.max_failures,
         created_at=record.created_at,
+    )
+
+
+def item_from_record(record: ItemRecord) -> Item:
+    """Build the public `Item` of a stored item record, decoding its JSON texts.
+
+    ``errors`` come from the record's history (none when it has none; a history that is
+    not one reads as empty, with a warning).
+
+    Raises:
+        pydantic.ValidationError: the stored error is not an `ItemError`'s JSON.
+    """
+    error = record.error
+    result = record.result
+    return Item(
+        batch_id=record.batch_id,
+        key=record.key,
+        position=record.position,
+        payload=loads(record.payload),
+        state=record.state,
+        progress=record.progress,
+        message=record.message,
+        attempt=record.attempt,
+        error=None if error is None else ItemError.model_validate_json(error),
+        errors=errors_of(record.history),
+        result=None if result is None else loads(result),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        started_at=record.started_at,
+        lease_expires_at=record.lease_expires_at,
+        finished_at=record.finished_at,
     )

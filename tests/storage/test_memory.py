@@ -8,6 +8,7 @@ import pytest
 
 from batchkit import MemoryStorage
 from batchkit.protocols import ClaimRequest, Outcome
+from batchkit.status import item_from_record
 from batchkit.testing import StorageContract
 from batchkit.testing.contract import new_batch
 
@@ -129,4 +130,4 @@ async def test_usable_without_async_with() -> None:
     assert claim is not None
     assert (await storage.finish(claim.lease, Outcome.succeeded("1"))).accepted
     await storage.aclose()
-    assert (await storage.get_item(batch.id, "item-0")).result == 1
+    assert item_from_record(await storage.get_item(batch.id, "item-0")).result == 1

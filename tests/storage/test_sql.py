@@ -26,9 +26,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from batchkit import BatchRunner, BatchState, ItemSpec, ItemState, open_storage
-from batchkit.exceptions import BatchNotFound, SchemaVersionMismatch, StorageError
+from batchkit.exceptions import (
+    BatchNotFound,
+    InvalidStorageURL,
+    SchemaVersionMismatch,
+    StorageError,
+)
 from batchkit.protocols import ClaimRequest, Outcome
-from batchkit.status import recount, status_from_record
+from batchkit.status import item_from_record, recount, status_from_record
 from batchkit.storage.sql import SCHEMA_VERSION, SQLStorage, metadata_for
 from batchkit.storage.sql._faults import (
     broken_driver_connection,
@@ -653,6 +658,23 @@ async def check_lost_replies(storage: Any) -> None:
     ok, running_ = ItemState.SUCCEEDED, ItemState.RUNNING
     await _states_are(storage, record.id, [ok, ok, running_, running_])
 
+    # A release whose reply was lost, in a batch being cancelled: the item ended
+    # cancelled, which is the release landing, not a refusal (alone, and with a claim).
+    other, _ = await storage.create_batch(new_batch(3))
+    here = ClaimRequest(batch_ids=(other.id,), lease_seconds=30)
+    a, b = await storage.claim(here), await storage.claim(here)
+    assert a is not None
+    assert b is not None
+    await storage.cancel_batch(other.id)
+    storage.lose = 1
+    assert (await storage.finish(a.lease, Outcome.released())).accepted
+    storage.lose = 1
+    last = await storage.finish(b.lease, Outcome.released(), then_claim=here)
+    assert last.accepted
+    assert last.claim is None
+    gone = ItemState.CANCELLED
+    await _states_are(storage, other.id, [gone, gone, gone])
+
 
 class _AsyncpgBusy(Exception):
     """Stands for asyncpg's InternalClientError, which SQLAlchemy lets through unwrapped."""
@@ -905,7 +927,7 @@ async def test_keys_and_payloads_round_trip_exactly(db: Database) -> None:
         assert [item.payload for item in items] == payloads
         assert [item.result for item in items] == payloads
         for key, payload in zip(AWKWARD, payloads, strict=True):
-            item = await storage.get_item(batch.id, key)
+            item = item_from_record(await storage.get_item(batch.id, key))
             assert (item.key, item.payload) == (key, payload)
         again = await runner.submit(["other"], idempotency_key="'; DROP TABLE x; --")
         assert again.id == batch.id
@@ -1198,15 +1220,22 @@ def test_an_invalid_table_prefix_is_refused_before_anything_is_written(
         ("postgres://u@db.example/app", "postgresql+asyncpg://u@db.example/app"),
         ("mysql://u@db.example/app", "mysql+asyncmy://u@db.example/app"),
         ("sqlite:///{path}", "sqlite+aiosqlite:///{path}"),
+        ("postgresql+psycopg2://u@db.example/app", "postgresql+asyncpg://u@db.example/app"),
+        ("mysql+pymysql://u@db.example/app", "mysql+asyncmy://u@db.example/app"),
+        ("mariadb://u@db.example/app", "mariadb+asyncmy://u@db.example/app"),
     ],
 )
 def test_a_synchronous_url_is_refused_with_the_async_spelling(
     tmp_path: Path, url: str, fixed: str
 ) -> None:
     path = tmp_path / "x.db"
-    with pytest.raises(ValueError, match="synchronous") as caught:
+    # The same refusal, in the same words, as open_storage's (and a ValueError).
+    with pytest.raises(InvalidStorageURL, match="synchronous") as caught:
         SQLStorage(url.format(path=path))
     assert fixed.format(path=path) in str(caught.value)
+    with pytest.raises(InvalidStorageURL) as opened:
+        open_storage(url.format(path=path))
+    assert str(opened.value) == str(caught.value)
     assert not path.exists()
 
 

@@ -7,21 +7,26 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from batchkit.history import History
 from batchkit.models import (
     ACTIVE_ITEM_STATES,
     TERMINAL_BATCH_STATES,
     TERMINAL_ITEM_STATES,
     BatchState,
     BatchStatus,
+    Item,
+    ItemError,
     ItemState,
 )
-from batchkit.protocols import BatchRecord
+from batchkit.protocols import BatchRecord, ItemRecord
 from batchkit.status import (
     batch_from_record,
     derive_progress,
     derive_state,
     empty_counts,
+    item_from_record,
     recount,
     status_from_record,
 )
@@ -354,3 +359,100 @@ def test_batch_from_record_maps_every_field() -> None:
     assert batch.idempotency_key == "request-42"
     assert batch.total == 10
     assert batch.created_at == T0
+
+
+# -- item_from_record ---------------------------------------------------------------------
+
+
+def make_item_record(**changes: object) -> ItemRecord:
+    fields: dict[str, object] = {
+        "batch_id": "0190a0b0-0000-7000-8000-000000000001",
+        "key": "k",
+        "position": 3,
+        "payload": '{"name":"ünï ✓","nested":[1,2.5,null,{"a":"b"}]}',
+        "state": S,
+        "created_at": T0,
+        "updated_at": T0 + timedelta(seconds=30),
+        "progress": 1.0,
+        "message": "done",
+        "attempt": 2,
+        "error": None,
+        "history": None,
+        "result": '{"ok":[1,true]}',
+        "started_at": T0 + timedelta(seconds=10),
+        "lease_expires_at": None,
+        "finished_at": T0 + timedelta(seconds=30),
+    }
+    fields.update(changes)
+    return ItemRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_item_from_record_maps_every_field() -> None:
+    record = make_item_record()
+    item = item_from_record(record)
+    assert isinstance(item, Item)
+    assert (item.batch_id, item.key, item.position) == (record.batch_id, "k", 3)
+    assert item.payload == {"name": "ünï ✓", "nested": [1, 2.5, None, {"a": "b"}]}
+    assert (item.state, item.progress, item.message, item.attempt) == (S, 1.0, "done", 2)
+    assert item.result == {"ok": [1, True]}
+    assert item.error is None
+    assert item.errors == []
+    assert (item.created_at, item.updated_at) == (T0, T0 + timedelta(seconds=30))
+    assert item.started_at == T0 + timedelta(seconds=10)
+    assert item.lease_expires_at is None
+    assert item.finished_at == T0 + timedelta(seconds=30)
+
+
+def test_item_from_record_of_a_new_item_leaves_absent_fields_empty() -> None:
+    record = make_item_record(
+        payload="null",
+        state=Q,
+        progress=0.0,
+        message=None,
+        attempt=0,
+        result=None,
+        started_at=None,
+        finished_at=None,
+    )
+    item = item_from_record(record)
+    assert item.payload is None
+    assert item.result is item.error is item.message is None
+    assert item.errors == []
+    assert item.started_at is item.lease_expires_at is item.finished_at is None
+
+
+def test_item_from_record_keeps_a_running_items_lease_deadline() -> None:
+    deadline = T0 + timedelta(minutes=5)
+    record = make_item_record(state=R, result=None, finished_at=None, lease_expires_at=deadline)
+    assert item_from_record(record).lease_expires_at == deadline
+
+
+def test_item_from_record_reads_the_error_and_the_errors_of_the_history() -> None:
+    first = ItemError(type="ValueError", message="first ✓", traceback="tb", attempt=1)
+    last = ItemError(type="KeyError", message="'x'", attempt=2)
+    history = History().with_failure(first, keep=10).with_failure(last, keep=10).encode()
+    record = make_item_record(state=F, result=None, error=last.model_dump_json(), history=history)
+    item = item_from_record(record)
+    assert item.error == last
+    assert item.errors == [first, last]
+
+
+def test_item_from_record_of_a_history_without_failures_has_no_errors() -> None:
+    record = make_item_record(history=History().with_release().encode())
+    assert item_from_record(record).errors == []
+
+
+def test_item_from_record_reads_an_unreadable_history_as_no_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="batchkit.runner"):
+        item = item_from_record(make_item_record(history="not a history"))
+    assert item.errors == []
+    assert "attempt history is unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("error", ["not json", '{"message":"no type"}', "[]"])
+def test_item_from_record_refuses_an_error_that_is_not_an_item_error(error: str) -> None:
+    # As the adapters did before they returned records: the error is validated, not guessed.
+    with pytest.raises(ValidationError):
+        item_from_record(make_item_record(state=F, result=None, error=error))

@@ -21,6 +21,7 @@ from batchkit import (
     Worker,
 )
 from batchkit.protocols import ClaimRequest, Lease, Outcome
+from batchkit.status import item_from_record
 
 from .helpers import CountingStorage, all_items, wait_until
 
@@ -261,7 +262,7 @@ async def test_an_item_of_a_dead_worker_runs_again_with_its_attempt_grown(
     with anyio.fail_after(5):
         await worker.run()
     assert seen == [2]
-    item = await storage.get_item(batch.id, "x")
+    item = item_from_record(await storage.get_item(batch.id, "x"))
     assert (item.state, item.attempt) == (ItemState.SUCCEEDED, 2)
     assert [e.type for e in item.errors] == ["WorkerLost"]
 

@@ -15,15 +15,15 @@ import anyio.lowlevel
 
 from ..codec import dumps, loads, same_json
 from ..exceptions import BatchNotFound, ItemNotFound
-from ..history import errors_of
 from ..ids import new_token
-from ..models import Item, ItemError, ItemState
+from ..models import ItemState
 from ..protocols import (
     BatchRecord,
     Claim,
     ClaimRequest,
     FinishedBatch,
     FinishResult,
+    ItemRecord,
     Lease,
     LeaseStatus,
     MetadataFilter,
@@ -58,7 +58,8 @@ class _Item:
     progress: float = 0.0
     message: str | None = None
     attempt: int = 0
-    error: ItemError | None = None
+    #: The error's JSON text, as the SQL and Redis storages keep it.
+    error: str | None = None
     result: str | None = None
     history: str | None = None
     token: str | None = None
@@ -189,7 +190,7 @@ class MemoryStorage(AsyncContext):
         await anyio.lowlevel.checkpoint()
         return self._record(self._get(batch_id))
 
-    async def get_item(self, batch_id: str, key: str) -> Item:
+    async def get_item(self, batch_id: str, key: str) -> ItemRecord:
         """Read one item (see `Storage.get_item`)."""
         await anyio.lowlevel.checkpoint()
         row = self._get(batch_id)
@@ -205,13 +206,13 @@ class MemoryStorage(AsyncContext):
         states: Collection[ItemState] | None = None,
         after: int | None = None,
         limit: int = 100,
-    ) -> list[Item]:
+    ) -> list[ItemRecord]:
         """List items in submission order (see `Storage.list_items`)."""
         await anyio.lowlevel.checkpoint()
         row = self._get(batch_id)
         start = 0 if after is None else max(0, after + 1)
         wanted = None if states is None else frozenset(states)
-        page: list[Item] = []
+        page: list[ItemRecord] = []
         items = row.items
         for position in range(start, len(items)):
             if len(page) >= limit:
@@ -485,7 +486,7 @@ class MemoryStorage(AsyncContext):
         if state is _QUEUED and row.cancel_requested_at is not None:
             state = _CANCELLED
         if outcome.error is not None:
-            item.error = outcome.error
+            item.error = outcome.error.model_dump_json()
         if outcome.history is not None:
             item.history = outcome.history
         if state is _SUCCEEDED:
@@ -540,19 +541,19 @@ class MemoryStorage(AsyncContext):
             max_failures=row.max_failures,
         )
 
-    def _item(self, row: _Batch, item: _Item) -> Item:
-        return Item(
+    def _item(self, row: _Batch, item: _Item) -> ItemRecord:
+        return ItemRecord(
             batch_id=row.id,
             key=item.key,
             position=item.position,
-            payload=loads(item.payload),
+            payload=item.payload,
             state=item.state,
             progress=item.progress,
             message=item.message,
             attempt=item.attempt,
             error=item.error,
-            errors=errors_of(item.history),
-            result=None if item.result is None else loads(item.result),
+            history=item.history,
+            result=item.result,
             created_at=_ts(item.created_at),  # type: ignore[arg-type]
             updated_at=_ts(item.updated_at),  # type: ignore[arg-type]
             started_at=_ts(item.started_at),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..status import empty_counts
+from ..status import empty_counts, item_from_record
 
 if TYPE_CHECKING:
     from ..models import Item, ItemState
@@ -24,10 +24,10 @@ def counts_of(record: BatchRecord) -> dict[ItemState, int]:
 
 
 async def all_items(storage: Storage, batch_id: str, *, page: int = 100) -> list[Item]:
-    """Every item of a batch in submission order, read page by page."""
+    """Every item of a batch in submission order, read page by page (as `Item`s)."""
     items: list[Item] = []
     after: int | None = None
     while chunk := await storage.list_items(batch_id, after=after, limit=page):
-        items.extend(chunk)
+        items.extend(item_from_record(record) for record in chunk)
         after = chunk[-1].position
     return items

@@ -30,7 +30,7 @@ from ..history import History, errors_of
 from ..ids import new_batch_id
 from ..models import TERMINAL_ITEM_STATES, ItemError, ItemState
 from ..protocols import ClaimRequest, NewBatch, NewItem, Outcome
-from ..status import derive_state, recount, status_from_record
+from ..status import derive_state, item_from_record, recount, status_from_record
 from ._shared import LONG, all_items, counts_of
 
 if TYPE_CHECKING:
@@ -117,7 +117,9 @@ async def _read_all(
 
 
 async def _read_one(storage: Storage, batch_id: str, key: str) -> tuple[BatchRecord, Item]:
-    return await storage.get_batch(batch_id), await storage.get_item(batch_id, key)
+    return await storage.get_batch(batch_id), item_from_record(
+        await storage.get_item(batch_id, key)
+    )
 
 
 async def _states(storage: Storage, slots: Sequence[tuple[str, str]]) -> list[ItemState]:

@@ -417,7 +417,9 @@ return claim
 #: 9 lease seconds of the next claim ('' for no claim), 10 the next claim's token,
 #: 11 the item's history ('' to keep it), 12 the leased attempt when the call is tried
 #: again ('': the first try), so that what an earlier try did is not refused or redone.
-#: Returns {accepted (1/0), finished now (1/0)} followed by the claim's fields.
+#: Returns {accepted, finished now (1/0)} followed by the claim's fields; accepted is 1 or
+#: 0, or on a try made again that finds the item held by nobody, {its state, its attempt}:
+#: whether an earlier try landed is decided by the caller (`Outcome.landed`).
 FINISH = (
     _COMMON
     + r"""
@@ -458,13 +460,10 @@ if pos then
   end
   publish()
 elseif ARGV[12] ~= '' then
-  -- Ended as asked, in the leased attempt, and held by nobody: an earlier try did it.
+  -- Maybe an earlier try did it: the item, held by nobody, as it ended.
   local p = redis.call('HGET', KEYMAP, ARGV[3])
   local r = p and load(p)
-  if r and not r[TOKEN] and r[ATTEMPT] == tonumber(ARGV[12])
-      and (r[STATE] == ARGV[5] or (ARGV[5] == 'queued' and r[STATE] == 'cancelled')) then
-    accepted = 1
-  end
+  if r and not r[TOKEN] then accepted = {r[STATE], r[ATTEMPT]} end
 end
 local claim = {0}
 if ARGV[9] ~= '' then

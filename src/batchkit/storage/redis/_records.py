@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from ...codec import loads, same_json
-from ...history import errors_of
-from ...models import Item, ItemError, ItemState
-from ...protocols import BatchRecord
+from ...models import ItemState
+from ...protocols import BatchRecord, ItemRecord
 
 if TYPE_CHECKING:
     from ...protocols import MetadataFilter
@@ -71,24 +70,24 @@ def to_record(flat: list[Any], metadata_cache: dict[str, dict[str, Any]]) -> Bat
     )
 
 
-def to_item(batch_id: str, reply: list[Any]) -> Item:
-    """An item from the fields the ITEM and ITEMS scripts answer, in their order."""
+def to_item(batch_id: str, reply: list[Any]) -> ItemRecord:
+    """An item's record from the fields the ITEM and ITEMS scripts answer, in their order."""
     (key, position, payload, state, progress, message, attempt, error, result) = reply[:9]
     # lease_end: the lease's deadline while running (its score in the running set, on
     # the server's clock like the other times), None otherwise.
     created, updated, started, finished, history, lease_end = reply[9:15]
-    return Item(
+    return ItemRecord(
         batch_id=batch_id,
         key=text(key),
         position=int(position),
-        payload=loads(text(payload)),
+        payload=text(payload),
         state=ItemState(text(state)),
         progress=float(text(progress)),
         message=None if message is None else text(message),
         attempt=int(attempt),
-        error=None if error is None else ItemError.model_validate_json(text(error)),
-        errors=[] if history is None else errors_of(text(history)),
-        result=None if result is None else loads(text(result)),
+        error=None if error is None else text(error),
+        history=None if history is None else text(history),
+        result=None if result is None else text(result),
         created_at=ts(created),  # type: ignore[arg-type]
         updated_at=ts(updated),  # type: ignore[arg-type]
         started_at=ts(started),

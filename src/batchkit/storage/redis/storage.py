@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
     from datetime import datetime
 
-    from ...models import Item
+    from ...protocols import ItemRecord
 
 __all__ = ["RedisStorage", "validate_prefix"]
 
@@ -374,7 +374,7 @@ class RedisStorage(AsyncContext):
             raise BatchNotFound(batch_id)
         return to_record(reply, self._metadata)
 
-    async def get_item(self, batch_id: str, key: str) -> Item:
+    async def get_item(self, batch_id: str, key: str) -> ItemRecord:
         """Read one item (see `Storage.get_item`)."""
         if not is_batch_id(batch_id):
             raise BatchNotFound(batch_id)
@@ -392,7 +392,7 @@ class RedisStorage(AsyncContext):
         states: Collection[ItemState] | None = None,
         after: int | None = None,
         limit: int = 100,
-    ) -> list[Item]:
+    ) -> list[ItemRecord]:
         """List items in position order, from sorted sets (see `Storage.list_items`)."""
         if not is_batch_id(batch_id):
             raise BatchNotFound(batch_id)
@@ -635,7 +635,11 @@ class RedisStorage(AsyncContext):
                 if same_batch:
                     self._doubtful.remember(lease.batch_id, token)
                 raise
-            accepted = bool(reply[0])
+            found = reply[0]
+            if isinstance(found, list):  # tried again: did an earlier try land?
+                accepted = outcome.landed(lease, text(found[0]), int(found[1]))
+            else:
+                accepted = bool(found)
             if bool(reply[1]):
                 await self._call(lambda: self._finished(lease.batch_id))
             if same_batch:

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..._secrets import redact, safe_url, shows_secret, url_secrets
+from ..._secrets import safe_url, url_secrets
 from ...exceptions import StorageError
-from ._faults import broken_driver_connection, is_driver_error
+from .._base import chained, fault_of
+from ._faults import DriverFault, broken_driver_connection, is_driver_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable
 
-__all__ = ["Connector", "DriverFault", "Lane", "Lanes", "Plan", "Result"]
+__all__ = ["Connector", "Lane", "Lanes", "Plan", "Result"]
 
 T = TypeVar("T")
 
@@ -192,13 +193,11 @@ class Connector:
 
     def fault(self, exc: BaseException) -> StorageError:
         """The `StorageError` for a driver's error, without the storage's secrets."""
-        return StorageError(redact(f"{type(exc).__name__}: {exc}", self.secrets))
+        return fault_of(exc, self.secrets)
 
     def cause(self, exc: BaseException) -> BaseException | None:
-        """``exc``, to chain to a `StorageError`, unless it shows a secret."""
-        # A driver's error that shows a secret is not chained: a logged traceback would
-        # print it (the message says what it said, redacted).
-        return None if shows_secret(exc, self.secrets) else exc
+        """``exc``, to chain to a `StorageError`, unless it shows a secret (see `chained`)."""
+        return chained(exc, self.secrets)
 
 
 @dataclass(slots=True)
@@ -267,16 +266,6 @@ class Result:
     def scalar(self) -> Any:
         row = self.first()
         return None if row is None else row[0]
-
-
-class DriverFault(Exception):
-    """An error of a statement sent to the driver directly, past SQLAlchemy."""
-
-    def __init__(self, orig: BaseException, *, transient: bool, broken: bool = False) -> None:
-        super().__init__(str(orig))
-        self.orig = orig
-        self.transient = transient
-        self.broken = broken  # the connection is unusable: drop it from the pool
 
 
 # -- lanes: connections kept for the hot path ---------------------------------------------

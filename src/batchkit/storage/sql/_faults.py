@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from .._base import Fault
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
+    "DriverFault",
     "FaultRules",
     "broken_driver_connection",
     "is_broken_connection",
@@ -39,6 +42,16 @@ def sqlstate(orig: BaseException | None) -> str | None:
         if isinstance(value, str):
             return value
     return None
+
+
+class DriverFault(Exception):
+    """An error of a statement sent to the driver directly, past SQLAlchemy."""
+
+    def __init__(self, orig: BaseException, *, transient: bool, broken: bool = False) -> None:
+        super().__init__(str(orig))
+        self.orig = orig
+        self.transient = transient
+        self.broken = broken  # the connection is unusable: drop it from the pool
 
 
 class FaultRules:
@@ -79,6 +92,23 @@ class FaultRules:
     def is_transient_driver_error(self, exc: BaseException) -> bool:
         """The same question for an error raised by a driver directly (asyncpg, sqlite3)."""
         return is_broken_connection(exc) or self.raw_transient(exc)  # a new connection is not
+
+    def classify(self, exc: Exception) -> Fault | None:
+        """What an error of one transaction's try is to `retrying`: a fault of the
+        database (to retry, or not) with the driver's own error to show, or `None` for an
+        error that is not the database's (a bug), which propagates as it is."""
+        if isinstance(exc, DBAPIError):
+            return Fault(self.is_transient(exc), exc.orig if exc.orig is not None else exc, exc)
+        if isinstance(exc, DriverFault):
+            return Fault(exc.transient, exc.orig, exc.orig)
+        if isinstance(exc, OSError):  # ConnectionError and TimeoutError among them
+            return Fault(transient=True, shown=exc, cause=exc)
+        if is_driver_error(exc):
+            # A driver's own error that SQLAlchemy let through unwrapped (asyncpg's, as a
+            # transaction on a connection the server dropped is ended): a StorageError like
+            # any other, never a driver's exception out of the storage.
+            return Fault(self.is_transient_driver_error(exc), exc, exc)
+        return None
 
 
 def is_driver_error(exc: BaseException) -> bool:

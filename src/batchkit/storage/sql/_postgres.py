@@ -14,9 +14,9 @@ from sqlalchemy import bindparam, func, null, or_, select, text, true, union_all
 
 from ...codec import loads
 from ...protocols import Claim, FinishResult, Lease
-from ._connector import DriverFault, Lanes
+from ._connector import Lanes
 from ._dialect import Dialect
-from ._faults import is_broken_connection, sqlstate
+from ._faults import DriverFault, is_broken_connection, sqlstate
 from ._statements import C, F, Q, R, S
 
 if TYPE_CHECKING:
@@ -271,9 +271,7 @@ class PostgresDialect(Dialect):
             return None
         key, payload, attempt, history, position = claimed[0]
         ended = [r for r in rows if r[0] is None]
-        accepted = (
-            bool(ended) and ended[0][2] == lease.attempt and ended[0][3] == outcome.state.value
-        )
+        accepted = bool(ended) and outcome.landed(lease, ended[0][3], ended[0][2])
         return FinishResult(
             accepted=accepted,
             claim=Claim(

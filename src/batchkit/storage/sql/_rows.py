@@ -1,4 +1,4 @@
-"""Rows to models, and how metadata is stored for filtering: the same in every dialect."""
+"""Rows to records, and how metadata is stored for filtering: the same in every dialect."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ...codec import dumps, is_unicode, loads
-from ...history import errors_of
-from ...models import Item, ItemError, ItemState
-from ...protocols import BatchRecord
+from ...models import ItemState
+from ...protocols import BatchRecord, ItemRecord
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -97,23 +96,21 @@ def to_record(row: Row[Any]) -> BatchRecord:
     )
 
 
-def to_item(row: Row[Any]) -> Item:
-    """An item's row as an `Item`."""
+def to_item(row: Row[Any]) -> ItemRecord:
+    """An item's row as an `ItemRecord`, its texts as stored."""
     m = row._mapping
-    error = m["error"]
-    result = m["result"]
-    return Item(
+    return ItemRecord(
         batch_id=m["batch_id"],
         key=m["key"],
         position=m["position"],
-        payload=loads(m["payload"]),
+        payload=m["payload"],
         state=ItemState(m["state"]),
         progress=m["progress"],
         message=m["message"],
         attempt=m["attempt"],
-        error=None if error is None else ItemError.model_validate_json(error),
-        errors=errors_of(m["history"]),
-        result=None if result is None else loads(result),
+        error=m["error"],
+        history=m["history"],
+        result=m["result"],
         created_at=ts(m["created_at"]),  # type: ignore[arg-type]
         updated_at=ts(m["updated_at"]),  # type: ignore[arg-type]
         started_at=ts(m["started_at"]),

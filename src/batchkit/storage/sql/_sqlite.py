@@ -10,8 +10,9 @@ from sqlalchemy import event
 from sqlalchemy.pool import StaticPool
 
 from . import _aiosqlite_fast
-from ._connector import DriverFault, Lanes, Result
+from ._connector import Lanes, Result
 from ._dialect import Dialect
+from ._faults import DriverFault
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

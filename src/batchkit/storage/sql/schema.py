@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator
 
+from .. import _base
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
     from sqlalchemy.types import TypeEngine
@@ -39,8 +40,6 @@ __all__ = [
 #: The layout version written in the ``<prefix>meta`` table; a store written by a
 #: different layout is refused with `SchemaVersionMismatch` instead of being misread.
 SCHEMA_VERSION = 2
-
-_PREFIX = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,30}\Z")
 
 # MySQL's TEXT holds 64 KiB; payloads and results may be larger (Limits are configurable).
 _LongText = Text().with_variant(mysql.LONGTEXT, "mysql", "mariadb")
@@ -79,12 +78,7 @@ class ExactString(TypeDecorator[str]):
 
 def validate_prefix(prefix: str) -> str:
     """Return ``prefix`` if it is a safe SQL identifier prefix, else raise ValueError."""
-    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
-        raise ValueError(
-            f"table_prefix must be 1 to 31 letters, digits or underscores, not starting "
-            f"with a digit; got {prefix!r}"
-        )
-    return prefix
+    return _base.validate_prefix(prefix, _base.TABLE_PREFIX)
 
 
 @dataclass(frozen=True)

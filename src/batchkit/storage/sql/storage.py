@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -40,11 +41,10 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
-from .._base import AsyncContext
+from .._base import AsyncContext, Fault, refuse_synchronous_driver, retrying
 from .._doubt import ClaimsInDoubt
-from ._connector import Connector, DriverFault
+from ._connector import Connector
 from ._dialect import Dialect
-from ._faults import is_driver_error
 from ._mysql import MySQLDialect
 from ._postgres import PostgresDialect
 from ._rows import SCALARS, tag_name, tag_value, to_item, to_record
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from ...models import Item, ItemState
+    from ...models import ItemState
+    from ...protocols import ItemRecord
 
 # `tag_name`, `tag_value` (from `_rows`) and `Steps` (from `_statements`) are imported
 # from this module too: they stay importable here.
@@ -73,13 +74,6 @@ _DIALECTS: dict[str, type[Dialect]] = {
     "postgresql": PostgresDialect,
     "mysql": MySQLDialect,
     "mariadb": MySQLDialect,
-}
-_SYNC_URLS = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "mysql": "mysql+asyncmy",
-    "mariadb": "mariadb+asyncmy",
 }
 
 
@@ -121,14 +115,7 @@ class SQLStorage(AsyncContext):
     ) -> None:
         validate_prefix(table_prefix)
         if isinstance(url_or_engine, str):
-            scheme = url_or_engine.partition("://")[0].lower()
-            if scheme in _SYNC_URLS:
-                fixed = _SYNC_URLS[scheme]
-                rest = url_or_engine.partition("://")[2]
-                raise ValueError(
-                    f"{scheme}:// names a synchronous driver; batchkit is async: use "
-                    f"{redact(f'{fixed}://{rest}')}"
-                )
+            refuse_synchronous_driver(url_or_engine)
         self._connector = Connector(url_or_engine, engine_options or {})
         self.table_prefix = table_prefix
         self.create_schema = create_schema
@@ -193,22 +180,29 @@ class SQLStorage(AsyncContext):
             dialect = _DIALECTS[name].for_engine(engine, connector, self._sql, self.table_prefix)
             self._dialect = dialect
             self._sql.shape = dialect
-            tries = 0
-            while True:
-                try:
-                    await self._setup_schema()
-                    await connector.measure_offset(dialect.clock_query())
-                    break
-                except DBAPIError as exc:
-                    # A new SQLite file is switched to WAL under a lock that another
-                    # process opening it at the same moment may hold: try again.
-                    if tries >= self.retries or not dialect.is_transient(exc):
-                        raise self._cannot_open(exc.orig) from connector.cause(exc)
-                except OSError as exc:  # the server is not there (connection refused, DNS)
-                    raise self._cannot_open(exc) from connector.cause(exc)
-                tries += 1
-                await anyio.sleep(min(2.0, 0.05 * 2**tries))
+            await retrying(
+                partial(self._setup, dialect),
+                classify=partial(self._opening_fault, dialect),
+                fault=self._cannot_open,
+                retries=self.retries,
+                write=False,
+            )
             self._opened = True
+
+    async def _setup(self, dialect: Dialect) -> None:
+        await self._setup_schema()
+        await self._connector.measure_offset(dialect.clock_query())
+
+    def _opening_fault(self, dialect: Dialect, exc: Exception) -> Fault | None:
+        cause = self._connector.cause(exc)
+        if isinstance(exc, DBAPIError):
+            # A new SQLite file is switched to WAL under a lock that another process
+            # opening it at the same moment may hold: try again.
+            shown = exc.orig if exc.orig is not None else exc
+            return Fault(dialect.is_transient(exc), shown, cause)
+        if isinstance(exc, OSError):  # the server is not there (connection refused, DNS)
+            return Fault(transient=False, shown=exc, cause=cause)
+        return None
 
     def _cannot_open(self, says: object) -> StorageError:
         # A driver may repeat the URL's host, which holds a piece of a password written
@@ -283,39 +277,16 @@ class SQLStorage(AsyncContext):
         if not self._opened:
             await self.open()
         dialect = self._dialect
-        tries = 0
-        while True:
-            try:
-                if not write:
-                    return await attempt()
-                # A write that commits must reach its caller: cancelled between the
-                # commit and the return, a claim would be lost until its lease lapsed.
-                with anyio.CancelScope(shield=True):
-                    return await dialect.serialize(attempt)
-            except DBAPIError as exc:
-                if tries >= self.retries or not dialect.is_transient(exc):
-                    raise self._connector.fault(exc.orig if exc.orig is not None else exc) from exc
-            except DriverFault as fault:
-                orig = fault.orig
-                if tries >= self.retries or not fault.transient:
-                    raise self._connector.fault(orig) from orig
-            except (ConnectionError, TimeoutError, OSError) as exc:
-                if tries >= self.retries:
-                    raise self._connector.fault(exc) from exc
-            except Exception as exc:
-                # A driver's own error that SQLAlchemy let through unwrapped (asyncpg's, as a
-                # transaction on a connection the server dropped is ended): a StorageError
-                # like any other, never a driver's exception out of the storage.
-                if not is_driver_error(exc):
-                    raise
-                if tries >= self.retries or not dialect.is_transient_driver_error(exc):
-                    raise self._connector.fault(exc) from exc
-            tries += 1
-            delay = min(2.0, 0.05 * 2**tries)
-            logger.warning(
-                "transient database fault, retrying", extra={"attempt": tries, "delay": delay}
-            )
-            await anyio.sleep(delay)
+        return await retrying(
+            # A write's try waits its turn where the database has one writer at a time.
+            partial(dialect.serialize, attempt) if write else attempt,
+            classify=dialect.classify,
+            fault=self._connector.fault,
+            retries=self.retries,
+            write=write,
+            logger=logger,
+            message="transient database fault, retrying",
+        )
 
     # -- creating and reading --------------------------------------------------------------
 
@@ -398,11 +369,11 @@ class SQLStorage(AsyncContext):
             raise BatchNotFound(batch_id)
         return to_record(row)
 
-    async def get_item(self, batch_id: str, key: str) -> Item:
+    async def get_item(self, batch_id: str, key: str) -> ItemRecord:
         """Read one item (see `Storage.get_item`)."""
         i = self.tables.items
 
-        async def work(conn: AsyncConnection) -> Item:
+        async def work(conn: AsyncConnection) -> ItemRecord:
             row = (
                 await conn.execute(select(i).where(i.c.batch_id == batch_id, i.c.key == key))
             ).first()
@@ -425,13 +396,13 @@ class SQLStorage(AsyncContext):
         states: Collection[ItemState] | None = None,
         after: int | None = None,
         limit: int = 100,
-    ) -> list[Item]:
+    ) -> list[ItemRecord]:
         """List items in submission order (see `Storage.list_items`)."""
         query = self._sql.items_query(batch_id, states=states, after=after, limit=limit)
         if query is None:
             return []
 
-        async def work(conn: AsyncConnection) -> list[Item]:
+        async def work(conn: AsyncConnection) -> list[ItemRecord]:
             rows = (await conn.execute(query)).all()
             if not rows:
                 await self._require_batch(conn, batch_id)
@@ -603,10 +574,7 @@ class SQLStorage(AsyncContext):
         connection): the item ended as asked, in the leased attempt, and nobody holds it."""
         query = self._sql.ended_as()
         row = (yield query, {"b_id": lease.batch_id, "b_key": lease.key}).first()
-        if row is None or row.attempt != lease.attempt:
-            return False
-        asked = outcome.state.value
-        return bool(row.state == asked or (asked == Q and row.state == C))
+        return row is not None and outcome.landed(lease, row.state, row.attempt)
 
     def _finish(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
         sql = self._sql

@@ -8,12 +8,13 @@ from ...codec import dumps
 from ...ids import new_batch_id
 from ...models import ItemError, ItemState
 from ...protocols import BatchRecord, Claim, ClaimRequest, NewBatch, NewItem, Outcome
-from ...status import recount
+from ...status import item_from_record, recount
 from .._shared import LONG, all_items, counts_of
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
+    from ...models import Item
     from ...protocols import Storage
 
 __all__ = ["LONG", "all_items", "counts_of", "new_batch"]
@@ -81,6 +82,24 @@ def _error(attempt: int = 1, message: str = "boom") -> ItemError:
         traceback='Traceback (most recent call last):\n  File "g.py"\nValueError: boom',
         attempt=attempt,
     )
+
+
+async def _item(storage: Storage, batch_id: str, key: str) -> Item:
+    """One item read back as the core shows it: its record, built into an `Item`."""
+    return item_from_record(await storage.get_item(batch_id, key))
+
+
+async def _items(
+    storage: Storage,
+    batch_id: str,
+    *,
+    states: Collection[ItemState] | None = None,
+    after: int | None = None,
+    limit: int = 100,
+) -> list[Item]:
+    """One page of `Storage.list_items`, each record built into an `Item`."""
+    records = await storage.list_items(batch_id, states=states, after=after, limit=limit)
+    return [item_from_record(record) for record in records]
 
 
 async def _state(storage: Storage, batch_id: str, key: str) -> ItemState:

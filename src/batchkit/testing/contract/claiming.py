@@ -17,6 +17,8 @@ from ._helpers import (
     _claim_key,
     _create,
     _error,
+    _item,
+    _items,
     _request,
     all_items,
     counts_of,
@@ -87,7 +89,7 @@ class ClaimingContract:
             1,
         )
         assert (claim.position, claim.payload) == (0, {"n": 0})
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert (item.state, item.attempt) == (_R, 1)
         assert item.started_at is not None
         assert counts_of(await storage.get_batch(record.id)) == {**empty_counts(), _Q: 1, _R: 1}
@@ -117,7 +119,7 @@ class ClaimingContract:
         new = await _claim(storage, record.id)
         assert (new.lease.key, new.lease.attempt) == ("item-0", 2)
         assert new.lease.token != old.lease.token
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert (item.state, item.attempt) == (_R, 2)
         assert counts_of(await storage.get_batch(record.id))[_R] == 1
 
@@ -145,7 +147,7 @@ class ClaimingContract:
         old = await _claim(storage, record.id)
         await storage.record_progress(old.lease, 0.7, "busy", lease_seconds=0)
         await _claim(storage, record.id)
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert (item.progress, item.message) == (0.0, None)
 
     async def test_heartbeat_on_current_lease_is_held(self, storage: Storage) -> None:
@@ -161,7 +163,7 @@ class ClaimingContract:
         status = await storage.record_progress(first.lease, 0.25, "rendering")
         assert (status.held, status.cancel_requested) == (True, False)
         await storage.record_progress(second.lease, 0.5, None)
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert (item.progress, item.message) == (0.25, "rendering")
         assert math.isclose((await storage.get_batch(record.id)).running_progress, 0.75)
 
@@ -169,13 +171,13 @@ class ClaimingContract:
 
     async def test_queued_item_has_no_lease_expiry(self, storage: Storage) -> None:
         record = await _create(storage, 3)
-        assert (await storage.get_item(record.id, "item-0")).lease_expires_at is None
+        assert (await _item(storage, record.id, "item-0")).lease_expires_at is None
         waiting = await _claim(storage, record.id)
         await storage.finish(waiting.lease, Outcome.released(delay=LONG, error=_error()))
         released = await _claim(storage, record.id)
         await storage.finish(released.lease, Outcome.released())
         for key in ("item-0", "item-1"):  # waiting for its retry time; claimable again
-            item = await storage.get_item(record.id, key)
+            item = await _item(storage, record.id, key)
             assert (item.state, item.lease_expires_at) == (_Q, None)
         items = await all_items(storage, record.id)
         assert [(i.state, i.lease_expires_at) for i in items] == [(_Q, None)] * 3
@@ -184,8 +186,8 @@ class ClaimingContract:
         record = await _create(storage, 3)
         await _claim(storage, record.id, lease_seconds=600)
         await _claim(storage, record.id, lease_seconds=LONG)
-        short = await storage.get_item(record.id, "item-0")
-        long = await storage.get_item(record.id, "item-1")
+        short = await _item(storage, record.id, "item-0")
+        long = await _item(storage, record.id, "item-1")
         assert short.started_at is not None
         assert long.started_at is not None
         assert _near(_lease_end(short), short.started_at + timedelta(seconds=600))
@@ -196,7 +198,7 @@ class ClaimingContract:
             long.lease_expires_at,
             None,
         ]
-        assert [i.lease_expires_at for i in await storage.list_items(record.id, states=[_R])] == [
+        assert [i.lease_expires_at for i in await _items(storage, record.id, states=[_R])] == [
             short.lease_expires_at,
             long.lease_expires_at,
         ]
@@ -217,21 +219,21 @@ class ClaimingContract:
     async def test_heartbeat_and_progress_extend_lease_expires_at(self, storage: Storage) -> None:
         record = await _create(storage, 1)
         claim = await _claim(storage, record.id, lease_seconds=60)
-        claimed = await storage.get_item(record.id, "item-0")
+        claimed = await _item(storage, record.id, "item-0")
         assert claimed.started_at is not None
         first = _lease_end(claimed)
         assert (await storage.heartbeat(claim.lease, lease_seconds=LONG)).held
-        second = _lease_end(await storage.get_item(record.id, "item-0"))
+        second = _lease_end(await _item(storage, record.id, "item-0"))
         assert second > first
         assert second >= claimed.started_at + timedelta(seconds=LONG) - _SLACK
         status = await storage.record_progress(claim.lease, 0.5, "half", lease_seconds=2 * LONG)
         assert status.held
-        progressed = await storage.get_item(record.id, "item-0")
+        progressed = await _item(storage, record.id, "item-0")
         third = _lease_end(progressed)
         assert third > second
         assert _near(third, progressed.updated_at + timedelta(seconds=2 * LONG))
         assert (await storage.record_progress(claim.lease, 0.75, None)).held
-        assert _lease_end(await storage.get_item(record.id, "item-0")) == third
+        assert _lease_end(await _item(storage, record.id, "item-0")) == third
         [listed] = await all_items(storage, record.id)
         assert listed.lease_expires_at == third
 
@@ -249,7 +251,7 @@ class ClaimingContract:
         assert all(item.state in TERMINAL_ITEM_STATES for item in items)
         assert [item.lease_expires_at for item in items] == [None] * 5
         for item in items:
-            assert (await storage.get_item(record.id, item.key)).lease_expires_at is None
+            assert (await _item(storage, record.id, item.key)).lease_expires_at is None
 
     async def test_lapsed_lease_reads_running_with_past_expiry(self, storage: Storage) -> None:
         record = await _create(storage, 2)
@@ -261,7 +263,7 @@ class ClaimingContract:
         items = await all_items(storage, record.id)
         for item in items:
             assert _lease_end(item) <= now, "a lapsed lease reads as ended"
-            assert (await storage.get_item(record.id, item.key)) == item
+            assert (await _item(storage, record.id, item.key)) == item
         lapsed = items[1]
         assert lapsed.started_at is not None
         assert _near(_lease_end(lapsed), lapsed.started_at)

@@ -9,9 +9,9 @@ import pytest
 from ...codec import dumps
 from ...exceptions import BatchNotFound, ItemNotFound
 from ...ids import new_batch_id
-from ...protocols import Outcome
+from ...protocols import ItemRecord, Outcome
 from ...status import empty_counts
-from ._helpers import _F, _Q, _R, _S, _claim, _create, _error, counts_of, new_batch
+from ._helpers import _F, _Q, _R, _S, _claim, _create, _error, _item, _items, counts_of, new_batch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,7 +82,7 @@ class CreatingContract:
 
     async def test_new_items_are_queued_and_blank(self, storage: Storage) -> None:
         record = await _create(storage, ["a", "b"])
-        item = await storage.get_item(record.id, "b")
+        item = await _item(storage, record.id, "b")
         assert (item.batch_id, item.key, item.position, item.state) == (record.id, "b", 1, _Q)
         assert (item.payload, item.progress, item.message, item.attempt) == ({"n": 1}, 0.0, None, 0)
         assert item.error is item.result is item.started_at is item.finished_at is None
@@ -111,8 +111,8 @@ class CreatingContract:
     @pytest.mark.parametrize("payload", _PAYLOADS, ids=lambda p: repr(p)[:24])
     async def test_payload_round_trips(self, storage: Storage, payload: Any) -> None:
         record = await _create(storage, ["k"], payloads=[payload])
-        assert (await storage.get_item(record.id, "k")).payload == payload
-        assert [i.payload for i in await storage.list_items(record.id)] == [payload]
+        assert (await _item(storage, record.id, "k")).payload == payload
+        assert [i.payload for i in await _items(storage, record.id)] == [payload]
         assert (await _claim(storage, record.id)).payload == payload
 
     async def test_keys_round_trip(self, storage: Storage) -> None:
@@ -131,7 +131,70 @@ class CreatingContract:
         }
         claim = await _claim(storage, record.id)
         await storage.finish(claim.lease, Outcome.succeeded(dumps(result)))
-        assert (await storage.get_item(record.id, "item-0")).result == result
+        assert (await _item(storage, record.id, "item-0")).result == result
+
+    # -- records: the stored text, handed back as written ---------------------------------
+
+    async def test_a_new_item_record_has_no_result_error_or_history(self, storage: Storage) -> None:
+        record = await _create(storage, ["a", "b"])
+        got = await storage.get_item(record.id, "b")
+        assert isinstance(got, ItemRecord)
+        assert (got.batch_id, got.key, got.position, got.state) == (record.id, "b", 1, _Q)
+        assert (got.payload, got.progress, got.message, got.attempt) == (
+            dumps({"n": 1}),
+            0.0,
+            None,
+            0,
+        )
+        assert got.error is got.result is got.history is None
+        assert got.started_at is got.lease_expires_at is got.finished_at is None
+
+    @pytest.mark.parametrize("payload", _PAYLOADS, ids=lambda p: repr(p)[:24])
+    async def test_item_record_keeps_the_payload_text_as_written(
+        self, storage: Storage, payload: Any
+    ) -> None:
+        new = new_batch(["k"], payloads=[payload])
+        await storage.create_batch(new)
+        written = new.items[0].payload
+        got = await storage.get_item(new.id, "k")
+        assert isinstance(got, ItemRecord)
+        assert isinstance(got.payload, str)
+        assert got.payload.encode("utf-8") == written.encode("utf-8")
+        listed = await storage.list_items(new.id)
+        assert listed == [got]
+        assert isinstance(listed[0], ItemRecord)
+
+    async def test_item_record_keeps_the_result_text_as_written(self, storage: Storage) -> None:
+        record = await _create(storage, 1)
+        written = dumps(
+            {
+                "text": 'ünïcödé ✓ 漢字 🎬 a\x00b "q" \\',
+                "nested": {"list": [1, 2.5, True, None, {"deep": ["a", {"b": "c\x00"}]}]},
+                "big": [9_007_199_254_740_993, 1e300, -2.5e-8],
+                "": {},
+            }
+        )
+        claim = await _claim(storage, record.id)
+        assert (await storage.finish(claim.lease, Outcome.succeeded(written))).accepted
+        got = await storage.get_item(record.id, "item-0")
+        assert isinstance(got, ItemRecord)
+        assert (got.state, got.error) == (_S, None)
+        assert isinstance(got.result, str)
+        assert got.result.encode("utf-8") == written.encode("utf-8")
+        assert [r.result for r in await storage.list_items(record.id)] == [written]
+
+    async def test_list_items_returns_the_records_get_item_reads(self, storage: Storage) -> None:
+        record = await _create(storage, 4)
+        done = await _claim(storage, record.id)
+        await storage.finish(done.lease, Outcome.succeeded('{"ok":"✓"}'))
+        failed = await _claim(storage, record.id)
+        await storage.finish(failed.lease, Outcome.failed(_error()))
+        await _claim(storage, record.id)  # item-2 running, item-3 queued
+        listed = await storage.list_items(record.id)
+        assert all(isinstance(r, ItemRecord) for r in listed)
+        assert [r.state for r in listed] == [_S, _F, _R, _Q]
+        assert listed == [await storage.get_item(record.id, r.key) for r in listed]
+        assert await storage.list_items(record.id, states=[_F]) == [listed[1]]
 
     # -- listing ---------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ...codec import dumps
-from ...models import BatchState, Item
-from ...protocols import Lease, Outcome
+from ...models import BatchState, Item, ItemError
+from ...protocols import ItemRecord, Lease, Outcome
 from ...status import empty_counts, status_from_record
 from ._helpers import (
     _C,
@@ -21,6 +21,7 @@ from ._helpers import (
     _claim,
     _create,
     _error,
+    _item,
     _request,
     _state,
     counts_of,
@@ -40,18 +41,18 @@ class FinishingContract:
         old = await _claim(storage, record.id, lease_seconds=0)
         new = await _claim(storage, record.id)
         await storage.record_progress(new.lease, 0.4, "new runner")
-        return record, old.lease, await storage.get_item(record.id, "item-0")
+        return record, old.lease, await _item(storage, record.id, "item-0")
 
     async def test_stale_lease_heartbeat_is_refused(self, storage: Storage) -> None:
         record, stale, before = await self._superseded(storage)
         assert not (await storage.heartbeat(stale, lease_seconds=0)).held
         assert await storage.claim(_request(record.id)) is None  # the new lease still holds
-        assert await storage.get_item(record.id, "item-0") == before
+        assert await _item(storage, record.id, "item-0") == before
 
     async def test_stale_lease_progress_is_refused(self, storage: Storage) -> None:
         record, stale, before = await self._superseded(storage)
         assert not (await storage.record_progress(stale, 0.9, "old runner")).held
-        assert await storage.get_item(record.id, "item-0") == before
+        assert await _item(storage, record.id, "item-0") == before
 
     @pytest.mark.parametrize(
         "outcome",
@@ -66,7 +67,7 @@ class FinishingContract:
         record, stale, before = await self._superseded(storage)
         counts = counts_of(await storage.get_batch(record.id))
         assert not (await storage.finish(stale, outcome)).accepted
-        assert await storage.get_item(record.id, "item-0") == before
+        assert await _item(storage, record.id, "item-0") == before
         assert counts_of(await storage.get_batch(record.id)) == counts
 
     async def test_forged_token_is_refused(self, storage: Storage) -> None:
@@ -92,7 +93,7 @@ class FinishingContract:
         result = await storage.finish(claim.lease, Outcome.succeeded(dumps({"ok": [1]})))
         assert result.accepted
         assert result.claim is None
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert (item.state, item.result, item.progress, item.error) == (_S, {"ok": [1]}, 1.0, None)
         assert item.finished_at is not None
         counts = counts_of(await storage.get_batch(record.id))
@@ -104,16 +105,37 @@ class FinishingContract:
         await storage.finish(first.lease, Outcome.released(error=_error()))
         second = await _claim(storage, record.id)
         await storage.finish(second.lease, Outcome.succeeded("true"))
-        assert (await storage.get_item(record.id, "item-0")).error is None
+        assert (await _item(storage, record.id, "item-0")).error is None
 
     async def test_finish_failed_keeps_the_error(self, storage: Storage) -> None:
         record = await _create(storage, 1)
         claim = await _claim(storage, record.id)
         error = _error(attempt=1, message="boom ✓ {x}:*\nsecond line")
         assert (await storage.finish(claim.lease, Outcome.failed(error))).accepted
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert (item.state, item.error, item.result) == (_F, error, None)
         assert item.finished_at is not None
+
+    async def test_item_record_keeps_the_error_as_json_text(self, storage: Storage) -> None:
+        record = await _create(storage, 2)
+        error = _error(attempt=1, message='boom ✓ 漢字 {x}:*\n"quoted" \\ back')
+        failed = await _claim(storage, record.id)
+        assert (await storage.finish(failed.lease, Outcome.failed(error))).accepted
+        retried = await _claim(storage, record.id)
+        waiting = _error(attempt=1, message="again")
+        await storage.finish(retried.lease, Outcome.released(delay=LONG, error=waiting))
+        for key, state, expected in [("item-0", _F, error), ("item-1", _Q, waiting)]:
+            got = await storage.get_item(record.id, key)
+            assert isinstance(got, ItemRecord)
+            assert got.state is state
+            assert isinstance(got.error, str)
+            parsed = ItemError.model_validate_json(got.error)
+            assert (parsed.type, parsed.message) == ("ValueError", expected.message)
+            assert parsed == expected
+        listed = await storage.list_items(record.id)
+        assert [r.error for r in listed] == [
+            (await storage.get_item(record.id, r.key)).error for r in listed
+        ]
 
     async def test_finish_cancelled(self, storage: Storage) -> None:
         record = await _create(storage, 1)
@@ -127,7 +149,7 @@ class FinishingContract:
         claim = await _claim(storage, record.id)
         await storage.record_progress(claim.lease, 0.6, "busy")
         assert (await storage.finish(claim.lease, Outcome.released())).accepted
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert (item.state, item.progress, item.message, item.attempt) == (_Q, 0.0, None, 1)
         assert item.finished_at is None
         assert (await _claim(storage, record.id)).lease.attempt == 2
@@ -136,7 +158,7 @@ class FinishingContract:
         record = await _create(storage, 1)
         claim = await _claim(storage, record.id)
         await storage.finish(claim.lease, Outcome.released(delay=LONG, error=_error()))
-        assert (await storage.get_item(record.id, "item-0")).error == _error()
+        assert (await _item(storage, record.id, "item-0")).error == _error()
 
     async def test_release_with_delay_waits(self, storage: Storage) -> None:
         record = await _create(storage, 2)
@@ -166,12 +188,12 @@ class FinishingContract:
         record = await _create(storage, 1)
         claim = await _claim(storage, record.id)
         await storage.finish(claim.lease, Outcome.failed(_error()))
-        before = await storage.get_item(record.id, "item-0")
+        before = await _item(storage, record.id, "item-0")
         assert not (await storage.heartbeat(claim.lease, lease_seconds=LONG)).held
         assert not (await storage.record_progress(claim.lease, 0.5, "late")).held
         assert not (await storage.finish(claim.lease, outcome)).accepted
         assert await storage.claim(_request(record.id)) is None
-        assert await storage.get_item(record.id, "item-0") == before
+        assert await _item(storage, record.id, "item-0") == before
 
     async def test_counts_sum_to_total_through_every_transition(self, storage: Storage) -> None:
         record = await _create(storage, 5)

@@ -8,8 +8,8 @@ import pytest
 
 from ...history import History
 from ...models import ItemError, ItemState
-from ...protocols import Outcome
-from ._helpers import _C, _F, _S, LONG, _claim, _create, _request
+from ...protocols import ItemRecord, Outcome
+from ._helpers import _C, _F, _S, LONG, _claim, _create, _item, _items, _request
 
 if TYPE_CHECKING:
     from ...protocols import Storage
@@ -32,7 +32,7 @@ class HistoryContract:
         record = await _create(storage, 1)
         claim = await _claim(storage, record.id)
         assert claim.history is None
-        assert (await storage.get_item(record.id, "item-0")).errors == []
+        assert (await _item(storage, record.id, "item-0")).errors == []
 
     async def test_history_of_a_release_comes_back_with_the_next_claim(
         self, storage: Storage
@@ -43,9 +43,24 @@ class HistoryContract:
         await storage.finish(first.lease, Outcome.released(history=written))
         again = await _claim(storage, record.id)
         assert again.history == written
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert item.errors == list(History.decode(written).errors)
         assert [e.message for e in item.errors] == ["first ✓ {x}:*\n\"quoted\" 'single' \\ back"]
+
+    async def test_item_record_keeps_the_history_text_as_written(self, storage: Storage) -> None:
+        record = await _create(storage, 1)
+        assert (await storage.get_item(record.id, "item-0")).history is None
+        first = await _claim(storage, record.id)
+        written = _history('first ✓ 漢字 {x}:*\n"quoted" \\ back', released=2).encode()
+        await storage.finish(first.lease, Outcome.released(history=written))
+        got = await storage.get_item(record.id, "item-0")
+        assert isinstance(got, ItemRecord)
+        assert isinstance(got.history, str)
+        assert got.history.encode("utf-8") == written.encode("utf-8")
+        second = await _claim(storage, record.id)
+        await storage.finish(second.lease, Outcome.succeeded("1"))  # no history: kept
+        assert (await storage.get_item(record.id, "item-0")).history == written
+        assert [r.history for r in await storage.list_items(record.id)] == [written]
 
     async def test_an_outcome_without_history_keeps_the_stored_one(self, storage: Storage) -> None:
         record = await _create(storage, 1)
@@ -70,10 +85,10 @@ class HistoryContract:
             _C: Outcome.cancelled(history=written),
         }[state]
         assert (await storage.finish(claim.lease, outcome)).accepted
-        item = await storage.get_item(record.id, "item-0")
+        item = await _item(storage, record.id, "item-0")
         assert item.state == state
         assert [e.message for e in item.errors] == ["one", "two"]
-        listed = await storage.list_items(record.id, states=[item.state])
+        listed = await _items(storage, record.id, states=[item.state])
         assert listed[0].errors == item.errors
 
     async def test_finish_then_claim_returns_the_next_items_history(self, storage: Storage) -> None:
