@@ -15,23 +15,31 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import __version__
+from ._argtypes import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    batch_id,
+    positive_int,
+    seconds,
+    target,
+    where,
+)
 from ._console import JSONFormatter, LiveSummary, TextFormatter
-from ._options import is_filter_value, is_positive_int, is_seconds
+from ._operate import COMMANDS, add_commands, run_command
 from ._secrets import redact, url_secrets
 from .exceptions import BatchkitError
-from .ids import is_batch_id
 from .retry import RetryPolicy
 from .worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "console", "main"]
 
 logger = logging.getLogger("batchkit.worker")
 
-#: Exit codes: 0 the worker stopped cleanly, 1 it could not start, 2 bad options.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 _DESCRIPTION = """\
 Run a worker: it claims queued items of any batch (or of the batches you choose) from a
@@ -50,13 +58,6 @@ examples:
       --generator myapp.videos:render --max-attempts 3 --where queue=video
 
 exit status: 0 stopped cleanly, 1 could not start (storage, generator), 2 bad options."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's own, with our exit code
-        self.print_usage(sys.stderr)
-        # The message may quote an argument: a URL given where no option takes it.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact(message)}\n")
 
 
 class _Redacting(logging.Formatter):
@@ -80,64 +81,11 @@ class _Redacting(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not is_positive_int(value):
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seconds(*, zero: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if not is_seconds(value, allow_zero=True):
-            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
-        if value == 0 and not zero:
-            raise argparse.ArgumentTypeError("must be more than 0 seconds")
-        return value
-
-    return parse
-
-
-def _batch_id(text: str) -> str:
-    if not is_batch_id(text):
-        raise argparse.ArgumentTypeError(f"not a batch id: {text!r}")
-    return text
-
-
-def _where(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value: Any = json.loads(raw)
-    except RecursionError:
-        value = []  # nested too deep to read: not a scalar either
-    except ValueError:
-        value = raw  # plain text
-    if not is_filter_value(value):
-        raise argparse.ArgumentTypeError(f"{key}: a filter value is a single JSON scalar")
-    return key, value
-
-
-def _target(text: str) -> str:
-    module, sep, attr = text.partition(":")
-    if not sep or not module or not attr:
-        raise argparse.ArgumentTypeError(f"expected MODULE:ATTRIBUTE, got {text!r}")
-    return text
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m batchkit") -> argparse.ArgumentParser:
     """The ``python -m batchkit`` argument parser."""
-    parser = _Parser(prog="python -m batchkit", description="batchkit's command line.")
+    parser = Parser(prog=prog, description="batchkit's command line.")
     parser.add_argument("--version", action="version", version=f"batchkit {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     worker = commands.add_parser(
         "worker",
         help="run a worker that executes queued items from a shared storage",
@@ -145,41 +93,41 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = worker.add_argument_group("what to run")
-    where.add_argument(
+    scope = worker.add_argument_group("what to run")
+    scope.add_argument(
         "--storage",
         metavar="URL",
         default=os.environ.get("BATCHKIT_STORAGE"),
         help="the shared storage: sqlite+aiosqlite:///path.db, postgresql+asyncpg://..., "
         "mysql+asyncmy://..., redis://... (default: $BATCHKIT_STORAGE)",
     )
-    where.add_argument(
+    scope.add_argument(
         "--prefix",
         metavar="PREFIX",
         default=None,
         help="the storage's table prefix (SQL) or key prefix (Redis), when the app set one "
         "(default: the storage's own: batchkit_ / batchkit)",
     )
-    where.add_argument(
+    scope.add_argument(
         "--generator",
         metavar="MODULE:ATTR",
-        type=_target,
+        type=target,
         required=True,
         help="the generator to run on each item, e.g. myapp.videos:render (the current "
         "directory is importable)",
     )
-    where.add_argument(
+    scope.add_argument(
         "--batch",
         metavar="ID",
         dest="batch_ids",
-        type=_batch_id,
+        type=batch_id,
         action="append",
         help="only items of this batch (repeat for several); default: any batch",
     )
-    where.add_argument(
+    scope.add_argument(
         "--where",
         metavar="KEY=VALUE",
-        type=_where,
+        type=where,
         action="append",
         help="only batches whose metadata has KEY equal to VALUE (VALUE is read as JSON "
         "when it parses, as text otherwise: --where owner=ada --where priority=1); repeat "
@@ -189,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--concurrency",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="items run at once by this worker (default: 1)",
     )
@@ -198,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease",
         dest="lease_seconds",
         metavar="SECONDS",
-        type=_seconds(),
+        type=seconds(),
         default=30.0,
         help="how long a claim holds without a heartbeat; heartbeats renew it every third "
         "of this, and an item whose worker died runs again after it (default: 30; "
@@ -207,14 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--item-timeout",
         metavar="SECONDS",
-        type=_seconds(),
+        type=seconds(),
         default=None,
         help="fail an attempt that runs longer than this (default: no limit)",
     )
     how.add_argument(
         "--max-attempts",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="attempts per item, retries included: a failed attempt with attempts left "
         "goes back to queued after a backoff (default: 1, no retries)",
@@ -222,21 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--backoff",
         metavar="SECONDS",
-        type=_seconds(zero=True),
+        type=seconds(zero=True),
         default=1.0,
         help="wait before the first retry, doubled after each further failure (default: 1)",
     )
     how.add_argument(
         "--max-backoff",
         metavar="SECONDS",
-        type=_seconds(zero=True),
+        type=seconds(zero=True),
         default=300.0,
         help="the longest wait between two attempts (default: 300)",
     )
     how.add_argument(
         "--on-batch-finished",
         metavar="MODULE:ATTR",
-        type=_target,
+        type=target,
         default=None,
         help="a function called once per batch when it finishes, with its BatchStatus "
         "(sync or async), whichever worker finished it",
@@ -245,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     life.add_argument(
         "--grace",
         metavar="SECONDS",
-        type=_seconds(zero=True),
+        type=seconds(zero=True),
         default=30.0,
         help="on SIGTERM/SIGINT, how long running items may take to finish before they "
         "are handed back to queued (default: 30)",
@@ -253,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     life.add_argument(
         "--poll-interval",
         metavar="SECONDS",
-        type=_seconds(),
+        type=seconds(),
         default=1.0,
         help="how often an idle worker looks for new work (default: 1)",
     )
@@ -286,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep a live summary line at the bottom (default: when stderr is a terminal)",
     )
     live.add_argument("--no-live", dest="live", action="store_false", help="no live summary")
+    add_commands(commands)
     return parser
 
 
@@ -306,10 +255,12 @@ def load(target: str) -> Any:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m batchkit") -> int:
     """Run the command line; return the exit status."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.command in COMMANDS:
+        return run_command(args, prog)
     if args.command != "worker":
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -422,3 +373,8 @@ async def _on_signals(worker: Worker, scope: anyio.CancelScope) -> None:
                     extra={"event": "signal", "signal": name, "worker": worker.name},
                 )
                 worker.stop(grace_period=0)
+
+
+def console() -> int:
+    """The ``batchkit`` command (the console script): `main` under that name."""
+    return main(prog="batchkit")

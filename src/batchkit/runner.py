@@ -403,6 +403,11 @@ class BatchRunner:
             raise ValueError(f"limit must be from 1 to {_ITEMS_PAGE_MAX}, got {limit!r}")
         if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
             raise ValueError(f"after must be an item position (int), got {after!r}")
+        if after is not None:
+            if after >= _LAST_POSITION:
+                await self.status(batch_id)  # an unknown batch is still BatchNotFound
+                return []  # past every position a store holds (its columns are 32-bit)
+            after = max(after, -1)
         records = await self.storage.list_items(batch_id, states=states, after=after, limit=limit)
         return [item_from_record(record) for record in records]
 
@@ -560,6 +565,8 @@ class BatchRunner:
 
 #: Idempotency keys starting with this are batchkit's own; `submit` refuses them.
 RESERVED_KEY_PREFIX = "batchkit:"
+#: The last item position a store can hold (an INTEGER column): nothing comes after it.
+_LAST_POSITION = 2**31 - 1
 
 
 def _check_not_reserved(idempotency_key: object) -> None:

@@ -8,8 +8,9 @@ Blocks are found by their fence, so a block added later is checked too:
   prints, exactly; when the prose calls it "something like" (timings vary), its first and
   last lines are exact and the others must appear in that order, whatever their numbers;
 * a ```bash block's commands are checked as far as a test can: ``make X`` names a target
-  of the Makefile as it is when the test runs, ``python -m batchkit worker ...`` is accepted by
-  the worker's own argument parser and names a storage batchkit has, and ``pip install``
+  of the Makefile as it is when the test runs, ``python -m batchkit worker ...`` (or another
+  of its commands) is accepted by its argument parser and names a storage batchkit has,
+  and ``pip install``
   names this project and extras it declares;
 * any other block or command fails: teach this test how to check it.
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from batchkit import open_storage
+from batchkit._operate import COMMANDS
 from batchkit.cli import build_parser
 from tests.examples._blocks import (
     ROOT,
@@ -203,11 +205,11 @@ def _check_batchkit_cli(args: list[str], where: str, shown: str) -> None:
     if exit_code is not None:
         assert exit_code == 0, f"{where}: {shown!r} is refused:\n{said.getvalue()}"
         return
-    assert parsed.command == "worker", f"{where}: {shown!r} runs no command"
+    assert parsed.command in ("worker", *COMMANDS), f"{where}: {shown!r} runs no command"
     # What the command does with its options before it opens the storage: a URL that
     # names a storage batchkit has (built, not connected to).
     assert parsed.storage, f"{where}: {shown!r} names no storage"
-    assert not parsed.storage.startswith("memory:"), f"{where}: a worker cannot share memory://"
+    assert not parsed.storage.startswith("memory:"), f"{where}: memory:// is not shared"
     open_storage(parsed.storage, prefix=parsed.prefix)
 
 
