@@ -99,7 +99,9 @@ def _many(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 def store(request: pytest.FixtureRequest) -> Store:
     """SQLite, PostgreSQL and Redis: the commands are the library's steps, which the
-    contract suite checks on every store; MariaDB gets `test_the_commands_on_mariadb`."""
+    contract suite checks on every store; MariaDB gets `test_the_commands_on_mariadb`.
+    The tests of what a command makes of its options run on SQLite alone
+    (``parametrize("store", ["sqlite"], indirect=True)``)."""
     found: Store = request.getfixturevalue(f"{request.param}_store")
     return found
 
@@ -233,6 +235,7 @@ def test_batches_lists_newest_first_with_states_and_counts(store: Store) -> None
     assert listed == _dumps(_ask(store, lambda r: r.batches(limit=50)))
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_batches_where_filters_by_metadata(store: Store) -> None:
     ids = _made(store, *FIVE)
     listed = _many(_op(store, "batches", "--json", "--where", "owner=ada"))
@@ -240,6 +243,7 @@ def test_batches_where_filters_by_metadata(store: Store) -> None:
     assert all(b["metadata"] == {"owner": "ada"} for b in listed)
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_batches_state_filters_by_state(store: Store) -> None:
     ids = _made(store, *FIVE)
     listed = _many(_op(store, "batches", "--json", "--state", "completed_with_errors"))
@@ -260,6 +264,7 @@ def test_batches_pages_with_limit_then_before_the_last_id(store: Store) -> None:
     assert not set(first) & set(second)
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_batches_all_walks_every_page_once(store: Store) -> None:
     ids = _made(store, *FIVE)
     listed = [
@@ -310,6 +315,7 @@ def test_status_text_describes_the_batch(sqlite_store: Store) -> None:
     assert '{"owner":"ada"}' in done.stdout
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_status_of_an_unknown_batch_exits_4(store: Store) -> None:
     _made(store, Make(["a"]))
     unknown = new_batch_id()
@@ -350,6 +356,7 @@ def test_a_malformed_batch_id_exits_2(command: str, bad: str, tmp_path: Path) ->
 # -- items ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_items_state_failed_gives_exactly_the_failed_keys(store: Store) -> None:
     (batch,) = _made(store, Make(["a", "bad-1", "b", "bad-2", "c"]))
     items = _many(_op(store, "items", batch, "--json", "--state", "failed"))
@@ -428,6 +435,7 @@ def test_errors_json_gives_each_failed_item_with_its_error(store: Store) -> None
         assert [x["message"] for x in e["errors"]] == [e["error"]["message"]]
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_errors_text_shows_the_messages(store: Store) -> None:
     (batch,) = _made(store, Make(["a", "bad-1", "b", "bad-2"]))
     done = _op(store, "errors", batch)
@@ -437,6 +445,7 @@ def test_errors_text_shows_the_messages(store: Store) -> None:
     assert done.stdout.splitlines()[-1] == "2 failed of 4"
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_errors_show_the_errors_of_earlier_attempts(store: Store) -> None:
     (batch,) = _made(store, Make(["a", "always-1"], attempts=3))
     text = _op(store, "errors", batch)
@@ -464,6 +473,7 @@ def test_errors_of_a_batch_without_failures(sqlite_store: Store) -> None:
     assert _op(sqlite_store, "errors", batch, "--json").stdout == ""
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_errors_text_prints_no_terminal_escapes_but_json_keeps_the_message(store: Store) -> None:
     (batch,) = _made(store, Make(["a", "hostile"]))
     text = _op(store, "errors", batch, "--traceback")
@@ -570,6 +580,7 @@ async def test_watch_follows_a_worker_until_completed_and_exits_0(
     assert len(statuses) >= 2
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 async def test_watch_exits_5_when_the_batch_ended_with_failed_items(store: Store) -> None:
     (batch,) = await _make(store, Make(["a", "bad-1", "b"], run="none"))
 
@@ -583,6 +594,7 @@ async def test_watch_exits_5_when_the_batch_ended_with_failed_items(store: Store
     assert statuses[-1]["counts"]["failed"] == 1
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 async def test_watch_exits_3_when_the_batch_is_cancelled(store: Store) -> None:
     (batch,) = await _make(store, Make(["a", "b", "c"], run="none"))
 
@@ -644,6 +656,7 @@ def test_retry_failed_submits_the_failed_items_once(store: Store) -> None:
     assert [s.batch_id for s in _ask(store, lambda r: r.batches())] == [retry, batch]
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_retry_failed_refuses_a_batch_without_failures_or_unfinished(store: Store) -> None:
     ok, queued = _made(store, Make(["a", "b"]), Make(["bad-1"], run="none"))
     done = _op(store, "retry-failed", ok, "--json")
@@ -659,6 +672,7 @@ def test_retry_failed_refuses_a_batch_without_failures_or_unfinished(store: Stor
 # -- delete --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("kind", ["queued", "running"])
 def test_delete_refuses_an_unfinished_batch_without_force(store: Store, kind: str) -> None:
     if kind == "running":
@@ -675,6 +689,7 @@ def test_delete_refuses_an_unfinished_batch_without_force(store: Store, kind: st
     assert len(_ask(store, lambda r: r.items(batch))) == status.total
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_delete_force_deletes_an_unfinished_batch(store: Store) -> None:
     batch = _running(store)
     shown = _one(_op(store, "delete", batch, "--force", "--json"))
@@ -684,6 +699,7 @@ def test_delete_force_deletes_an_unfinished_batch(store: Store) -> None:
     assert f"no batch {batch}" in done.stderr
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_delete_a_finished_batch(store: Store) -> None:
     batch, other = _made(store, Make(["a", "bad-1"]), Make(["a"]))
     done = _op(store, "delete", batch)
