@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "batch_id",
     "positive_int",
     "seconds",
+    "storage_options",
     "target",
     "where",
 ]
@@ -94,3 +96,21 @@ def target(text: str) -> str:
     if not sep or not module or not attr:
         raise argparse.ArgumentTypeError(f"expected MODULE:ATTRIBUTE, got {text!r}")
     return text
+
+
+def storage_options(group: Any, what: str) -> None:
+    """Add ``--storage`` and ``--prefix`` to an argument group (``what`` says whose)."""
+    group.add_argument(
+        "--storage",
+        metavar="URL",
+        default=os.environ.get("BATCHKIT_STORAGE"),
+        help=f"{what}: sqlite+aiosqlite:///path.db, postgresql+asyncpg://..., "
+        "mysql+asyncmy://..., redis://... (default: $BATCHKIT_STORAGE)",
+    )
+    group.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        default=None,
+        help="the storage's table prefix (SQL) or key prefix (Redis), when the app set one "
+        "(default: the storage's own: batchkit_ / batchkit)",
+    )

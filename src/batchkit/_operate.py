@@ -30,6 +30,7 @@ from ._argtypes import (
     EXIT_USAGE,
     batch_id,
     positive_int,
+    storage_options,
     where,
 )
 from ._secrets import redact, url_secrets
@@ -72,19 +73,7 @@ async def _not_run(ctx: object) -> None:  # the operator's runner never runs an 
 def _storage_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("storage and output")
-    group.add_argument(
-        "--storage",
-        metavar="URL",
-        default=os.environ.get("BATCHKIT_STORAGE"),
-        help="the app's storage: sqlite+aiosqlite:///path.db, postgresql+asyncpg://..., "
-        "mysql+asyncmy://..., redis://... (default: $BATCHKIT_STORAGE)",
-    )
-    group.add_argument(
-        "--prefix",
-        metavar="PREFIX",
-        default=None,
-        help="the storage's table prefix (SQL) or key prefix (Redis), when the app set one",
-    )
+    storage_options(group, "the app's storage")
     group.add_argument(
         "--json",
         action="store_true",

@@ -23,6 +23,7 @@ from ._argtypes import (
     batch_id,
     positive_int,
     seconds,
+    storage_options,
     target,
     where,
 )
@@ -94,20 +95,7 @@ def build_parser(prog: str = "python -m batchkit") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     scope = worker.add_argument_group("what to run")
-    scope.add_argument(
-        "--storage",
-        metavar="URL",
-        default=os.environ.get("BATCHKIT_STORAGE"),
-        help="the shared storage: sqlite+aiosqlite:///path.db, postgresql+asyncpg://..., "
-        "mysql+asyncmy://..., redis://... (default: $BATCHKIT_STORAGE)",
-    )
-    scope.add_argument(
-        "--prefix",
-        metavar="PREFIX",
-        default=None,
-        help="the storage's table prefix (SQL) or key prefix (Redis), when the app set one "
-        "(default: the storage's own: batchkit_ / batchkit)",
-    )
+    storage_options(scope, "the shared storage")
     scope.add_argument(
         "--generator",
         metavar="MODULE:ATTR",
