@@ -277,9 +277,12 @@ class SQLStorage(AsyncContext):
         if not self._opened:
             await self.open()
         dialect = self._dialect
-        return await retrying(
+        once: Callable[[], Awaitable[T]] = attempt
+        if write:
             # A write's try waits its turn where the database has one writer at a time.
-            partial(dialect.serialize, attempt) if write else attempt,
+            once = partial(dialect.serialize, attempt)
+        return await retrying(
+            once,
             classify=dialect.classify,
             fault=self._connector.fault,
             retries=self.retries,
