@@ -1,13 +1,24 @@
 """The operator's commands (``python -m batchkit batches | status | items | errors | watch |
-cancel | retry-failed | delete | prune``), run as a person runs them: in a process of their
-own, on a store that batches were submitted to and run on by the app (in-process here)."""
+cancel | retry-failed | delete | prune``) on a store that batches were submitted to, and run
+on, by the app (in this process).
+
+The commands run in this process too, through `batchkit.cli.main` (`_cli`, `_op`): with the
+standard streams, environment and directory a process of their own would have, and the
+exit status it would exit with. What is about the process runs in one (`_process`): the
+``batchkit`` console script, ``watch`` following a batch while it runs, the storage named
+by ``BATCHKIT_STORAGE``, text written to a pipe, what a driver's error leaves printed on
+the way out; every exit status and every store is seen that way at least once."""
 
 from __future__ import annotations
 
+import gc
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -27,6 +38,7 @@ from batchkit._argtypes import (
     EXIT_USAGE,
 )
 from batchkit._operate import COMMANDS
+from batchkit.cli import main
 from batchkit.exceptions import BatchNotFound
 from batchkit.ids import new_batch_id
 
@@ -45,6 +57,9 @@ pytestmark = pytest.mark.anyio
 PASSWORD = "S3cretPW"
 #: An error message that would clear the screen and turn it red, then overwrite its line.
 HOSTILE = "boom\x1b[2J\x1b[31mred\rover"
+#: The width of a command whose standard output is a pipe, without COLUMNS: the fallback
+#: `batchkit._operate` gives `shutil.get_terminal_size`.
+PIPE_COLUMNS = "100"
 
 
 # -- running the commands ------------------------------------------------------------------
@@ -58,9 +73,9 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m batchkit ARGS``, as a person runs it; its output exactly as printed (no
-    newline translation, which would hide a carriage return)."""
+def _process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m batchkit ARGS`` in a process of its own, as a person runs it; its output
+    exactly as printed (no newline translation, which would hide a carriage return)."""
     return _run([sys.executable, "-m", "batchkit", *args], env)
 
 
@@ -73,10 +88,53 @@ def _run(command: list[str], env: dict[str, str] | None) -> subprocess.Completed
     )
 
 
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m batchkit ARGS`` run in this process, as `_process` runs it.
+
+    Its environment is `_process`'s (``env`` on top, undone on return), with the width of
+    a pipe unless ``env`` gives COLUMNS; what it prints goes to its own standard output
+    and error, untranslated, with the warnings it logs (which a process without logging
+    handlers prints there); an exit through `SystemExit` (argparse's) is its status.
+    Call it from a thread without an event loop: the command runs its own.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    # Python's last-resort handler: what a process prints when nothing else handles a log
+    # record (this one's are taken by pytest's handlers on the root logger).
+    last_resort = logging.StreamHandler(err)
+    last_resort.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), redirect_stderr(err):
+        patch.chdir(ROOT)
+        patch.delenv("BATCHKIT_STORAGE", raising=False)
+        patch.setenv("COLUMNS", PIPE_COLUMNS)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        root.addHandler(last_resort)
+        # What the command leaves unclosed warns (an error) in the test that ran it: the
+        # objects it made are collected when it returns, and only those (the others are
+        # frozen meanwhile: a full collection would take longer than most commands).
+        gc.freeze()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:  # what the interpreter does with any other exit value
+                print(exc.code, file=sys.stderr)
+                code = 1
+        finally:
+            root.removeHandler(last_resort)
+            gc.collect()
+            gc.unfreeze()
+    return subprocess.CompletedProcess(
+        ["python", "-m", "batchkit", *args], code, out.getvalue(), err.getvalue()
+    )
+
+
 def _op(
     store: Store, command: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The command on the store."""
+    """The command on the store (in this process)."""
     return _cli(command, *store.cli(), *args, env=env)
 
 
@@ -307,7 +365,8 @@ def test_status_json_is_the_librarys_status(store: Store) -> None:
 
 def test_status_text_describes_the_batch(sqlite_store: Store) -> None:
     (batch,) = _made(sqlite_store, Make(["a", "bad-1"], {"owner": "ada"}))
-    done = _op(sqlite_store, "status", batch)
+    # In a process: its text (a "·" in it) as written to a pipe.
+    done = _process("status", *sqlite_store.cli(), batch)
     assert done.returncode == EXIT_OK, done.stderr
     assert batch in done.stdout
     assert "completed_with_errors" in done.stdout
@@ -319,7 +378,7 @@ def test_status_text_describes_the_batch(sqlite_store: Store) -> None:
 def test_status_of_an_unknown_batch_exits_4(store: Store) -> None:
     _made(store, Make(["a"]))
     unknown = new_batch_id()
-    done = _op(store, "status", unknown, "--json")
+    done = _process("status", *store.cli(), unknown, "--json")  # the process's exit status
     assert done.returncode == EXIT_NOT_FOUND
     assert f"no batch {unknown}" in done.stderr
     assert done.stdout == ""
@@ -771,7 +830,7 @@ def test_a_storage_is_required(command: list[str]) -> None:
 
 def test_the_storage_comes_from_the_environment(sqlite_store: Store) -> None:
     (batch,) = _made(sqlite_store, Make(["a"]))
-    done = _cli(
+    done = _process(
         "status",
         batch,
         "--json",
@@ -905,7 +964,9 @@ def test_a_wrong_prefix_is_refused_and_creates_no_tables(sqlite_store: Store) ->
     _made(sqlite_store, Make(["a"]))
     path = sqlite_store.url.partition(":///")[2]
     before = sqlite3.connect(path).execute("select name from sqlite_master").fetchall()
-    done = _cli("batches", "--storage", sqlite_store.url, "--prefix", "typo_")
+    # In a process of its own: what a storage that failed to open leaves unclosed (its
+    # SQLite connection) is not this test's subject, and ends with that process.
+    done = _process("batches", "--storage", sqlite_store.url, "--prefix", "typo_")
     assert done.returncode == EXIT_FAILED
     assert "no batchkit tables here with the prefix 'typo_'" in done.stderr
     after = sqlite3.connect(path).execute("select name from sqlite_master").fetchall()
@@ -921,7 +982,8 @@ def test_a_wrong_prefix_is_refused_and_creates_no_tables(sqlite_store: Store) ->
     ids=["postgres-bad-option", "redis-bad-option"],
 )
 def test_a_url_option_the_driver_refuses_is_a_message_not_a_traceback(url: str) -> None:
-    done = _cli("batches", "--storage", url)
+    # In a process: nothing it prints, on its way out too, has a traceback or the password.
+    done = _process("batches", "--storage", url)
     assert done.returncode == EXIT_FAILED
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("python -m batchkit batches: ")
@@ -953,7 +1015,8 @@ def test_items_after_a_position_past_any_store_is_an_empty_page_in_the_library(
 
 def test_the_commands_on_mariadb(mysql_store: Store) -> None:
     done, queued = _made(mysql_store, Make(["a", "bad1", "b"]), Make(["c"], run="none"))
-    listed = _many(_op(mysql_store, "batches", "--json"))
+    # One command in a process of its own on MariaDB, the others in this one.
+    listed = _many(_process("batches", *mysql_store.cli(), "--json"))
     assert [b["batch_id"] for b in listed] == [queued, done]
     status = _one(_op(mysql_store, "status", done, "--json"))
     assert (status["state"], status["counts"]["failed"]) == ("completed_with_errors", 1)
