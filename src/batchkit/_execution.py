@@ -248,7 +248,7 @@ class Executor:
         try:
             return await self.storage.finish(lease, outcome, then_claim=then_claim)
         except (StorageError, OSError) as exc:
-            if not self.patient:
+            if not self.patient or _refused(exc):
                 raise
             error = exc
         # The work is done and only its record is missing: running it again after its
@@ -268,7 +268,9 @@ class Executor:
             tries += 1
             try:
                 result = await self.storage.finish(lease, outcome)
-            except (StorageError, OSError):
+            except (StorageError, OSError) as exc:
+                if _refused(exc):
+                    raise  # no try will ever land: the slot's caller hears of it
                 continue
             if not result.accepted and await self._landed(lease, outcome):
                 result = FinishResult(accepted=True)  # a try whose reply was lost landed
@@ -493,3 +495,9 @@ def build_executor(
         on_event=on_event,
         patient=patient,
     )
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the store refused a write in a way that no retry changes (see
+    `StorageError.transient`): waiting it out would wait forever."""
+    return isinstance(exc, StorageError) and not exc.transient

@@ -121,8 +121,10 @@ def add_commands(commands: Any) -> None:
     """Add the operator's commands to ``python -m batchkit``'s subparsers."""
     common = _storage_options()
 
-    def command(name: str, summary: str, epilog: str) -> argparse.ArgumentParser:
-        return commands.add_parser(  # type: ignore[no-any-return]
+    def command(
+        name: str, summary: str, epilog: str, under: Any = commands
+    ) -> argparse.ArgumentParser:
+        return under.add_parser(  # type: ignore[no-any-return]
             name,
             help=summary,
             description=summary[0].upper() + summary[1:] + ".",
@@ -244,6 +246,28 @@ def add_commands(commands: Any) -> None:
         required=True,
         help="ISO 8601 (2026-01-31, 2026-01-31T12:00:00+02:00; UTC when no offset is given) or now",
     )
+    schema = commands.add_parser(
+        "schema",
+        help="show or upgrade the schema version of a SQL storage's tables",
+        description="Show or upgrade the schema version of a SQL storage's tables.",
+    )
+    steps = schema.add_subparsers(dest="schema_command", metavar="COMMAND", required=True)
+    exits = "1 no tables, a version newer than this batchkit's, or storage error, 2 bad options."
+    command(
+        "version",
+        "show the tables' schema version and this batchkit's",
+        f"exit status: 0 shown, {exits}",
+        steps,
+    )
+    upgrade = command(
+        "upgrade",
+        "bring the tables to this batchkit's schema version, rows and all",
+        "In one transaction on PostgreSQL and SQLite. MySQL and MariaDB commit each change "
+        "on its own: an upgrade stopped half-way goes on from there when run again.\n"
+        f"exit status: 0 upgraded (or current already), {exits}",
+        steps,
+    )
+    upgrade.add_argument("--sql", action="store_true", help="print the SQL it would run; run none")
 
 
 # -- running a command -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ._argtypes import (
 )
 from ._console import JSONFormatter, LiveSummary, TextFormatter
 from ._operate import COMMANDS, add_commands, run_command
+from ._schema_command import run_schema_command
 from ._secrets import redact, url_secrets
 from .exceptions import BatchkitError
 from .retry import RetryPolicy
@@ -249,6 +250,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m batchkit")
     args = parser.parse_args(argv)
     if args.command in COMMANDS:
         return run_command(args, prog)
+    if args.command == "schema":
+        return run_schema_command(args, prog)
     if args.command != "worker":
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -331,16 +334,24 @@ async def _serve(worker: Worker, args: argparse.Namespace) -> None:
     root.addHandler(handler)
     root.setLevel(args.log_level)
     root.propagate = False
+    refused: BatchkitError | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_on_signals, worker, tg.cancel_scope)
             if isinstance(handler, LiveSummary):
                 tg.start_soon(handler.run)
-            await worker.run()
+            try:
+                await worker.run()
+            except BatchkitError as exc:
+                # A store that refuses for good stopped the worker (--exit-when-idle);
+                # raised out of the group, it is one line, not an exception group.
+                refused = exc
             tg.cancel_scope.cancel()
     finally:
         root.removeHandler(handler)
         root.propagate = True
+    if refused is not None:
+        raise refused
 
 
 async def _on_signals(worker: Worker, scope: anyio.CancelScope) -> None:

@@ -92,3 +92,9 @@ class SchemaVersionMismatch(BatchkitError):
 
 class StorageError(BatchkitError):
     """The store failed and the operation could not be completed (the cause is attached)."""
+
+    #: Whether the same operation may succeed later (the store was out of reach past the
+    #: retries). `False` when the adapter knows that the store refused it for a reason
+    #: that lasts: a server of the wrong kind, a missing permission, a key of the wrong
+    #: type (`RedisStorage` tells them apart).
+    transient: bool = True

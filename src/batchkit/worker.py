@@ -132,7 +132,9 @@ class Worker:
             fired (a worker that died before firing one); by default ``poll_interval``.
         exit_when_idle: stop once nothing is claimable and nothing is running here; with
             ``batch_ids``, once those batches are finished (retries not yet due and items
-            held by other workers keep it waiting).
+            held by other workers keep it waiting). A `StorageError` that is not
+            transient (the store refuses what the worker asks, and would again) stops it
+            too: `run` raises it.
         limits: size limits (results, messages, errors).
         block_warning: report in the log each time the event loop was blocked this many
             seconds or more; `None` to not watch.
@@ -213,6 +215,7 @@ class Worker:
         self._busy = 0
         self._running = False
         self._stack: AsyncExitStack | None = None
+        self._refused: StorageError | None = None
 
     def __repr__(self) -> str:
         # A storage of the host's own may show its URL whole: hidden here all the same.
@@ -278,6 +281,7 @@ class Worker:
             self._grace = self.grace_period
             self._wake = anyio.Event()
             self._stop_requested = anyio.Event()
+            self._refused = None
 
     async def _run(self) -> WorkerStats:
         self.stats.started_at = time.time()
@@ -326,6 +330,8 @@ class Worker:
             )
         if executor.stopping is not None:
             raise executor.stopping
+        if self._refused is not None:
+            raise self._refused
         return self.stats
 
     async def _enforce_grace(self, slots: anyio.CancelScope) -> None:
@@ -384,9 +390,14 @@ class Worker:
                 try:
                     await self._work_one(executor, keeper)
                 except (StorageError, OSError) as exc:
+                    self.stats.storage_errors += 1
+                    if self.exit_when_idle and isinstance(exc, StorageError) and not exc.transient:
+                        # Waiting cannot help and nothing else would end the run.
+                        self._refused = self._refused or exc
+                        self.stop(grace_period=0)
+                        return
                     # The store is unreachable beyond the adapter's own retries: wait and
                     # go on; items this slot held come back when their lease lapses.
-                    self.stats.storage_errors += 1
                     logger.error(
                         "worker %s: storage error, retrying in %g s: %s",
                         self.name,

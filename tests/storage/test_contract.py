@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import secrets
+from typing import TYPE_CHECKING
+
+import anyio
 import pytest
 from hypothesis import HealthCheck, settings
 
 from batchkit.testing import StorageContract
+
+from .conftest import POSTGRES_URL, require_server
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from batchkit.protocols import Storage
 
 pytestmark = pytest.mark.anyio
 
@@ -30,3 +41,52 @@ class TestStorageContract(StorageContract):
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         )
+
+
+class TestPostgresContractInASchema(StorageContract):
+    """The same test functions on PostgreSQL, with the tables in a schema of their own
+    (given by the URL): none is in the connection's schema, so a statement that forgot
+    the schema fails."""
+
+    @pytest.fixture
+    def storage_factory(self) -> Iterator[Callable[[], Storage]]:
+        require_server(POSTGRES_URL, "PostgreSQL")
+        from batchkit.storage.sql import SQLStorage
+
+        schema = f"bk_contract_{secrets.token_hex(4)}"
+
+        class EmptySQLStorage(SQLStorage):
+            async def open(self) -> None:
+                await super().open()
+                async with self.engine.begin() as conn:
+                    for table in (self.tables.items, self.tables.tags, self.tables.batches):
+                        await conn.execute(table.delete())
+
+        def make() -> Storage:
+            return EmptySQLStorage(f"{POSTGRES_URL}?schema={schema}", table_prefix="t_")
+
+        yield make
+        anyio.run(_drop_schema, schema)
+
+    @pytest.fixture
+    def state_machine_settings(self) -> settings:
+        # What is checked here is where the statements go, which a few examples show;
+        # the class above explores the steps themselves.
+        return settings(
+            max_examples=10,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        )
+
+
+async def _drop_schema(schema: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(POSTGRES_URL)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    finally:
+        await engine.dispose()

@@ -680,6 +680,32 @@ async def _public_objects(tmp_path: Path) -> dict[str, list[object]]:
         "SCHEMA_VERSION": [batchkit.storage.sql.SCHEMA_VERSION],
         "metadata_for": list(batchkit.storage.sql.metadata_for("batchkit_")),
         "BATCH_KEYS": [batchkit.storage.redis.BATCH_KEYS],
+        **await _migrations(tmp_path),
+    }
+
+
+async def _migrations(tmp_path: Path) -> dict[str, list[object]]:
+    """What the migration functions return, on a store whose URL holds the password."""
+    from sqlalchemy import create_engine
+
+    sql = batchkit.storage.sql
+    url = _sqlite(tmp_path, "migrated.db")
+    async with SQLStorage(url):
+        pass
+    upgraded = await sql.upgrade_schema(url)
+    engine = create_engine(url.replace("+aiosqlite", ""))
+    try:
+        with engine.connect() as conn:
+            pending = sql.pending_statements(conn)
+    finally:
+        engine.dispose()
+    return {
+        "SchemaUpgrade": [upgraded, await sql.upgrade_schema(url, dry_run=True)],
+        "upgrade_schema": [upgraded],
+        "schema_version": [await sql.schema_version(url)],
+        "upgrade_statements": [sql.upgrade_statements("postgresql", from_version=1)],
+        "create_statements": [sql.create_statements("sqlite")],
+        "pending_statements": [pending],
     }
 
 

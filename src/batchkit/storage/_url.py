@@ -43,6 +43,8 @@ _ADAPTERS: dict[str, _Adapter] = {
     "mariadb+asyncmy": _sql("mysql", "asyncmy"),
     "redis": _REDIS,
     "rediss": _REDIS,
+    "redis+cluster": _REDIS,
+    "rediss+cluster": _REDIS,
 }
 
 
@@ -65,7 +67,9 @@ def open_storage(url: str, *, prefix: str | None = None, **options: Any) -> Stor
 
     ``memory://`` gives a `MemoryStorage`. The SQL and Redis schemes
     (``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://...``, ``mysql+asyncmy://...``,
-    ``redis://...``) load their adapter only when asked for.
+    ``redis://...``) load their adapter only when asked for. A Redis Cluster is
+    ``redis+cluster://host:port/0`` (``rediss+cluster://`` over TLS), any node of it; a
+    ``redis://`` URL that reaches a cluster node is refused when the storage opens.
 
     Args:
         url: the storage URL.
@@ -78,7 +82,8 @@ def open_storage(url: str, *, prefix: str | None = None, **options: Any) -> Stor
 
     Raises:
         InvalidStorageURL: the URL names no storage batchkit knows, or a synchronous
-            driver (the message gives the async spelling to use).
+            driver (the message gives the async spelling to use), or options its adapter
+            does not take (a ``redis+cluster://`` URL's query string).
         MissingDependency: the adapter's extra is not installed (the message gives the
             ``pip install`` line).
         ValueError: the adapter refuses the prefix (see its class).

@@ -40,6 +40,7 @@ __all__ = [
     "ITEMS",
     "RECORD",
     "RELEASE_KEY",
+    "SCRIPTS",
 ]
 
 _COMMON = r"""
@@ -566,3 +567,19 @@ RELEASE_KEY = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+#: Every script by name: what a storage registers when it opens.
+SCRIPTS = {
+    "CHUNK": CHUNK,
+    "COMMIT": COMMIT,
+    "RECORD": RECORD,
+    "ITEM": ITEM,
+    "ITEMS": ITEMS,
+    "CLAIM": CLAIM,
+    "FINISH": FINISH,
+    "EXTEND": EXTEND,
+    "CANCEL": CANCEL,
+    "HOOK_CLAIM": HOOK_CLAIM,
+    "HOOK_ACK": HOOK_ACK,
+    "RELEASE_KEY": RELEASE_KEY,
+}

@@ -1,4 +1,9 @@
-"""RedisStorage's subscriptions: a batch's pub/sub channel, polling when it fails."""
+"""RedisStorage's subscriptions: a batch's pub/sub channel, polling when it fails.
+
+On a Redis Cluster the channel is subscribed to on the node that serves its slot (the
+batch's, through its hash tag); a message published on any node reaches every node.
+Before redis-py 8 a cluster client has no pub/sub: a `watch` then polls.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+from redis import exceptions as redis_errors
 
 from .._polling import PollingSubscription
-from ._wire import TRANSIENT
+from ._wire import SETTLING, TRANSIENT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
     from ...protocols import Subscription
 
@@ -23,13 +30,19 @@ __all__ = ["PubSubSubscription", "subscribe"]
 
 logger = logging.getLogger("batchkit.storage.redis")
 
+#: What may fail a subscription that polling outlives: an outage, a cluster settling.
+_FAILED = (*TRANSIENT, *SETTLING, redis_errors.RedisClusterException)
+
 
 @asynccontextmanager
 async def subscribe(
-    client: Redis, channel: str, poll_interval: float
+    client: Redis | RedisCluster, channel: str, poll_interval: float
 ) -> AsyncIterator[Subscription]:
     """Wait for the messages of ``channel``; poll every ``poll_interval`` if it fails."""
-    pubsub = client.pubsub()
+    if not hasattr(client, "pubsub"):  # a cluster client before redis-py 8
+        yield PollingSubscription(poll_interval)
+        return
+    pubsub: Any = client.pubsub()
     subscription: PubSubSubscription | PollingSubscription
     try:
         await pubsub.subscribe(channel)
@@ -39,7 +52,7 @@ async def subscribe(
                 if message is not None and message.get("type") in ("subscribe", b"subscribe"):
                     break
         subscription = PubSubSubscription(pubsub, poll_interval)
-    except (*TRANSIENT, TimeoutError):
+    except (*_FAILED, TimeoutError):
         logger.warning("could not subscribe to a batch's changes: polling", exc_info=True)
         subscription = PollingSubscription(poll_interval)
     try:
@@ -51,7 +64,7 @@ async def subscribe(
             close: Callable[[], Awaitable[None]] = pubsub.aclose
             try:
                 await close()
-            except TRANSIENT:
+            except _FAILED:
                 logger.debug("could not close a subscription", exc_info=True)
 
 
@@ -79,6 +92,6 @@ class PubSubSubscription:
             # Several changes may be waiting: one wake-up covers them all.
             while await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0):
                 pass
-        except TRANSIENT:
+        except _FAILED:
             logger.warning("a batch's change channel failed: polling", exc_info=True)
             self._broken = True

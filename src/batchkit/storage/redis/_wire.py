@@ -11,29 +11,126 @@ from .._base import Fault
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["LANES", "TRANSIENT", "Lanes", "bulk", "classify", "client_secrets", "evalsha"]
+__all__ = [
+    "LANES",
+    "REDIRECTS",
+    "SETTLING",
+    "TRANSIENT",
+    "Lanes",
+    "bulk",
+    "classify",
+    "client_secrets",
+    "describe",
+    "error_word",
+    "evalsha",
+]
 
 #: Errors after which the same call may succeed (OSError covers ConnectionError).
 TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+#: A Redis Cluster in the middle of a failover or of a slot's move: CLUSTERDOWN (and
+#: MASTERDOWN), TRYAGAIN, a slot no node serves yet, redis-py's redirections run out.
+#: The same call succeeds once the cluster has settled.
+SETTLING = (
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterError,
+    redis_errors.SlotNotCoveredError,
+)
 # NOSCRIPT: the server lost its scripts (a restart, a failover, a SCRIPT FLUSH) again
 # between redis-py loading one and running it; it did not run, so running it again is safe.
-_RETRIED = (*TRANSIENT, redis_errors.NoScriptError)
+_RETRIED = (*TRANSIENT, *SETTLING, redis_errors.NoScriptError)
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    *TRANSIENT,
+    *filter(None, [getattr(redis_errors, "RedisClusterUnreachableError", None)]),
+)
 #: Connections a storage keeps for its hot path between calls.
 LANES = 4
 
+#: The word of the server's error that redis-py strips from the message of these (a
+#: client of one server before redis-py 8 raises a `ResponseError` with the word kept).
+_WORDS = (
+    (redis_errors.MasterDownError, "MASTERDOWN"),
+    (redis_errors.ClusterDownError, "CLUSTERDOWN"),
+    (redis_errors.MovedError, "MOVED"),
+    (redis_errors.AskError, "ASK"),
+    (redis_errors.TryAgainError, "TRYAGAIN"),
+    (redis_errors.ClusterCrossSlotError, "CROSSSLOT"),
+    (redis_errors.ReadOnlyError, "READONLY"),
+    (redis_errors.NoScriptError, "NOSCRIPT"),
+    (redis_errors.OutOfMemoryError, "OOM"),
+    (redis_errors.ExecAbortError, "EXECABORT"),
+    (redis_errors.NoPermissionError, "NOPERM"),
+)
+_KNOWN_WORDS = frozenset(word for _, word in _WORDS)
+#: A cluster settling (see `SETTLING`), and a redirection to another node.
+_SETTLING_WORDS = frozenset({"CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN"})
+REDIRECTS = frozenset({"MOVED", "ASK"})
 
-def classify(exc: Exception) -> Fault | None:
-    """What an error of one call is to `retrying`: a fault, retried or not, or a bug."""
+
+def classify(exc: Exception, *, cluster: bool = False) -> Fault | None:
+    """What an error of one call is to `retrying`: a fault, retried or not, or a bug.
+
+    A redirection (MOVED, ASK) is retried on a cluster client (the slots are moving, and
+    it follows them); a client of one server cannot follow it, so it is not retried.
+    """
     if isinstance(exc, _RETRIED):
         return Fault(transient=True, shown=exc, cause=exc)
     if isinstance(exc, redis_errors.ResponseError):
-        return Fault(transient=False, shown=exc, cause=exc)
+        word = error_word(exc)
+        transient = word in _SETTLING_WORDS or (cluster and word in REDIRECTS)
+        return Fault(transient=transient, shown=exc, cause=exc)
+    if isinstance(exc, redis_errors.RedisClusterException):
+        # No node reachable is an outage; the others (cross-slot, a server without
+        # cluster mode) say what is wrong, and stay so.
+        return Fault(transient=_unreachable(exc), shown=exc, cause=exc)
     return None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    # redis-py 8 says so with a type of its own; before, the cause is a connection's error.
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 8:
+        if isinstance(current, _UNREACHABLE):
+            return True
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def error_word(exc: BaseException) -> str | None:
+    """The server's word for an error (MOVED, CLUSTERDOWN...), which redis-py strips."""
+    for kind, word in _WORDS:
+        if isinstance(exc, kind):
+            return word
+    code = getattr(exc, "status_code", None)  # redis-py 8 keeps it
+    if isinstance(code, str) and code:
+        return code
+    first = _answer(str(exc)).partition(" ")[0]
+    return first if first in _KNOWN_WORDS else None
+
+
+def _answer(text: str) -> str:
+    # redis-py puts a pipeline's command before the server's answer.
+    return text.rpartition(" caused error: ")[2]
+
+
+def describe(exc: BaseException) -> str:
+    """A driver's error as a `StorageError` says it: its type, and its message with the
+    server's word put back (``MovedError: MOVED 3999 10.0.0.2:6379``)."""
+    text = str(exc)
+    word = error_word(exc)
+    answer = _answer(text)
+    if word is not None and not answer.startswith(word):
+        text = f"{text[: len(text) - len(answer)]}{word} {answer}".rstrip()
+    return f"{type(exc).__name__}: {text}"
 
 
 def client_secrets(client: Any) -> frozenset[str]:
     """The password of a host's client, to hide it should a driver error repeat it."""
     settings = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if settings is None:
+        settings = getattr(client, "connection_kwargs", None)  # a cluster client
     password = settings.get("password") if isinstance(settings, dict) else None
     return frozenset({password}) if isinstance(password, str) and password else frozenset()
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
-from ..._secrets import redact, safe_url, unparsable, url_secrets
+from ..._secrets import safe_url, unparsable, url_secrets
 from ...codec import dumps, loads
 from ...exceptions import BatchNotFound, InvalidStorageURL, ItemNotFound, StorageError
 from ...ids import is_batch_id, new_token
@@ -32,13 +33,13 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
-from .._base import KEY_PREFIX, AsyncContext, chained, fault_of, retrying
+from .._base import KEY_PREFIX, AsyncContext, retrying
 from .._base import validate_prefix as _validate_prefix
 from .._doubt import ClaimsInDoubt
-from . import _lua
+from . import _cluster, _lua
 from ._records import matches, text, to_item, to_record
 from ._subscription import subscribe
-from ._wire import TRANSIENT, Lanes, bulk, classify, client_secrets, evalsha
+from ._wire import Lanes, bulk, classify, client_secrets, evalsha
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
@@ -85,9 +86,15 @@ class RedisStorage(AsyncContext):
     Redis Cluster; a few index keys list the batches. Nothing a user supplies (item keys,
     payloads, metadata, idempotency keys) ever becomes part of a key name unhashed.
 
+    A Redis Cluster is opened with ``redis+cluster://host:port/0`` (``rediss+cluster://``
+    over TLS), any node of it, or with a `redis.asyncio.cluster.RedisCluster` client; a
+    ``redis://`` URL that reaches a cluster node is refused when the storage opens.
+
     Args:
-        url_or_client: a ``redis://`` or ``rediss://`` URL, or a `redis.asyncio.Redis`
-            client the host owns (left open by `aclose`).
+        url_or_client: a ``redis://``, ``rediss://``, ``redis+cluster://`` or
+            ``rediss+cluster://`` URL, or a `redis.asyncio.Redis` or
+            `redis.asyncio.cluster.RedisCluster` client the host owns (left open by
+            `aclose`).
         prefix: the start of every key name (letters, digits and ``_ . : -``).
         finished_ttl: seconds a finished batch is kept, every key of it, before Redis
             expires it; `None` keeps batches until they are deleted.
@@ -98,7 +105,7 @@ class RedisStorage(AsyncContext):
 
     def __init__(
         self,
-        url_or_client: str | Redis,
+        url_or_client: str | Redis | RedisCluster,
         *,
         prefix: str = "batchkit",
         finished_ttl: float | None = None,
@@ -113,22 +120,30 @@ class RedisStorage(AsyncContext):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size!r}")
         if isinstance(url_or_client, str):
             scheme = url_or_client.partition("://")[0].lower()
-            if scheme not in ("redis", "rediss", "unix"):
-                raise ValueError(f"RedisStorage takes a redis:// or rediss:// URL, got {scheme!r}")
+            if scheme not in ("redis", "rediss", "unix", *_cluster.CLUSTER_SCHEMES):
+                raise ValueError(
+                    "RedisStorage takes a redis://, rediss://, redis+cluster:// or "
+                    f"rediss+cluster:// URL, got {scheme!r}"
+                )
+            self._cluster = scheme in _cluster.CLUSTER_SCHEMES
+            if self._cluster:  # a mistake in the URL is told now, not at open
+                _cluster.parse_cluster_url(url_or_client)
             self._url: str | None = url_or_client
-            self._client: Redis | None = None
+            self._client: Redis | RedisCluster | None = None
             self._owns_client = True
             # What the storage shows of its URL is built once from its parts, the same
             # before open, while open and after close; the password is never part of it.
             self._shown = repr(safe_url(url_or_client))
             self._secrets = url_secrets(url_or_client)
         else:
+            self._cluster = isinstance(url_or_client, RedisCluster)
             self._url = None
             self._client = url_or_client
             self._owns_client = False
             # Nothing of the client's connection settings is shown: they hold its password.
             self._shown = "<a host's client>"
             self._secrets = client_secrets(url_or_client)
+        self._classify = partial(classify, cluster=self._cluster)
         self.finished_ttl = finished_ttl
         self.poll_interval = poll_interval
         self.retries = retries
@@ -151,7 +166,7 @@ class RedisStorage(AsyncContext):
         return f"RedisStorage({self._shown}, prefix={self.prefix!r})"
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> Redis | RedisCluster:
         """The client (created on open when the storage was built from a URL)."""
         if self._client is None:
             raise StorageError("the storage is not open: use `async with RedisStorage(...)`")
@@ -160,8 +175,19 @@ class RedisStorage(AsyncContext):
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect and load the scripts (reloaded by themselves if the server forgets them)."""
-        if self._client is None:
+        """Connect and load the scripts (reloaded by themselves if the server forgets them).
+
+        Raises:
+            InvalidStorageURL: the URL cannot be read, or it is a ``redis://`` URL and
+                the server is a node of a Redis Cluster (the message names the
+                ``redis+cluster://`` URL to use).
+            StorageError: the server cannot be reached, or a host's client of one server
+                is connected to a cluster node.
+        """
+        if self._client is None and self._cluster:
+            assert self._url is not None
+            self._client = _cluster.cluster_client(self._url)
+        elif self._client is None:
             assert self._url is not None
             try:
                 self._client = Redis.from_url(self._url)
@@ -172,28 +198,17 @@ class RedisStorage(AsyncContext):
                     f"{unparsable(self._url, exc, self._secrets)}"
                 ) from None
         if not self._scripts:
-            for name in (
-                "CHUNK",
-                "COMMIT",
-                "RECORD",
-                "ITEM",
-                "ITEMS",
-                "CLAIM",
-                "FINISH",
-                "EXTEND",
-                "CANCEL",
-                "HOOK_CLAIM",
-                "HOOK_ACK",
-                "RELEASE_KEY",
-            ):
-                self._scripts[name] = self._client.register_script(getattr(_lua, name))
-        try:
-            await self._client.ping()
-        except TRANSIENT as exc:
-            # A driver's error that shows a secret is not chained (see `chained`).
-            raise StorageError(
-                f"cannot open {self!r}: {redact(str(exc), self._secrets)}"
-            ) from chained(exc, self._secrets)
+            for name, script in _lua.SCRIPTS.items():
+                self._scripts[name] = self._client.register_script(script)
+        refused = await _cluster.check_server(
+            self._client, shown=repr(self), url=self._url, secrets=self._secrets
+        )
+        if refused is not None:
+            if self._owns_client:
+                await self.aclose()
+            raise refused
+        if self._cluster and not hasattr(self._client, "pubsub"):
+            logger.info("redis-py before 8 has no pub/sub on a cluster: watch() polls")
 
     async def aclose(self) -> None:
         """Close the client if this storage created it; a host's client stays open."""
@@ -270,7 +285,7 @@ class RedisStorage(AsyncContext):
             await self.open()
         return await retrying(
             work,
-            classify=classify,
+            classify=self._classify,
             fault=self._fault,
             retries=self.retries,
             write=write,
@@ -280,7 +295,7 @@ class RedisStorage(AsyncContext):
 
     def _fault(self, exc: BaseException) -> StorageError:
         """The `StorageError` for a driver's error, without the storage's secrets."""
-        return fault_of(exc, self._secrets)
+        return _cluster.fault(exc, cluster=self._cluster, url=self._url, secrets=self._secrets)
 
     # -- creating and reading --------------------------------------------------------
 
@@ -467,6 +482,9 @@ class RedisStorage(AsyncContext):
 
     async def _records(self, batch_ids: list[str]) -> list[BatchRecord | None]:
         async def read() -> list[Any]:
+            if self._cluster:
+                calls = [(self.batch_keys(b), [self._channel(b), self._ttl()]) for b in batch_ids]
+                return await _cluster.cluster_records(self.client, self._scripts["RECORD"], calls)
             pipe = self.client.pipeline(transaction=False)
             for batch_id in batch_ids:
                 await self._script("RECORD", batch_id, client=pipe)
@@ -751,7 +769,8 @@ class RedisStorage(AsyncContext):
                     keys=[self._idempotency_key(text(idem))], args=[batch_id]
                 )
             await self._forget([batch_id])
-            await self.client.publish(self._channel(batch_id), "1")
+            # Through the command: before redis-py 8, a cluster client has no `publish`.
+            await self.client.execute_command("PUBLISH", self._channel(batch_id), "1")
             return existed
 
         return await self._call(delete)

@@ -6,25 +6,178 @@ storage and the dialects (``_sqlite``, ``_postgres``, ``_mysql``) are built on i
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 import time
 from collections import namedtuple
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from ..._secrets import safe_url, url_secrets
-from ...exceptions import StorageError
+from ...exceptions import InvalidStorageURL, StorageError
 from .._base import chained, fault_of
 from ._faults import DriverFault, broken_driver_connection, is_driver_error
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Hashable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 
-__all__ = ["Connector", "Lane", "Lanes", "Plan", "Result"]
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_POOL_TIMEOUT",
+    "POOLERS",
+    "ConnectionBudgetExhausted",
+    "ConnectionSettings",
+    "Connector",
+    "Lane",
+    "Lanes",
+    "Plan",
+    "Result",
+]
+
+logger = logging.getLogger("batchkit.storage.sql")
 
 T = TypeVar("T")
+
+#: The connections one storage holds at most, by default: its pool, the connections its
+#: hot path keeps and its LISTEN connection together. Two worker processes fit a pooler
+#: of 10 server connections.
+DEFAULT_MAX_CONNECTIONS: Final = 5
+#: Seconds a step waits for one of those connections before it gives up.
+DEFAULT_POOL_TIMEOUT: Final = 30.0
+#: A wait for a connection this long or longer is logged (at most every `_SLOW_EVERY` s).
+_SLOW_CHECKOUT: Final = 1.0
+_SLOW_EVERY: Final = 10.0
+
+
+#: A driver's words for a prepared statement that a transaction-mode pooler lost or mixed up.
+_PREPARED_LOST = re.compile(
+    r"prepared statement \S* ?(does not exist|already exists)|bind message supplies"
+)
+
+
+#: What ``pooler=`` may say.
+POOLERS: Final = ("transaction", "session")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """How a storage connects: its connection budget, and what stands in between."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    pooler: str | None = None
+    listen_url: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        max_connections: int | None = None,
+        pool_timeout: float | None = None,
+        pooler: str | None = None,
+        listen_url: str | None = None,
+        url_options: Mapping[str, str] | None = None,
+    ) -> ConnectionSettings:
+        """The settings given (`None`: the default), each checked; `ValueError` says
+        which one is wrong and why.
+
+        ``url_options`` are the raw values of the storage URL's query (see
+        `split_url_options`): each is read as its keyword's type, and one that the keyword
+        also gives, differently, is refused (`InvalidStorageURL`).
+        """
+        given: dict[str, Any] = {
+            "max_connections": max_connections,
+            "pool_timeout": pool_timeout,
+            "pooler": pooler,
+            "listen_url": listen_url,
+        }
+        for key, raw in (url_options or {}).items():
+            if key not in given:
+                continue
+            read = _read_url_option(key, raw)
+            if given[key] is not None and given[key] != read:
+                shown = "" if key == "listen_url" else f"={raw}"
+                raise InvalidStorageURL(
+                    f"the storage URL says ?{key}{shown} and the {key}= keyword says "
+                    "otherwise: give one of them"
+                )
+            given[key] = read
+        try:
+            return cls._checked(**given)
+        except ValueError as exc:
+            if url_options and not isinstance(exc, InvalidStorageURL):
+                # Perhaps the URL's: a bad URL, whichever said it.
+                raise InvalidStorageURL(str(exc)) from None
+            raise
+
+    @classmethod
+    def _checked(
+        cls,
+        *,
+        max_connections: Any,
+        pool_timeout: Any,
+        pooler: Any,
+        listen_url: Any,
+    ) -> ConnectionSettings:
+        if max_connections is None:
+            max_connections = DEFAULT_MAX_CONNECTIONS
+        elif isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ValueError(f"max_connections must be an int, got {max_connections!r}")
+        elif not 1 <= max_connections <= 10_000:
+            raise ValueError(f"max_connections must be 1 to 10000, got {max_connections!r}")
+        if pool_timeout is None:
+            pool_timeout = DEFAULT_POOL_TIMEOUT
+        elif isinstance(pool_timeout, bool) or not isinstance(pool_timeout, int | float):
+            raise ValueError(f"pool_timeout must be seconds, got {pool_timeout!r}")
+        elif not 0 < pool_timeout <= 86_400:
+            raise ValueError(
+                f"pool_timeout must be more than 0 seconds, at most a day, got {pool_timeout!r}"
+            )
+        if pooler is not None and pooler not in POOLERS:
+            raise ValueError(
+                f"pooler must be one of {', '.join(POOLERS)} (or None), got {pooler!r}"
+            )
+        if listen_url is not None:
+            if not isinstance(listen_url, str) or not listen_url.startswith("postgresql"):
+                raise ValueError("listen_url must be a postgresql:// URL straight to the database")
+            if pooler != "transaction":
+                raise ValueError(
+                    "listen_url is for pooler='transaction' only: a direct or session-pooled connection listens itself"
+                )
+        return cls(max_connections, float(pool_timeout), pooler, listen_url)
+
+
+def _read_url_option(key: str, raw: str) -> Any:
+    """A connection option of the URL's query, read as its keyword's type."""
+    if key == "max_connections":
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidStorageURL(
+                f"the storage URL's option ?max_connections= must be a whole number, got {raw!r}"
+            ) from None
+    if key == "pool_timeout":
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise InvalidStorageURL(
+                f"the storage URL's option ?pool_timeout= must be seconds, got {raw!r}"
+            )
+        return value
+    return raw
+
+
+class ConnectionBudgetExhausted(Exception):
+    """Every connection the storage may hold stayed in use for ``pool_timeout`` seconds."""
 
 
 class Connector:
@@ -35,9 +188,17 @@ class Connector:
         url_or_engine: a database URL (the engine is created by `create_engine`), or an
             `AsyncEngine` the host owns (never disposed here).
         engine_options: extra keyword arguments for `create_async_engine` (URL only).
+        settings: the connection budget (its engine's pool and, where it listens, its
+            LISTEN connection; an engine of the host's keeps its own pool), and what
+            stands between the storage and its database (see `ConnectionSettings`).
     """
 
-    def __init__(self, url_or_engine: str | AsyncEngine, engine_options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        url_or_engine: str | AsyncEngine,
+        engine_options: dict[str, Any],
+        settings: ConnectionSettings | None = None,
+    ) -> None:
         if isinstance(url_or_engine, str):
             self.url: str | None = url_or_engine
             self._engine: AsyncEngine | None = None
@@ -58,6 +219,17 @@ class Connector:
             self.shown = f"<AsyncEngine {safe_url(full)!r}>"
             self.secrets = url_secrets(full)
         self._engine_options = dict(engine_options)
+        settings = settings or ConnectionSettings()
+        self.max_connections = settings.max_connections
+        self.pool_timeout = settings.pool_timeout
+        self.pooler = settings.pooler
+        self.listen_url = listen_url = settings.listen_url
+        if listen_url is not None:
+            # Its password is as secret as the main URL's.
+            self.secrets = self.secrets | url_secrets(listen_url)
+        #: The connections of the engine's pool (`None`: not known, a host's own pool).
+        self.pool_size: int | None = None
+        self._slow_logged = -math.inf
         #: Seconds to add to this machine's clock to read the database's.
         self.offset = 0.0
         self._stmts: dict[Hashable, Any] = {}
@@ -75,9 +247,18 @@ class Connector:
     def has_engine(self) -> bool:
         return self._engine is not None
 
-    def create_engine(self, options: dict[str, Any]) -> AsyncEngine:
-        """Create the storage's own engine from its URL, with a dialect's ``options``."""
+    def create_engine(self, options: dict[str, Any], *, reserved: int = 0) -> AsyncEngine:
+        """Create the storage's own engine from its URL, with a dialect's ``options``.
+
+        Its pool holds `max_connections` less the ``reserved`` connections the dialect
+        opens beside it (a LISTEN connection to another server).
+        """
         assert self.url is not None
+        pool_size = self.max_connections - reserved
+        if "poolclass" not in options and "poolclass" not in self._engine_options:
+            # Never more connections than the budget: no overflow, and a bounded wait.
+            options.update(pool_size=pool_size, max_overflow=0, pool_timeout=self.pool_timeout)
+            self.pool_size = pool_size
         # Every transaction here ends through SQLAlchemy's connection (committed, or rolled
         # back as the connection closes), and a lane runs single autocommit statements or
         # rolls back itself: no connection goes back to the pool inside a transaction. The
@@ -85,9 +266,69 @@ class Connector:
         # on a connection the server dropped meanwhile, an ERROR with a traceback in the
         # host's log for a fault the next call retries anyway.
         options["pool_reset_on_return"] = None
+        url = options.pop("url", self.url)
+        connect_args = {**options.get("connect_args", {})}
+        connect_args.update(self._engine_options.get("connect_args", {}))
         options.update(self._engine_options)
-        self._engine = create_async_engine(self.url, **options)
+        if connect_args:
+            options["connect_args"] = connect_args
+        self._engine = create_async_engine(url, **options)
+        pool = self._engine.pool
+        if isinstance(pool, QueuePool):
+            self.pool_size = pool.size() + max(0, pool._max_overflow)
         return self._engine
+
+    def lanes_cap(self, wanted: int, *, beside: int = 1) -> int:
+        """How many connections a dialect may keep for its hot path: ``wanted``, or fewer,
+        so that ``beside`` connections of the pool stay free for everything else."""
+        if self.pool_size is None:
+            engine = self._engine
+            pool = None if engine is None else engine.pool
+            if not isinstance(pool, QueuePool):
+                return wanted
+            size = pool.size() + max(0, pool._max_overflow)
+        else:
+            size = self.pool_size
+        return max(0, min(wanted, size - beside))
+
+    async def connect(self) -> AsyncConnection:
+        """A connection of the pool; a wait of a second or more for it is logged, and one
+        longer than `pool_timeout` ends in `ConnectionBudgetExhausted` (never a silent hang)."""
+        start = time.monotonic()
+        try:
+            conn = await self.engine.connect()
+        except PoolTimeout:
+            raise DriverFault(self._exhausted(time.monotonic() - start), transient=False) from None
+        waited = time.monotonic() - start
+        if waited >= _SLOW_CHECKOUT and start - self._slow_logged >= _SLOW_EVERY:
+            self._slow_logged = start
+            logger.warning(
+                "waited %.1f s for a database connection: all %s the storage may hold were "
+                "in use (raise max_connections, or run fewer items at once)",
+                waited,
+                self.pool_size if self.pool_size is not None else "connections",
+                extra={"waited": round(waited, 3), "max_connections": self.max_connections},
+            )
+        return conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """`connect`, as a context that closes the connection (gives it back) on the way out."""
+        conn = await self.connect()
+        try:
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    def _exhausted(self, waited: float) -> ConnectionBudgetExhausted:
+        return ConnectionBudgetExhausted(
+            f"no database connection came free in {waited:.0f} s: all "
+            f"{self.pool_size if self.pool_size is not None else ''} connections of the "
+            f"pool stayed in use (max_connections={self.max_connections}, "
+            f"pool_timeout={self.pool_timeout:g}); raise max_connections, run fewer items "
+            "at once, or look for a step holding connections"
+        )
 
     async def dispose(self) -> None:
         """Dispose the engine if the storage created it; a host's engine stays open."""
@@ -105,7 +346,7 @@ class Connector:
         if query is None:
             self.offset = 0.0
             return
-        async with self.engine.connect() as conn:
+        async with self.connection() as conn:
             before = time.time()
             server = float((await conn.execute(query)).scalar_one())
             after = time.time()
@@ -167,7 +408,7 @@ class Connector:
         autocommit: bool = False,
     ) -> T:
         """Run ``work`` once, in a transaction of its own on a pooled connection."""
-        async with self.engine.connect() as conn:
+        async with self.connection() as conn:
             try:
                 if autocommit:
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -193,7 +434,14 @@ class Connector:
 
     def fault(self, exc: BaseException) -> StorageError:
         """The `StorageError` for a driver's error, without the storage's secrets."""
-        return fault_of(exc, self.secrets)
+        error = fault_of(exc, self.secrets)
+        if self.pooler != "transaction" and _PREPARED_LOST.search(str(exc)):
+            # What a transaction-mode pooler does to prepared statements: say the remedy.
+            return StorageError(
+                f"{error}; if a transaction-mode pooler (PgBouncer, a managed database's "
+                "pooler port) is in between, add ?pooler=transaction to the storage URL"
+            )
+        return error
 
     def cause(self, exc: BaseException) -> BaseException | None:
         """``exc``, to chain to a `StorageError`, unless it shows a secret (see `chained`)."""
@@ -315,7 +563,7 @@ class Lanes:
         return result
 
     async def _new(self) -> Lane:
-        conn = await self._connector.engine.connect()
+        conn = await self._connector.connect()
         try:
             raw = await conn.get_raw_connection()
         except BaseException:

@@ -8,8 +8,12 @@ nothing else of its own: each dialect overrides what it does differently.
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+
+from sqlalchemy import inspect
+from sqlalchemy.schema import CreateSchema
 
 from ...protocols import LeaseStatus
 from .._polling import PollingSubscription
@@ -20,13 +24,14 @@ from ._statements import Q
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from ...protocols import ClaimRequest, FinishResult, Lease, NewBatch, Outcome, Subscription
     from ._connector import Connector
     from ._statements import PendingClaim, Statements, Steps
 
-__all__ = ["Dialect"]
+__all__ = ["Dialect", "fitted"]
 
 T = TypeVar("T")
 
@@ -43,15 +48,30 @@ class Dialect(FaultRules):
         prefix: the storage's table prefix (names its locks and its notification channel).
     """
 
+    #: Whether `SQLStorage`'s ``schema`` may name a place for the tables: a schema
+    #: (PostgreSQL), a database of the same server (MySQL/MariaDB).
+    has_schemas: ClassVar[bool] = True
+
     def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
         self.connector = connector
         self.statements = statements
         self.prefix = prefix
+        #: The storage's schema, as its tables say (`None`: the connection's own).
+        self.schema: str | None = statements.tables.meta.schema
+        #: What sets the storage's tables apart from others on the server (its locks and
+        #: its notification channel are named after it): its prefix, in its schema.
+        self.scope = prefix if self.schema is None else f"{self.schema}.{prefix}"
 
     @classmethod
-    def engine_options(cls, url: str) -> dict[str, Any]:
+    def engine_options(cls, url: str, connector: Connector) -> dict[str, Any]:
         """Options of `create_async_engine` this dialect needs for ``url``."""
         return {}
+
+    @classmethod
+    def reserved_connections(cls, url: str, connector: Connector) -> int:
+        """Connections this dialect opens outside the engine's pool (counted in
+        ``max_connections``): a LISTEN connection to a server past the pooler."""
+        return 0
 
     @classmethod
     def for_engine(
@@ -67,6 +87,23 @@ class Dialect(FaultRules):
         """Held while the tables are created, so processes opening a new database at
         once do not race to create the same tables (and fail on "already exists")."""
         yield
+
+    async def create_tables(self, conn: AsyncConnection, metadata: MetaData) -> None:
+        """Create the storage's schema if it is missing, then its tables if they are."""
+        if self.schema is not None and not await self.has_schema(conn):
+            await self.create_schema(conn)
+        await conn.run_sync(metadata.create_all, checkfirst=True)
+
+    async def has_schema(self, conn: AsyncConnection) -> bool:
+        """Whether the storage's schema exists."""
+        schema = self.schema
+        assert schema is not None
+        return bool(await conn.run_sync(lambda sync: inspect(sync).has_schema(schema)))
+
+    async def create_schema(self, conn: AsyncConnection) -> None:
+        """Create the storage's schema (missing: see `create_tables`)."""
+        assert self.schema is not None
+        await conn.execute(CreateSchema(self.schema))
 
     def clock_query(self) -> Any:
         """The SELECT of the database's clock in epoch seconds (`None`: it is ours)."""
@@ -169,3 +206,12 @@ class Dialect(FaultRules):
     def with_lease_flag(self, stmt: Any, items: Any, *, notify: bool) -> Any:
         """``stmt`` (an UPDATE of a leased item) returning the item's cancel flag."""
         return stmt.returning(items.c.cancel_requested)
+
+
+def fitted(name: str, limit: int) -> str:
+    """``name``, or, past ``limit`` characters, its start and a digest of the whole: a name
+    of the server's (a lock, a channel) that stays the storage's own whatever its length."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[: limit - 17]}_{digest}"

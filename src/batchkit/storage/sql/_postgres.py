@@ -5,38 +5,60 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 from sqlalchemy import bindparam, func, null, or_, select, text, true, union_all
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from ...codec import loads
+from ...exceptions import InvalidStorageURL, StorageError
 from ...protocols import Claim, FinishResult, Lease
+from .._polling import PollingSubscription
 from ._connector import Lanes
-from ._dialect import Dialect
+from ._dialect import Dialect, fitted
 from ._faults import DriverFault, is_broken_connection, sqlstate
+from ._listen import Listener
+from ._options import URL_OPTIONS
 from ._statements import C, F, Q, R, S
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from ...protocols import ClaimRequest, NewBatch, Outcome, Subscription
     from ._connector import Connector, Lane
     from ._statements import PendingClaim, Statements
 
-__all__ = ["AsyncpgDialect", "PostgresDialect"]
+__all__ = ["AsyncpgDialect", "PooledAsyncpgDialect", "PostgresDialect"]
 
 logger = logging.getLogger("batchkit.storage.sql")
 
 T = TypeVar("T")
 
+#: SQLSTATE query_canceled: a statement_timeout, or a cancel request.
+_QUERY_CANCELED = "57014"
+#: SQLSTATE insufficient_privilege.
+_INSUFFICIENT_PRIVILEGE = "42501"
+#: Who the storage connects as, in which database, whether it may create a schema
+#: there, and whether the storage's schema exists.
+_SCHEMA_QUERY = text(
+    "SELECT current_user, current_database(), "
+    "has_database_privilege(current_database(), 'CREATE'), "
+    "EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema)"
+)
 # SQLSTATEs: serialization failure, deadlock, admin shutdown (pg_terminate_backend),
 # crash shutdown, cannot connect now; and the class of connection exceptions (08).
 _TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03"}
+#: The longest identifier PostgreSQL keeps whole (NAMEDATALEN - 1): a channel's name.
+_NAME_LIMIT = 63
 #: Connections a PostgreSQL storage on asyncpg keeps for its hot path between steps.
 _LANES = 4
 #: The columns a new item's row sets, in the order `AsyncpgDialect.insert_items` sends them.
@@ -56,6 +78,81 @@ _COPIED = (
 )
 
 
+#: asyncpg's options a URL's query may set, and the type each is read as (SQLAlchemy hands
+#: the query to ``asyncpg.connect`` as strings, which asyncpg's numbers do not accept).
+_ASYNCPG_QUERY: dict[str, Callable[[str], Any]] = {
+    "statement_cache_size": int,
+    "prepared_statement_cache_size": int,
+    "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int,
+    "timeout": float,
+    "command_timeout": float,
+    "ssl": str,
+    "direct_tls": lambda value: _flag("direct_tls", value),
+    "target_session_attrs": str,
+    "passfile": str,
+    "krbsrvname": str,
+    "gsslib": str,
+}
+#: The parts of a URL that its query may give instead (libpq's spelling: ``?host=a,b``).
+_URL_PARTS = frozenset({"user", "password", "host", "port", "database"})
+#: The ``ssl`` values asyncpg takes (libpq's ``sslmode`` values, which it also accepts).
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false")
+
+
+def asyncpg_query(url: str) -> tuple[dict[str, Any], list[str]]:
+    """The connect arguments of a ``postgresql+asyncpg`` URL's query, each read as the
+    type asyncpg wants, and the query keys to take off the URL (read here instead).
+
+    libpq's spellings that asyncpg lacks are translated: ``sslmode`` is ``ssl``,
+    ``application_name`` and ``options``-free server settings go to ``server_settings``.
+
+    Raises:
+        InvalidStorageURL: an option asyncpg does not know, or a value of the wrong type
+            (the message names the option and lists those it knows; no value is shown,
+            it may be a secret).
+    """
+    args: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, raw in make_url(url).query.items():
+        value = raw[-1] if isinstance(raw, tuple) else raw
+        name = "ssl" if key == "sslmode" else key
+        if key == "application_name":
+            args.setdefault("server_settings", {})["application_name"] = value
+            dropped.append(key)
+            continue
+        if key in _URL_PARTS:
+            continue  # SQLAlchemy reads these itself (several hosts among them)
+        read = _ASYNCPG_QUERY.get(name)
+        if read is None:
+            known = ", ".join(sorted({*_ASYNCPG_QUERY, *_URL_PARTS, "sslmode", "application_name"}))
+            raise InvalidStorageURL(
+                f"the storage URL's option {key!r} is not one asyncpg takes; it takes: "
+                f"{known}; and batchkit's own: {', '.join(URL_OPTIONS)}"
+            )
+        try:
+            args[name] = read(value)
+        except ValueError:
+            raise InvalidStorageURL(
+                f"the storage URL's option {key!r} must be "
+                f"{'a whole number' if read is int else 'a number' if read is float else 'true or false'}"
+            ) from None
+        if name == "ssl" and args[name] not in _SSL_MODES:
+            raise InvalidStorageURL(
+                f"the storage URL's option {key!r} must be one of {', '.join(_SSL_MODES)}"
+            )
+        dropped.append(key)
+    return args, dropped
+
+
 class PostgresDialect(Dialect):
     """PostgreSQL through SQLAlchemy (psycopg): ``FOR UPDATE SKIP LOCKED`` claims, changes
     announced by ``pg_notify`` in the statements that make them, and the finish-and-claim
@@ -63,13 +160,55 @@ class PostgresDialect(Dialect):
 
     def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
         super().__init__(connector, statements, prefix)
-        self.channel = f"{prefix}changes"
+        # Storages of the same prefix in two schemas keep their notifications apart; a
+        # channel is an identifier, cut at 63 bytes by the server (`fitted` keeps it whole).
+        self.channel = fitted(f"{self.scope}changes", _NAME_LIMIT)
+
+    @classmethod
+    def engine_options(cls, url: str, connector: Connector) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if make_url(url).get_driver_name() == "asyncpg":
+            listens = connector.pooler != "transaction" or connector.listen_url is not None
+            if listens and connector.max_connections < 2:
+                raise InvalidStorageURL(
+                    "max_connections must be at least 2 on asyncpg: one connection is "
+                    "watch's LISTEN, another runs everything else"
+                )
+            connect_args, dropped = asyncpg_query(url)
+            options["connect_args"] = connect_args
+            options["url"] = make_url(url).difference_update_query(dropped)
+        if connector.pooler != "transaction":
+            return options
+        options.setdefault("connect_args", {}).update(cls._pooled_connect_args(url))
+        return options
+
+    @staticmethod
+    def _pooled_connect_args(url: str) -> dict[str, Any]:
+        # Behind a transaction-mode pooler, consecutive transactions of one connection may
+        # run on different server connections: no prepared statement may outlive its
+        # transaction, and none may be named (names would collide between clients).
+        driver = make_url(url).get_driver_name()
+        if driver == "asyncpg":
+            # Unnamed statements only, each prepared in the transaction that runs it
+            # (`PooledAsyncpgDialect` runs every statement inside a transaction).
+            return {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+        # psycopg: never prepared server-side; a statement and its parameters travel in
+        # one message sequence, which the pooler keeps on one server connection.
+        return {"prepare_threshold": None}
+
+    @classmethod
+    def reserved_connections(cls, url: str, connector: Connector) -> int:
+        # LISTEN on the direct URL, past the pooler: one connection beside the pool.
+        listens = make_url(url).get_driver_name() == "asyncpg"
+        return 1 if listens and connector.listen_url is not None else 0
 
     @classmethod
     def for_engine(
         cls, engine: AsyncEngine, connector: Connector, statements: Statements, prefix: str
     ) -> Dialect:
         if engine.dialect.driver == "asyncpg":
+            if connector.pooler == "transaction":
+                return PooledAsyncpgDialect(connector, statements, prefix)
             return AsyncpgDialect(connector, statements, prefix)
         return cls(connector, statements, prefix)
 
@@ -82,10 +221,82 @@ class PostgresDialect(Dialect):
 
     @asynccontextmanager
     async def schema_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
-        name = f"batchkit:{self.prefix}"
+        name = f"batchkit:{self.scope}"
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         yield
+
+    async def create_tables(self, conn: AsyncConnection, metadata: MetaData) -> None:
+        # A managed database gives the app a role that may not create anything in
+        # `public` (PostgreSQL 15 lets only the database's owner), nor perhaps a schema:
+        # what it lacks is said with the GRANT that gives it.
+        quote = conn.dialect.identifier_preparer.quote
+        grantee = ""
+        if self.schema is not None:
+            found = await conn.execute(_SCHEMA_QUERY, {"schema": self.schema})
+            role, database, may_create, exists = found.one()
+            grantee = quote(role)
+            if not exists:
+                if not may_create:
+                    raise StorageError(
+                        f"schema {self.schema!r} does not exist, and role {role!r} may not "
+                        f"create it: create it for the role (CREATE SCHEMA {quote(self.schema)} "
+                        f"AUTHORIZATION {quote(role)};), or let the role create schemas "
+                        f"(GRANT CREATE ON DATABASE {quote(database)} TO {quote(role)};)"
+                    )
+                await self.create_schema(conn)
+        try:
+            await conn.run_sync(metadata.create_all, checkfirst=True)
+        except DBAPIError as exc:
+            if sqlstate(exc.orig) != _INSUFFICIENT_PRIVILEGE:
+                raise
+            said = self.connector.fault(exc.orig or exc)
+            if self.schema is None:
+                fix = (
+                    "give the storage a schema of its own (schema=...), or GRANT CREATE ON "
+                    "SCHEMA <schema> TO <role>;"
+                )
+            else:
+                fix = f"GRANT CREATE ON SCHEMA {quote(self.schema)} TO {grantee};"
+            raise StorageError(
+                f"the storage's role may not create batchkit's tables ({said}): {fix} or "
+                "create the tables with your migrations and open the storage with "
+                "create_schema=False"
+            ) from self.connector.cause(exc)
+
+    async def insert_items(
+        self, conn: AsyncConnection, batch: NewBatch, now: float, chunk_size: int
+    ) -> None:
+        try:
+            await super().insert_items(conn, batch, now, chunk_size)
+        except DBAPIError as exc:
+            cancelled = self.cancelled(exc.orig, batch, chunk_size)
+            if cancelled is None:
+                raise
+            raise cancelled from self.connector.cause(exc)
+
+    def cancelled(
+        self, exc: BaseException | None, batch: NewBatch, chunk_size: int
+    ) -> StorageError | None:
+        """The error to raise when the server cancelled a statement writing ``batch``'s
+        items (SQLSTATE 57014), most likely for its ``statement_timeout``: a deterministic
+        fault, never retried, that a smaller ``chunk_size`` avoids."""
+        if sqlstate(exc) != _QUERY_CANCELED:
+            return None
+        said = str(self.connector.fault(exc)) if exc is not None else "query_canceled"
+        total = len(batch.items)
+        if "statement timeout" in said.lower():
+            return StorageError(
+                f"PostgreSQL's statement_timeout cancelled a statement writing the "
+                f"{total} items of the batch ({chunk_size} per statement), and the batch "
+                "was not created: give the storage a smaller chunk_size, or raise "
+                f"statement_timeout for its role ({said})"
+            )
+        return StorageError(
+            f"PostgreSQL cancelled a statement writing the {total} items of the batch "
+            f"({chunk_size} per statement), and the batch was not created ({said}); if "
+            "its statement_timeout did, give the storage a smaller chunk_size"
+        )
 
     def clock_query(self) -> Any:
         return text("SELECT extract(epoch FROM clock_timestamp())")
@@ -289,7 +500,9 @@ class AsyncpgDialect(PostgresDialect):
 
     def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
         super().__init__(connector, statements, prefix)
-        self._lanes = Lanes(connector, cap=_LANES)
+        # Of the pool, one connection for LISTEN and one for everything else stay free.
+        self._lanes = Lanes(connector, cap=connector.lanes_cap(_LANES, beside=2))
+        self._listener = Listener(connector.connect, self.channel)
 
     # SQLAlchemy's execution path would cost more than the statement: on a lane, the
     # statement compiled once goes to asyncpg directly.
@@ -324,22 +537,30 @@ class AsyncpgDialect(PostgresDialect):
     ) -> None:
         # asyncpg streams rows with PostgreSQL's binary COPY, in the transaction already
         # open on this connection: several times faster than INSERTs of the same rows.
-        if not len(batch.items):
+        # A COPY per chunk: each is a statement, which a low statement_timeout would
+        # cancel for a large batch sent whole; in the batch's transaction, the batch still
+        # appears whole or not at all.
+        items = batch.items
+        if not len(items):
             return
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        rows = (
-            (batch.id, position, key, payload, Q, 1, 0.0, False, 0.0, 0, now, now)
-            for position, (key, payload) in enumerate(batch.items)
-        )
         failure: Exception | None = None
         copied = False
         table = self.statements.tables.items.name
+        schema = self.schema
 
         async def copy(scope: anyio.CancelScope) -> None:
             nonlocal failure, copied
             try:
-                await raw.copy_records_to_table(table, records=rows, columns=_COPIED)
+                for start in range(0, len(items), chunk_size):
+                    rows = [
+                        (batch.id, start + offset, key, payload, Q, 1, 0.0, False, 0.0, 0, now, now)
+                        for offset, (key, payload) in enumerate(items[start : start + chunk_size])
+                    ]
+                    await raw.copy_records_to_table(
+                        table, records=rows, columns=_COPIED, schema_name=schema
+                    )
                 copied = True
             except Exception as exc:
                 failure = exc
@@ -364,50 +585,87 @@ class AsyncpgDialect(PostgresDialect):
         if copied:
             return
         exc = failure or ConnectionError("the connection closed during COPY")
+        cancelled = self.cancelled(exc, batch, chunk_size)
+        if cancelled is not None:
+            raise cancelled from self.connector.cause(exc)
         raise self._fault(raw, exc) from exc
 
     @asynccontextmanager
     async def subscribe(self, batch_id: str, poll_interval: float) -> AsyncIterator[Subscription]:
-        async with self.connector.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            sub = _ListenSubscription(batch_id)
-            await driver.add_listener(self.channel, sub.on_notify)
+        async with AsyncExitStack() as stack:
+            sub: Subscription
             try:
-                yield sub
-            finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await driver.remove_listener(self.channel, sub.on_notify)
-                    except Exception:  # the connection is gone: nothing to remove
-                        logger.debug("could not remove a LISTEN callback", exc_info=True)
+                sub = await stack.enter_async_context(self._listener.subscribe(batch_id))
+            except Exception as exc:
+                # No connection to LISTEN on (the server is away, the budget is spent):
+                # this watcher polls; the next one tries to listen again.
+                logger.warning(
+                    "watch polls every %s s: could not LISTEN (%s)",
+                    poll_interval,
+                    self.connector.fault(exc),
+                    extra={"poll_interval": poll_interval},
+                )
+                sub = PollingSubscription(poll_interval)
+            yield sub
 
     async def release(self) -> None:
         await self._lanes.drop()
 
     async def close(self) -> None:
         await self._lanes.close()
+        await self._listener.close()
 
 
-class _ListenSubscription:
-    def __init__(self, batch_id: str) -> None:
-        self._batch_id = batch_id
-        self._changed = False
-        self._event: anyio.Event | None = None
+class PooledAsyncpgDialect(AsyncpgDialect):
+    """PostgreSQL on asyncpg behind a transaction-mode pooler (``pooler=transaction``).
 
-    def on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
-        if payload == self._batch_id:
-            self._changed = True
-            if self._event is not None:
-                self._event.set()
+    The pooler may hand each transaction of one client connection to a different server
+    connection, so every statement runs inside a transaction (its unnamed prepared
+    statement and its execution stay on one server connection), and nothing is kept
+    between steps. LISTEN cannot work through such a pooler: `watch` listens on the
+    storage's ``listen_url`` (straight to the database) when it has one, and polls
+    otherwise, which the log says once.
+    """
 
-    async def wait(self, timeout: float) -> None:
-        if not self._changed:
-            self._event = anyio.Event()
-            with anyio.move_on_after(timeout):
-                await self._event.wait()
-            self._event = None
-        else:
-            await anyio.lowlevel.checkpoint()
-        self._changed = False
+    def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
+        super().__init__(connector, statements, prefix)
+        self._listen_engine: AsyncEngine | None = None
+        self._said_polling = False
+        if connector.listen_url is not None:
+            self._listener = Listener(self._listen_connection, self.channel)
+
+    async def _attempt(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        return await self.connector.attempt(work)
+
+    _one = PostgresDialect._one
+    _all = PostgresDialect._all
+
+    async def _listen_connection(self) -> AsyncConnection:
+        if self._listen_engine is None:
+            assert self.connector.listen_url is not None
+            # One connection at a time, opened for the first watcher, closed after the last.
+            self._listen_engine = create_async_engine(self.connector.listen_url, poolclass=NullPool)
+        return await self._listen_engine.connect()
+
+    @asynccontextmanager
+    async def subscribe(self, batch_id: str, poll_interval: float) -> AsyncIterator[Subscription]:
+        if self.connector.listen_url is not None:
+            async with super().subscribe(batch_id, poll_interval) as sub:
+                yield sub
+            return
+        if not self._said_polling:
+            self._said_polling = True
+            logger.warning(
+                "watch polls every %s s: LISTEN does not work through a transaction-mode "
+                "pooler; give the storage listen_url= (a URL straight to the database) "
+                "for live notifications",
+                poll_interval,
+                extra={"poll_interval": poll_interval},
+            )
+        yield PollingSubscription(poll_interval)
+
+    async def close(self) -> None:
+        await super().close()
+        if self._listen_engine is not None:
+            await self._listen_engine.dispose()
+            self._listen_engine = None

@@ -35,6 +35,10 @@ class SQLiteDialect(Dialect):
     aiosqlite cannot run a whole transaction per call; otherwise `SQLiteLanesDialect`.
     """
 
+    # A database file is the only place for the tables (an ATTACHed file would have to be
+    # attached on every connection): `SQLStorage` refuses a schema here.
+    has_schemas = False
+
     def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
         super().__init__(connector, statements, prefix)
         # SQLite has one writer at a time: this process's writers queue here instead of
@@ -42,7 +46,7 @@ class SQLiteDialect(Dialect):
         self._write_lock = anyio.Lock()
 
     @classmethod
-    def engine_options(cls, url: str) -> dict[str, Any]:
+    def engine_options(cls, url: str, connector: Connector) -> dict[str, Any]:
         path = url.partition("://")[2].lstrip("/")
         if path in ("", ":memory:") or "mode=memory" in url:
             return {"poolclass": StaticPool}
@@ -103,7 +107,7 @@ class SQLiteLanesDialect(SQLiteDialect):
 
     def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
         super().__init__(connector, statements, prefix)
-        self._lanes = Lanes(connector, cap=1)
+        self._lanes = Lanes(connector, cap=connector.lanes_cap(1))
 
     async def write(self, steps: Callable[[], Steps[T]]) -> T:
         return await self._lanes.attempt(lambda lane: self._transaction(lane, steps()))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
     Boolean,
@@ -29,12 +30,14 @@ if TYPE_CHECKING:
     from sqlalchemy.types import TypeEngine
 
 __all__ = [
+    "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "ExactString",
     "Tables",
     "build_tables",
     "metadata_for",
     "validate_prefix",
+    "validate_schema",
 ]
 
 #: The layout version written in the ``<prefix>meta`` table; a store written by a
@@ -81,6 +84,19 @@ def validate_prefix(prefix: str) -> str:
     return _base.validate_prefix(prefix, _base.TABLE_PREFIX)
 
 
+#: A schema's name (a database's on MySQL/MariaDB): an identifier that needs no quoting
+#: rules of its own, short enough for PostgreSQL (63 bytes) and MySQL (64 characters).
+SCHEMA_NAME: Final = _base.PrefixRule(
+    re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z"),
+    "schema must be 1 to 63 letters, digits or underscores, not starting with a digit; got ",
+)
+
+
+def validate_schema(schema: str) -> str:
+    """Return ``schema`` if it is a safe schema (MySQL: database) name, else raise ValueError."""
+    return _base.validate_prefix(schema, SCHEMA_NAME)
+
+
 @dataclass(frozen=True)
 class Tables:
     """The tables of one prefix."""
@@ -91,14 +107,23 @@ class Tables:
     items: Table
 
 
-def build_tables(metadata: MetaData, prefix: str = "batchkit_") -> Tables:
-    """Add batchkit's tables, named ``<prefix>...``, to ``metadata`` and return them."""
+def build_tables(
+    metadata: MetaData, prefix: str = "batchkit_", schema: str | None = None
+) -> Tables:
+    """Add batchkit's tables, named ``<prefix>...``, to ``metadata`` and return them.
+
+    With ``schema``, the tables are in that schema (on MySQL/MariaDB: that database);
+    without, in ``metadata``'s schema (by default the connection's own).
+    """
     p = validate_prefix(prefix)
+    if schema is not None:
+        validate_schema(schema)
     meta = Table(
         f"{p}meta",
         metadata,
         Column("name", String(64), primary_key=True),
         Column("value", String(255), nullable=False),
+        schema=schema,
     )
     batches = Table(
         f"{p}batches",
@@ -126,6 +151,7 @@ def build_tables(metadata: MetaData, prefix: str = "batchkit_") -> Tables:
         UniqueConstraint("idempotency_key", name=f"{p}uq_batches_idempotency"),
         Index(f"{p}ix_batches_parent", "parent_id"),
         Index(f"{p}ix_batches_hook", "hook_done", "finished_at"),
+        schema=schema,
     )
     # One row per top-level scalar of a batch's metadata, so that listing "the batches of
     # this owner" is an index range scan in every dialect.
@@ -137,6 +163,7 @@ def build_tables(metadata: MetaData, prefix: str = "batchkit_") -> Tables:
         Column("batch_id", String(36), nullable=False),
         PrimaryKeyConstraint("name", "value", "batch_id"),
         Index(f"{p}ix_tags_batch", "batch_id"),
+        schema=schema,
     )
     items = Table(
         f"{p}items",
@@ -169,19 +196,24 @@ def build_tables(metadata: MetaData, prefix: str = "batchkit_") -> Tables:
         Index(f"{p}ix_items_state", "batch_id", "state", "position"),
         Index(f"{p}ix_items_claim", "batch_id", "active", "position"),
         Index(f"{p}ix_items_claim_any", "active", "batch_id", "position"),
+        schema=schema,
     )
     return Tables(meta=meta, batches=batches, tags=tags, items=items)
 
 
-def metadata_for(prefix: str = "batchkit_") -> tuple[MetaData, Tables]:
+def metadata_for(prefix: str = "batchkit_", schema: str | None = None) -> tuple[MetaData, Tables]:
     """A new `MetaData` holding batchkit's tables, for ``alembic`` autogenerate.
+
+    Args:
+        prefix: the storage's ``table_prefix``.
+        schema: the storage's ``schema`` (`None`: the connection's own).
 
     Example (in ``env.py``)::
 
         from batchkit.storage.sql.schema import metadata_for
 
-        batchkit_metadata, _ = metadata_for("batchkit_")
+        batchkit_metadata, _ = metadata_for("batchkit_", schema="batchkit")
         target_metadata = [app_metadata, batchkit_metadata]
     """
     metadata = MetaData()
-    return metadata, build_tables(metadata, prefix)
+    return metadata, build_tables(metadata, prefix, schema)

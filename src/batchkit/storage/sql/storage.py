@@ -43,14 +43,16 @@ from ...protocols import (
 )
 from .._base import AsyncContext, Fault, refuse_synchronous_driver, retrying
 from .._doubt import ClaimsInDoubt
-from ._connector import Connector
+from ._connector import ConnectionSettings, Connector
 from ._dialect import Dialect
+from ._faults import DriverFault
 from ._mysql import MySQLDialect
+from ._options import schema_option, split_url_options
 from ._postgres import PostgresDialect
 from ._rows import SCALARS, tag_name, tag_value, to_item, to_record
 from ._sqlite import SQLiteDialect
 from ._statements import C, PendingClaim, Q, R, Statements, Steps
-from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
+from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix, validate_schema
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
@@ -68,6 +70,7 @@ logger = logging.getLogger("batchkit.storage.sql")
 
 T = TypeVar("T")
 
+_UPGRADE = " (upgrade them with: python -m batchkit schema upgrade --storage URL)"
 #: The dialect of each database SQLAlchemy names (`Dialect.for_engine` picks its variant).
 _DIALECTS: dict[str, type[Dialect]] = {
     "sqlite": SQLiteDialect,
@@ -75,6 +78,27 @@ _DIALECTS: dict[str, type[Dialect]] = {
     "mysql": MySQLDialect,
     "mariadb": MySQLDialect,
 }
+
+
+def _schema_of(
+    url_or_engine: str | AsyncEngine, schema: str | None, url_options: dict[str, str]
+) -> str | None:
+    """The storage's schema: the ``schema=`` keyword or the URL's ``?schema=``, checked,
+    and refused on a database that has none (SQLite)."""
+    if schema is not None:
+        validate_schema(schema)
+    if isinstance(url_or_engine, str):
+        schema = schema_option(url_or_engine, schema, url_options.get("schema"))
+        name = url_or_engine.partition("://")[0].partition("+")[0].lower()
+    else:
+        name = getattr(getattr(url_or_engine, "dialect", None), "name", "")
+    family = _DIALECTS.get(name)
+    if schema is not None and family is not None and not family.has_schemas:
+        raise ValueError(
+            f"schema={schema!r}: {name} has no schemas; keep each store's tables apart "
+            "with a database file or a table_prefix of its own"
+        )
+    return schema
 
 
 class SQLStorage(AsyncContext):
@@ -93,13 +117,25 @@ class SQLStorage(AsyncContext):
         url_or_engine: a database URL, or an `AsyncEngine` the host owns (left open by
             `aclose`).
         table_prefix: prefix of the table names (letters, digits, underscores).
+        schema: the PostgreSQL schema of the tables, or on MySQL/MariaDB the database
+            (of the same server) that holds them; `None`: the connection's own. SQLite
+            refuses one. Also ``?schema=`` in the URL.
         create_schema: create the tables if they are missing when the storage opens;
             with `False` they must exist (created by your migrations).
         poll_interval: how often a waiting `watch` looks again on databases without
             change notification (SQLite, MySQL/MariaDB).
         retries: how many times a transaction hit by a transient fault is retried.
-        chunk_size: items per ``INSERT`` when creating a batch.
+        chunk_size: items per statement when creating a batch (an ``INSERT``, or a
+            ``COPY`` on asyncpg): keep one well within a ``statement_timeout``.
         engine_options: extra keyword arguments for `create_async_engine` (URL only).
+        max_connections: the connections the storage holds at most, its pool, its hot
+            path's and its LISTEN connection together (5); a wait for one is logged.
+        pool_timeout: seconds a step waits for a connection before its `StorageError` (30).
+        pooler: ``"transaction"`` behind a transaction-mode pooler (PgBouncer): no
+            prepared statement outlives its transaction; ``"session"`` changes nothing.
+        listen_url: with ``pooler="transaction"``, a URL straight to the database for
+            `watch`'s LISTEN (without one, `watch` polls). These four may also be given in
+            the URL's query (``?max_connections=8``): see the docs' "Connections and poolers".
     """
 
     def __init__(
@@ -107,23 +143,39 @@ class SQLStorage(AsyncContext):
         url_or_engine: str | AsyncEngine,
         *,
         table_prefix: str = "batchkit_",
+        schema: str | None = None,
         create_schema: bool = True,
         poll_interval: float = 0.5,
         retries: int = 6,
         chunk_size: int = 1_000,
         engine_options: dict[str, Any] | None = None,
+        max_connections: int | None = None,
+        pool_timeout: float | None = None,
+        pooler: str | None = None,
+        listen_url: str | None = None,
     ) -> None:
         validate_prefix(table_prefix)
+        url_options: dict[str, str] = {}
         if isinstance(url_or_engine, str):
             refuse_synchronous_driver(url_or_engine)
-        self._connector = Connector(url_or_engine, engine_options or {})
+            # batchkit's own options of the URL's query, taken off before SQLAlchemy reads it.
+            url_or_engine, url_options = split_url_options(url_or_engine)
+        settings = ConnectionSettings.of(
+            max_connections=max_connections,
+            pool_timeout=pool_timeout,
+            pooler=pooler,
+            listen_url=listen_url,
+            url_options=url_options,
+        )
+        self._connector = Connector(url_or_engine, engine_options or {}, settings)
         self.table_prefix = table_prefix
+        self.schema = _schema_of(url_or_engine, schema, url_options)
         self.create_schema = create_schema
         self.poll_interval = poll_interval
         self.retries = retries
         self.chunk_size = chunk_size
         self.metadata: MetaData = MetaData()
-        self.tables: Tables = build_tables(self.metadata, table_prefix)
+        self.tables: Tables = build_tables(self.metadata, table_prefix, self.schema)
         self._sql = Statements(self.tables, self._connector, table_prefix)
         # Until `open` picks the database's own: a dialect that adds nothing.
         self._dialect = Dialect(self._connector, self._sql, table_prefix)
@@ -138,7 +190,8 @@ class SQLStorage(AsyncContext):
         return cls(url, **options)
 
     def __repr__(self) -> str:
-        return f"SQLStorage({self._connector.shown}, table_prefix={self.table_prefix!r})"
+        schema = "" if self.schema is None else f", schema={self.schema!r}"
+        return f"SQLStorage({self._connector.shown}, table_prefix={self.table_prefix!r}{schema})"
 
     @property
     def engine(self) -> AsyncEngine:
@@ -172,7 +225,10 @@ class SQLStorage(AsyncContext):
                         f"{unparsable(url, exc, connector.secrets)}"
                     ) from None
                 family = _DIALECTS.get(backend, Dialect)
-                connector.create_engine(family.engine_options(url))
+                connector.create_engine(
+                    family.engine_options(url, connector),
+                    reserved=family.reserved_connections(url, connector),
+                )
             engine = connector.engine
             name = engine.dialect.name
             if name not in _DIALECTS:
@@ -180,13 +236,20 @@ class SQLStorage(AsyncContext):
             dialect = _DIALECTS[name].for_engine(engine, connector, self._sql, self.table_prefix)
             self._dialect = dialect
             self._sql.shape = dialect
-            await retrying(
-                partial(self._setup, dialect),
-                classify=partial(self._opening_fault, dialect),
-                fault=self._cannot_open,
-                retries=self.retries,
-                write=False,
-            )
+            try:
+                await retrying(
+                    partial(self._setup, dialect),
+                    classify=partial(self._opening_fault, dialect),
+                    fault=self._cannot_open,
+                    retries=self.retries,
+                    write=False,
+                )
+            except BaseException:
+                # Nothing stays open of a storage that could not open (its own engine).
+                with anyio.CancelScope(shield=True):
+                    await dialect.close()
+                    await connector.dispose()
+                raise
             self._opened = True
 
     async def _setup(self, dialect: Dialect) -> None:
@@ -202,6 +265,8 @@ class SQLStorage(AsyncContext):
             return Fault(dialect.is_transient(exc), shown, cause)
         if isinstance(exc, OSError):  # the server is not there (connection refused, DNS)
             return Fault(transient=False, shown=exc, cause=cause)
+        if isinstance(exc, DriverFault):  # no connection came free (`Connector.connect`)
+            return Fault(exc.transient, exc.orig, self._connector.cause(exc.orig))
         return None
 
     def _cannot_open(self, says: object) -> StorageError:
@@ -219,12 +284,14 @@ class SQLStorage(AsyncContext):
         meta = self.tables.meta
         async with self.engine.begin() as conn, self._schema_lock(conn):
             if self.create_schema:
-                await conn.run_sync(self.metadata.create_all, checkfirst=True)
+                await self._dialect.create_tables(conn, self.metadata)
             else:
-                exists = await conn.run_sync(lambda sync: sync.dialect.has_table(sync, meta.name))
+                exists = await conn.run_sync(
+                    lambda sync: sync.dialect.has_table(sync, meta.name, schema=meta.schema)
+                )
                 if not exists:
                     raise SchemaVersionMismatch(
-                        f"table {meta.name!r} is missing and create_schema=False: create "
+                        f"table {meta.fullname!r} is missing and create_schema=False: create "
                         "batchkit's tables with your migrations (batchkit.storage.sql.schema)"
                     )
             row = (
@@ -244,6 +311,8 @@ class SQLStorage(AsyncContext):
                 raise SchemaVersionMismatch(
                     f"the tables with prefix {self.table_prefix!r} have schema version "
                     f"{version!r}; this batchkit reads version {SCHEMA_VERSION}"
+                    + _UPGRADE
+                    * (str(version).isdigit() and int(str(version)) < SCHEMA_VERSION)
                 )
 
     def _schema_lock(self, conn: AsyncConnection) -> Any:

@@ -1,0 +1,75 @@
+"""batchkit's own options in a SQL storage URL's query string, taken out before SQLAlchemy
+reads the URL (a driver would refuse them, or pass them to the server as settings)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from ..._secrets import redact, url_secrets
+from ...exceptions import InvalidStorageURL
+from .schema import SCHEMA_NAME
+
+__all__ = ["URL_OPTIONS", "schema_option", "split_url_options"]
+
+#: The query keys of a storage URL that are batchkit's, not the driver's.
+URL_OPTIONS: Final = ("schema", "pooler", "max_connections", "pool_timeout", "listen_url")
+
+
+def split_url_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without batchkit's own query keys (`URL_OPTIONS`), and their raw values.
+
+    A URL that holds none of them is returned as it is, character for character; one that
+    does is rebuilt by SQLAlchemy from its parts (so the rest reads exactly as SQLAlchemy
+    read it). A URL SQLAlchemy cannot parse is returned as it is, with no options: opening
+    the storage says what is wrong with it.
+
+    Raises:
+        InvalidStorageURL: one of batchkit's keys is given more than once.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url, {}
+    options: dict[str, str] = {}
+    for key in URL_OPTIONS:
+        value = parsed.query.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidStorageURL(f"the storage URL gives the option {key!r} more than once")
+        options[key] = value
+    if not options:
+        return url, options
+    stripped = parsed.difference_update_query(options)
+    return stripped.render_as_string(hide_password=False), options
+
+
+def schema_option(url: str, given: str | None, in_url: str | None) -> str | None:
+    """The storage's schema: the ``schema=`` keyword or the URL's ``?schema=``, checked.
+
+    Args:
+        url: the URL as the host gave it (its secrets are kept out of every message).
+        given: the ``schema=`` keyword.
+        in_url: the URL's ``?schema=`` (see `split_url_options`).
+
+    Raises:
+        InvalidStorageURL: the URL's ``?schema=`` is not a schema name, or differs from
+            the keyword.
+    """
+    if in_url is None:
+        return given
+    if SCHEMA_NAME.pattern.match(in_url) is None:
+        shown = redact(repr(in_url), url_secrets(url))
+        raise InvalidStorageURL(
+            "the storage URL's option ?schema= must be 1 to 63 letters, digits or "
+            f"underscores, not starting with a digit; got {shown}"
+        )
+    if given is not None and given != in_url:
+        raise InvalidStorageURL(
+            f"the storage URL says ?schema={in_url} and the schema= keyword {given!r}: "
+            "give one of them"
+        )
+    return in_url
