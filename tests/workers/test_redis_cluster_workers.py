@@ -22,7 +22,7 @@ import pytest
 from batchkit import BatchRunner, BatchState, ItemState
 
 from ..storage._redis_cluster import LocalCluster, drop_cluster_keys, local_cluster
-from .conftest import Store, Workers
+from .conftest import ROOT, Store, Workers
 from .test_faults import _check_finished, _hooks_of, _submit
 
 if TYPE_CHECKING:
@@ -148,3 +148,26 @@ async def test_an_exit_when_idle_worker_stops_on_an_error_retrying_cannot_fix(
         assert status.counts[ItemState.QUEUED] == 3
     finally:
         await workers.aclose()
+
+
+def test_the_demo_command_line_runs_a_batch_on_the_cluster_by_url(
+    cluster: LocalCluster, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The examples take a storage URL as they are given one: a cluster URL included.
+    from typer.testing import CliRunner
+
+    from examples.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BATCHKIT_STUDIO_SPEED", "0.05")
+    rows = (ROOT / "examples" / "cli" / "products.csv").read_text().splitlines()
+    csv = tmp_path / "products.csv"
+    csv.write_text("\n".join(rows[:4]) + "\n")
+    where = ["--storage", store.url, "--prefix", store.prefix]
+    done = CliRunner().invoke(
+        app, ["generate", str(csv), *where, "--plain"], catch_exceptions=False
+    )
+    assert done.exit_code == 0, done.output
+    listed = CliRunner().invoke(app, ["list", *where], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    assert "completed" in listed.output
