@@ -335,17 +335,11 @@ async def _drop(dialect: str, url: str, prefix: str) -> None:
         finally:
             await client.aclose()
         return
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from batchkit.storage.sql import SQLStorage
 
-    from batchkit.storage.sql import metadata_for
-
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            metadata, _ = metadata_for(prefix)
-            await conn.run_sync(metadata.drop_all, checkfirst=True)
-    finally:
-        await engine.dispose()
+    # Through the storage, which reads the URL's own options (?pooler=, ?schema=...).
+    async with SQLStorage(url, table_prefix=prefix) as storage, storage.engine.begin() as conn:
+        await conn.run_sync(storage.metadata.drop_all, checkfirst=True)
 
 
 def _rss_child(

@@ -620,9 +620,9 @@ class PooledAsyncpgDialect(AsyncpgDialect):
     """PostgreSQL on asyncpg behind a transaction-mode pooler (``pooler=transaction``).
 
     The pooler may hand each transaction of one client connection to a different server
-    connection, so every statement runs inside a transaction (its unnamed prepared
-    statement and its execution stay on one server connection), and nothing is kept
-    between steps. LISTEN cannot work through such a pooler: `watch` listens on the
+    connection, so every statement runs inside a transaction: its unnamed prepared
+    statement and its execution stay on one server connection. LISTEN cannot work through
+    such a pooler: `watch` listens on the
     storage's ``listen_url`` (straight to the database) when it has one, and polls
     otherwise, which the log says once.
     """
@@ -634,11 +634,26 @@ class PooledAsyncpgDialect(AsyncpgDialect):
         if connector.listen_url is not None:
             self._listener = Listener(self._listen_connection, self.channel)
 
-    async def _attempt(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        return await self.connector.attempt(work)
+    # The hot path still runs on kept connections, straight to asyncpg, but each
+    # statement inside a transaction of its own.
 
-    _one = PostgresDialect._one
-    _all = PostgresDialect._all
+    async def _one(self, via: Any, stmt: Any, params: dict[str, Any]) -> Any:
+        lane: Lane = via
+        sql, args, _ = self.connector.plan(stmt, params)
+        try:
+            async with lane.driver.transaction():
+                return await lane.driver.fetchrow(sql, *args)
+        except Exception as exc:
+            raise self._fault(lane.driver, exc) from exc
+
+    async def _all(self, via: Any, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        lane: Lane = via
+        sql, args, _ = self.connector.plan(stmt, params)
+        try:
+            async with lane.driver.transaction():
+                return list(await lane.driver.fetch(sql, *args))
+        except Exception as exc:
+            raise self._fault(lane.driver, exc) from exc
 
     async def _listen_connection(self) -> AsyncConnection:
         if self._listen_engine is None:
