@@ -338,3 +338,22 @@ async def test_watch_through_a_transaction_pooler_listens_on_listen_url(
                     await changes.wait(60)
                 assert time.monotonic() - start < 10
     assert "polls" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("bogus=1", "an option its driver does not take: connect() got an unexpected keyword"),
+        ("connect_timeout=soon", "an option of the storage URL cannot be read"),
+    ],
+)
+async def test_an_option_the_mysql_driver_refuses_is_a_bad_url(query: str, says: str) -> None:
+    # asyncmy reads the query itself: what it refuses is a bad URL too, never a traceback.
+    from .conftest import MYSQL_URL
+
+    require_server(MYSQL_URL, "MariaDB/MySQL")
+    url = MYSQL_URL.replace("root@", "root:s3cret-pw@") + "?" + query
+    with pytest.raises(InvalidStorageURL) as caught:
+        await _open(url)
+    assert says in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)

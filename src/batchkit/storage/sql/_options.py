@@ -3,16 +3,24 @@ reads the URL (a driver would refuse them, or pass them to the server as setting
 
 from __future__ import annotations
 
-from typing import Final
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..._secrets import redact, url_secrets
 from ...exceptions import InvalidStorageURL
-from .schema import SCHEMA_NAME
+from .schema import SCHEMA_NAME, validate_schema
 
-__all__ = ["URL_OPTIONS", "schema_option", "split_url_options"]
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterator, Mapping
+
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from ._dialect import Dialect
+
+__all__ = ["URL_OPTIONS", "driver_options", "schema_of", "schema_option", "split_url_options"]
 
 #: The query keys of a storage URL that are batchkit's, not the driver's.
 URL_OPTIONS: Final = ("schema", "pooler", "max_connections", "pool_timeout", "listen_url")
@@ -73,3 +81,48 @@ def schema_option(url: str, given: str | None, in_url: str | None) -> str | None
             "give one of them"
         )
     return in_url
+
+
+def schema_of(
+    url_or_engine: str | AsyncEngine,
+    schema: str | None,
+    url_options: Mapping[str, str],
+    dialects: Mapping[str, type[Dialect]],
+) -> str | None:
+    """The storage's schema: the ``schema=`` keyword or the URL's ``?schema=``, checked,
+    and refused on a database that has none (SQLite)."""
+    if schema is not None:
+        validate_schema(schema)
+    if isinstance(url_or_engine, str):
+        schema = schema_option(url_or_engine, schema, url_options.get("schema"))
+        name = url_or_engine.partition("://")[0].partition("+")[0].lower()
+    else:
+        name = getattr(getattr(url_or_engine, "dialect", None), "name", "")
+    family = dialects.get(name)
+    if schema is not None and family is not None and not family.has_schemas:
+        raise ValueError(
+            f"schema={schema!r}: {name} has no schemas; keep each store's tables apart "
+            "with a database file or a table_prefix of its own"
+        )
+    return schema
+
+
+@contextmanager
+def driver_options(secrets: Collection[str], *, reading: bool = False) -> Iterator[None]:
+    """A driver's refusal of an option of the URL's query (asyncmy's and psycopg's are
+    theirs to read) as the `InvalidStorageURL` it is, not a driver's traceback; with
+    ``reading``, also a value SQLAlchemy could not read as its option's type."""
+    try:
+        yield
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise InvalidStorageURL(
+            f"the storage URL has an option its driver does not take: {redact(str(exc), secrets)}"
+        ) from None
+    except ValueError as exc:
+        if not reading or isinstance(exc, InvalidStorageURL):
+            raise
+        raise InvalidStorageURL(
+            f"an option of the storage URL cannot be read: {redact(str(exc), secrets)}"
+        ) from None

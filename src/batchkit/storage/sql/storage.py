@@ -47,12 +47,12 @@ from ._connector import ConnectionSettings, Connector
 from ._dialect import Dialect
 from ._faults import DriverFault
 from ._mysql import MySQLDialect
-from ._options import schema_option, split_url_options
+from ._options import driver_options, schema_of, split_url_options
 from ._postgres import PostgresDialect
 from ._rows import SCALARS, tag_name, tag_value, to_item, to_record
 from ._sqlite import SQLiteDialect
 from ._statements import C, PendingClaim, Q, R, Statements, Steps
-from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix, validate_schema
+from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
@@ -78,27 +78,6 @@ _DIALECTS: dict[str, type[Dialect]] = {
     "mysql": MySQLDialect,
     "mariadb": MySQLDialect,
 }
-
-
-def _schema_of(
-    url_or_engine: str | AsyncEngine, schema: str | None, url_options: dict[str, str]
-) -> str | None:
-    """The storage's schema: the ``schema=`` keyword or the URL's ``?schema=``, checked,
-    and refused on a database that has none (SQLite)."""
-    if schema is not None:
-        validate_schema(schema)
-    if isinstance(url_or_engine, str):
-        schema = schema_option(url_or_engine, schema, url_options.get("schema"))
-        name = url_or_engine.partition("://")[0].partition("+")[0].lower()
-    else:
-        name = getattr(getattr(url_or_engine, "dialect", None), "name", "")
-    family = _DIALECTS.get(name)
-    if schema is not None and family is not None and not family.has_schemas:
-        raise ValueError(
-            f"schema={schema!r}: {name} has no schemas; keep each store's tables apart "
-            "with a database file or a table_prefix of its own"
-        )
-    return schema
 
 
 class SQLStorage(AsyncContext):
@@ -169,7 +148,7 @@ class SQLStorage(AsyncContext):
         )
         self._connector = Connector(url_or_engine, engine_options or {}, settings)
         self.table_prefix = table_prefix
-        self.schema = _schema_of(url_or_engine, schema, url_options)
+        self.schema = schema_of(url_or_engine, schema, url_options, _DIALECTS)
         self.create_schema = create_schema
         self.poll_interval = poll_interval
         self.retries = retries
@@ -225,10 +204,11 @@ class SQLStorage(AsyncContext):
                         f"{unparsable(url, exc, connector.secrets)}"
                     ) from None
                 family = _DIALECTS.get(backend, Dialect)
-                connector.create_engine(
-                    family.engine_options(url, connector),
-                    reserved=family.reserved_connections(url, connector),
-                )
+                with driver_options(connector.secrets, reading=True):
+                    connector.create_engine(
+                        family.engine_options(url, connector),
+                        reserved=family.reserved_connections(url, connector),
+                    )
             engine = connector.engine
             name = engine.dialect.name
             if name not in _DIALECTS:
@@ -237,13 +217,14 @@ class SQLStorage(AsyncContext):
             self._dialect = dialect
             self._sql.shape = dialect
             try:
-                await retrying(
-                    partial(self._setup, dialect),
-                    classify=partial(self._opening_fault, dialect),
-                    fault=self._cannot_open,
-                    retries=self.retries,
-                    write=False,
-                )
+                with driver_options(connector.secrets):
+                    await retrying(
+                        partial(self._setup, dialect),
+                        classify=partial(self._opening_fault, dialect),
+                        fault=self._cannot_open,
+                        retries=self.retries,
+                        write=False,
+                    )
             except BaseException:
                 # Nothing stays open of a storage that could not open (its own engine).
                 with anyio.CancelScope(shield=True):
