@@ -104,6 +104,12 @@ class PgBouncer:
                     raise RuntimeError("pgbouncer did not start listening in 20 s") from None
                 time.sleep(0.05)
 
+    def kill(self) -> None:
+        """SIGKILL the pooler: every client connection through it drops at once."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

@@ -103,3 +103,36 @@ async def test_two_cli_workers_through_pgbouncer_run_every_item_once(
         assert all("watch polls" in line for line in warnings), logs
     else:
         assert not warnings, logs
+
+
+@pytest.mark.parametrize("pooler", ["transaction"], indirect=True)
+async def test_a_pooler_killed_and_restarted_under_two_workers_loses_nothing(
+    tmp_path: Path, pooler: PgBouncer, prefix: str
+) -> None:
+    # The pooler dies (SIGKILL) with items running and comes back on the same port 2 s
+    # later: the workers outlast it (their writes wait for the store), every item ends
+    # succeeded, in the store's books once.
+    direct = Store("postgres", POSTGRES_URL, prefix)
+    pooled = Store("postgres", pooler.url() + "?pooler=transaction", prefix)
+    batch = await _submit(direct, 300)
+    workers = Workers(pooled, tmp_path)
+    try:
+        started = [
+            await workers.start("--concurrency", "4", "--exit-when-idle", sleep=0.05)
+            for _ in range(2)
+        ]
+        with anyio.fail_after(60):
+            while len(workers.runs()) < 60:  # noqa: ASYNC110 - the log has no event
+                await anyio.sleep(0.05)
+        pooler.kill()
+        await anyio.sleep(2)
+        pooler.start()
+        for process in started:
+            assert await workers.wait(process, 90) == 0, workers.logs()
+        await _check_finished(direct, batch, workers)
+    finally:
+        await workers.aclose()
+    logs = "".join(workers.log_of(n).read_text() for n in range(2))
+    assert "Traceback" not in logs, workers.logs()
+    # The kill hit the workers mid-batch: they retried, and got through.
+    assert "transient database fault, retrying" in logs, workers.logs()
