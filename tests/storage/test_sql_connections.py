@@ -9,6 +9,7 @@ listens on ``listen_url`` or says once that it polls.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -357,3 +358,61 @@ async def test_an_option_the_mysql_driver_refuses_is_a_bad_url(query: str, says:
         await _open(url)
     assert says in str(caught.value)
     assert "s3cret-pw" not in str(caught.value)
+
+
+# -- the LISTEN connection, shared ------------------------------------------------------------
+
+
+async def _listening(engine: Any, name: str) -> list[int]:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE application_name = :name AND query ILIKE 'LISTEN%'"
+            ),
+            {"name": name},
+        )
+        return [int(pid) for pid in found.scalars()]
+
+
+async def test_one_listen_connection_serves_every_watched_batch(postgres: str, prefix: str) -> None:
+    name = f"batchkit-test-{secrets.token_hex(4)}"
+    observer = create_async_engine(postgres, isolation_level="AUTOCOMMIT")
+    try:
+        async with (
+            SQLStorage(f"{postgres}?application_name={name}", table_prefix=prefix) as storage,
+            SQLStorage(postgres, table_prefix=prefix) as other,
+        ):
+            runner = BatchRunner(storage, _echo)
+            batches = [await runner.submit(_items(2)) for _ in range(3)]
+            async with contextlib.AsyncExitStack() as stack:
+                subs = [await stack.enter_async_context(storage.subscribe(b.id)) for b in batches]
+                for sub in subs:
+                    await sub.wait(0.01)  # whatever came before
+                listeners = await _listening(observer, name)
+                assert len(listeners) == 1
+                # Each watcher hears of its own batch only.
+                await BatchRunner(other, _echo).cancel(batches[1].id)
+                with anyio.fail_after(10):
+                    await subs[1].wait(30)
+                with anyio.move_on_after(0.3) as quiet:
+                    await subs[0].wait(30)
+                assert quiet.cancelled_caught
+                # The server drops the LISTEN connection: the watchers look again at once,
+                # and the next watcher listens on a new connection.
+                async with observer.connect() as conn:
+                    await conn.execute(
+                        text("SELECT pg_terminate_backend(:pid)"), {"pid": listeners[0]}
+                    )
+                with anyio.fail_after(10):
+                    await subs[0].wait(30)
+                async with storage.subscribe(batches[2].id) as again:
+                    await again.wait(0.01)
+                    await BatchRunner(other, _echo).cancel(batches[2].id)
+                    with anyio.fail_after(10):
+                        await again.wait(30)
+                assert len(await _listening(observer, name)) == 1
+            # The last watcher gone, the LISTEN connection goes back to the pool.
+            assert await _listening(observer, name) == []
+    finally:
+        await observer.dispose()
