@@ -29,6 +29,7 @@ from .conftest import POSTGRES_URL, _drop_tables, require_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from batchkit import ItemContext
 
@@ -416,3 +417,14 @@ async def test_one_listen_connection_serves_every_watched_batch(postgres: str, p
             assert await _listening(observer, name) == []
     finally:
         await observer.dispose()
+
+
+async def test_an_option_sqlite_would_drop_is_a_bad_url(tmp_path: Path) -> None:
+    # A typo in a SQLite URL's query would otherwise be dropped without a word.
+    with pytest.raises(InvalidStorageURL, match="'timout' is not one SQLite takes"):
+        await _open(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}?timout=30")
+    assert not (tmp_path / "a.db").exists()
+    await _open(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}?timeout=30&max_connections=2")
+    # With uri=true, the rest is SQLite's own URI query, which SQLite reads itself.
+    await _open(f"sqlite+aiosqlite:///file:{tmp_path / 'c.db'}?uri=true&mode=rwc")
+    assert (tmp_path / "c.db").exists()

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from ...exceptions import InvalidStorageURL
 from . import _aiosqlite_fast
 from ._connector import Lanes, Result
 from ._dialect import Dialect
@@ -25,6 +27,32 @@ if TYPE_CHECKING:
 __all__ = ["SQLiteDialect", "SQLiteLanesDialect"]
 
 T = TypeVar("T")
+
+
+#: The options of the sqlite3 module a SQLite URL's query may set (SQLAlchemy's list).
+_SQLITE_QUERY = (
+    "uri",
+    "timeout",
+    "isolation_level",
+    "detect_types",
+    "check_same_thread",
+    "cached_statements",
+)
+
+
+def _check_query(url: str) -> None:
+    """Refuse an option of a SQLite URL's query that nothing would read (a typo would
+    otherwise be dropped without a word). With ``uri=true`` the rest is SQLite's own URI
+    query (``mode=ro``, ``cache=shared``...), which SQLite reads itself."""
+    query = make_url(url).query
+    if str(query.get("uri", "")).lower() in ("1", "true", "yes", "on"):
+        return
+    unknown = sorted(set(query) - set(_SQLITE_QUERY))
+    if unknown:
+        raise InvalidStorageURL(
+            f"the storage URL's option {unknown[0]!r} is not one SQLite takes; it takes: "
+            f"{', '.join(_SQLITE_QUERY)} (with uri=true, SQLite's own URI options too)"
+        )
 
 
 class SQLiteDialect(Dialect):
@@ -47,6 +75,7 @@ class SQLiteDialect(Dialect):
 
     @classmethod
     def engine_options(cls, url: str, connector: Connector) -> dict[str, Any]:
+        _check_query(url)
         path = url.partition("://")[2].lstrip("/")
         if path in ("", ":memory:") or "mode=memory" in url:
             return {"poolclass": StaticPool}
