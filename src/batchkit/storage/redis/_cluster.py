@@ -156,7 +156,8 @@ def cluster_client(url: str) -> RedisCluster:
     """A `RedisCluster` client for a cluster URL (see `parse_cluster_url`); no I/O yet."""
     plain, options = parse_cluster_url(url)
     try:
-        return RedisCluster.from_url(plain, **options)
+        client: RedisCluster = RedisCluster.from_url(plain, **options)
+        return client
     except (ValueError, redis_errors.RedisClusterException) as exc:
         hint = unparsable(url, exc, url_secrets(url))
         raise InvalidStorageURL(f"{safe_url(url)!r} cannot be opened: {hint}") from None

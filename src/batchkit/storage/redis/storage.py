@@ -198,8 +198,10 @@ class RedisStorage(AsyncContext):
                     f"{unparsable(self._url, exc, self._secrets)}"
                 ) from None
         if not self._scripts:
+            # (redis-py before 6 types register_script for the single-server client only.)
+            client: Any = self._client
             for name, script in _lua.SCRIPTS.items():
-                self._scripts[name] = self._client.register_script(script)
+                self._scripts[name] = client.register_script(script)
         refused = await _cluster.check_server(
             self._client, shown=repr(self), url=self._url, secrets=self._secrets
         )

@@ -22,7 +22,9 @@ from sqlalchemy import Column, Integer, MetaData, Table, Text, inspect, select, 
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
+from sqlalchemy.schema import CreateColumn as _CreateColumn
+from sqlalchemy.schema import CreateIndex as _CreateIndex
+from sqlalchemy.schema import CreateTable
 
 from ..._secrets import redact
 from ...exceptions import SchemaVersionMismatch, StorageError
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
     from sqlalchemy.types import TypeEngine
+
+#: Untyped in SQLAlchemy 2.0.38, the lowest release pyproject.toml allows.
+CreateColumn: Any = _CreateColumn
+CreateIndex: Any = _CreateIndex
 
 __all__ = [
     "SchemaUpgrade",
@@ -69,7 +75,8 @@ class _AddColumn:
         # it as `create_all` renders it in a new install.
         column: Column[Any] = Column(self.name, self.type, nullable=True)
         Table(target.name, MetaData(schema=target.schema), column)
-        table = dialect.identifier_preparer.format_table(target)
+        preparer: Any = dialect.identifier_preparer  # untyped in SQLAlchemy 2.0.38
+        table = preparer.format_table(target)
         return f"ALTER TABLE {table} ADD COLUMN {CreateColumn(column).compile(dialect=dialect)}"
 
 
