@@ -100,6 +100,11 @@ _URL_PARTS = frozenset({"user", "password", "host", "port", "database"})
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
+def _unnamed() -> str:
+    """The name of every statement prepared behind a transaction pooler: none."""
+    return ""
+
+
 def _flag(name: str, value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
@@ -191,7 +196,13 @@ class PostgresDialect(Dialect):
         if driver == "asyncpg":
             # Unnamed statements only, each prepared in the transaction that runs it
             # (`PooledAsyncpgDialect` runs every statement inside a transaction).
-            return {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+            # (asyncpg 0.29 names what SQLAlchemy prepares unless given a name: the
+            # empty name is the unnamed statement.)
+            return {
+                "statement_cache_size": 0,
+                "prepared_statement_cache_size": 0,
+                "prepared_statement_name_func": _unnamed,
+            }
         # psycopg: never prepared server-side; a statement and its parameters travel in
         # one message sequence, which the pooler keeps on one server connection.
         return {"prepare_threshold": None}

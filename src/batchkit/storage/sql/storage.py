@@ -45,7 +45,7 @@ from .._base import AsyncContext, Fault, refuse_synchronous_driver, retrying
 from .._doubt import ClaimsInDoubt
 from ._connector import ConnectionSettings, Connector
 from ._dialect import Dialect
-from ._faults import DriverFault
+from ._faults import DriverFault, is_driver_error
 from ._mysql import MySQLDialect
 from ._options import driver_options, schema_of, split_url_options
 from ._postgres import PostgresDialect
@@ -248,6 +248,8 @@ class SQLStorage(AsyncContext):
             return Fault(transient=False, shown=exc, cause=cause)
         if isinstance(exc, DriverFault):  # no connection came free (`Connector.connect`)
             return Fault(exc.transient, exc.orig, self._connector.cause(exc.orig))
+        if is_driver_error(exc):  # one SQLAlchemy let through unwrapped (asyncpg's, at connect)
+            return Fault(dialect.is_transient_driver_error(exc), exc, cause)
         return None
 
     def _cannot_open(self, says: object) -> StorageError:
