@@ -121,6 +121,44 @@ def mysql_storage_factory() -> Iterator[Callable[[], Storage]]:
 
 REDIS_URL = os.environ.get("BATCHKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+_REDIS_USERS: set[str] = set()
+
+
+def redis_password_user(url: str, password: str) -> str:
+    """A user of the Redis under test whose password is ``password`` (made when missing,
+    removed when the test process exits), for a URL that carries a password.
+
+    A Redis without ``requirepass`` lets its default user in whatever the password, but
+    redis-py before 8.0 refuses to connect when it sends one the server does not want:
+    a user of its own makes the password real on every redis-py.
+    """
+    import atexit
+
+    import redis
+
+    name = f"batchkit-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all")
+    finally:
+        client.close()
+    if name not in _REDIS_USERS:
+        _REDIS_USERS.add(name)
+        atexit.register(_drop_redis_user, url, name)
+    return name
+
+
+def _drop_redis_user(url: str, name: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.execute_command("ACL", "DELUSER", name)
+    except redis.RedisError:
+        pass  # the server is gone: so is the user
+    finally:
+        client.close()
+
 
 async def drop_redis_keys(url: str, prefix: str) -> None:
     """Delete every key under ``prefix`` (a test's own)."""

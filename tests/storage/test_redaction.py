@@ -50,6 +50,7 @@ from .conftest import (
     MYSQL_URL,
     POSTGRES_URL,
     drop_prefixes,
+    redis_password_user,
     require_server,
     server_store,
 )
@@ -467,10 +468,12 @@ def _secret_url(url: str, *, query: bool) -> tuple[str, str]:
     parts = urlsplit(url)
     if parts.password:
         return url, parts.password
+    user = redis_password_user(url, PASSWORD) if url.startswith("redis") else None
     if query:
         joined = f"{parts.query}&" if parts.query else ""
+        joined += f"username={user}&" if user else ""
         return urlunsplit(parts._replace(query=f"{joined}password={PASSWORD}")), PASSWORD
-    return _with_password(url), PASSWORD
+    return _with_password(url, user=user), PASSWORD
 
 
 @pytest.mark.parametrize("query", [False, True], ids=["user-part", "query"])

@@ -18,6 +18,7 @@ from batchkit import BatchRunner, ItemState
 from batchkit.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser
 from batchkit.testing.contract import all_items
 from tests._terminal import run_in_terminal
+from tests.storage.conftest import redis_password_user
 
 from .conftest import GENERATORS, ROOT, Store, Workers
 
@@ -190,11 +191,15 @@ def _with_secret(url: str, *, query: bool, replace: bool = False) -> str:
     if url.startswith("sqlite"):
         # As a SQLite URI, whose parameters SQLite does not know it ignores.
         return f"sqlite+aiosqlite:///file:{url.partition(':///')[2]}?uri=true&password={PASSWORD}"
+    user = parts.username or ""
+    if url.startswith("redis"):
+        user = redis_password_user(url, PASSWORD)
     if query:
         joined = f"{parts.query}&" if parts.query else ""
+        joined += f"username={user}&" if url.startswith("redis") else ""
         return urlunsplit(parts._replace(query=f"{joined}password={PASSWORD}"))
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{PASSWORD}@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{user}:{PASSWORD}@{host}"))
 
 
 @pytest.mark.parametrize(
