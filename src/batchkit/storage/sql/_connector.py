@@ -227,8 +227,6 @@ class Connector:
         if listen_url is not None:
             # Its password is as secret as the main URL's.
             self.secrets = self.secrets | url_secrets(listen_url)
-        #: The connections of the engine's pool (`None`: not known, a host's own pool).
-        self.pool_size: int | None = None
         self._slow_logged = -math.inf
         #: Seconds to add to this machine's clock to read the database's.
         self.offset = 0.0
@@ -254,11 +252,10 @@ class Connector:
         opens beside it (a LISTEN connection to another server).
         """
         assert self.url is not None
-        pool_size = self.max_connections - reserved
         if "poolclass" not in options and "poolclass" not in self._engine_options:
             # Never more connections than the budget: no overflow, and a bounded wait.
+            pool_size = self.max_connections - reserved
             options.update(pool_size=pool_size, max_overflow=0, pool_timeout=self.pool_timeout)
-            self.pool_size = pool_size
         # Every transaction here ends through SQLAlchemy's connection (committed, or rolled
         # back as the connection closes), and a lane runs single autocommit statements or
         # rolls back itself: no connection goes back to the pool inside a transaction. The
@@ -273,23 +270,21 @@ class Connector:
         if connect_args:
             options["connect_args"] = connect_args
         self._engine = create_async_engine(url, **options)
-        pool = self._engine.pool
-        if isinstance(pool, QueuePool):
-            self.pool_size = pool.size() + max(0, pool._max_overflow)
         return self._engine
+
+    @property
+    def pool_size(self) -> int | None:
+        """The connections the engine's pool may open (`None`: a pool without a bound)."""
+        pool = None if self._engine is None else self._engine.pool
+        if not isinstance(pool, QueuePool):
+            return None
+        return pool.size() + max(0, pool._max_overflow)
 
     def lanes_cap(self, wanted: int, *, beside: int = 1) -> int:
         """How many connections a dialect may keep for its hot path: ``wanted``, or fewer,
         so that ``beside`` connections of the pool stay free for everything else."""
-        if self.pool_size is None:
-            engine = self._engine
-            pool = None if engine is None else engine.pool
-            if not isinstance(pool, QueuePool):
-                return wanted
-            size = pool.size() + max(0, pool._max_overflow)
-        else:
-            size = self.pool_size
-        return max(0, min(wanted, size - beside))
+        size = self.pool_size
+        return wanted if size is None else max(0, min(wanted, size - beside))
 
     async def connect(self) -> AsyncConnection:
         """A connection of the pool; a wait of a second or more for it is logged, and one

@@ -521,19 +521,24 @@ class AsyncpgDialect(PostgresDialect):
     async def _attempt(self, work: Callable[[Any], Awaitable[T]]) -> T:
         return await self._lanes.attempt(work)
 
+    #: Each statement in a transaction of its own (behind a transaction pooler).
+    each_in_transaction = False
+
     async def _one(self, via: Any, stmt: Any, params: dict[str, Any]) -> Any:
-        lane: Lane = via
-        sql, args, _ = self.connector.plan(stmt, params)
-        try:
-            return await lane.driver.fetchrow(sql, *args)
-        except Exception as exc:
-            raise self._fault(lane.driver, exc) from exc
+        return await self._driver_call(via, stmt, params, "fetchrow")
 
     async def _all(self, via: Any, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        return list(await self._driver_call(via, stmt, params, "fetch"))
+
+    async def _driver_call(self, via: Any, stmt: Any, params: dict[str, Any], fetch: str) -> Any:
         lane: Lane = via
         sql, args, _ = self.connector.plan(stmt, params)
+        call = getattr(lane.driver, fetch)
         try:
-            return list(await lane.driver.fetch(sql, *args))
+            if not self.each_in_transaction:
+                return await call(sql, *args)
+            async with lane.driver.transaction():
+                return await call(sql, *args)
         except Exception as exc:
             raise self._fault(lane.driver, exc) from exc
 
@@ -647,24 +652,7 @@ class PooledAsyncpgDialect(AsyncpgDialect):
 
     # The hot path still runs on kept connections, straight to asyncpg, but each
     # statement inside a transaction of its own.
-
-    async def _one(self, via: Any, stmt: Any, params: dict[str, Any]) -> Any:
-        lane: Lane = via
-        sql, args, _ = self.connector.plan(stmt, params)
-        try:
-            async with lane.driver.transaction():
-                return await lane.driver.fetchrow(sql, *args)
-        except Exception as exc:
-            raise self._fault(lane.driver, exc) from exc
-
-    async def _all(self, via: Any, stmt: Any, params: dict[str, Any]) -> list[Any]:
-        lane: Lane = via
-        sql, args, _ = self.connector.plan(stmt, params)
-        try:
-            async with lane.driver.transaction():
-                return list(await lane.driver.fetch(sql, *args))
-        except Exception as exc:
-            raise self._fault(lane.driver, exc) from exc
+    each_in_transaction = True
 
     async def _listen_connection(self) -> AsyncConnection:
         if self._listen_engine is None:
