@@ -192,7 +192,8 @@ def build_parser(prog: str = "python -m batchkit") -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=seconds(),
         default=1.0,
-        help="how often an idle worker looks for new work (default: 1)",
+        help="the longest an idle worker waits before it looks for work by itself; new "
+        "batches and items handed back wake it at once (default: 1)",
     )
     life.add_argument(
         "--exit-when-idle",

@@ -39,6 +39,7 @@ __all__ = [
     "Storage",
     "Subscription",
     "SyncGenerator",
+    "WorkAnnouncer",
 ]
 
 MetadataFilter = Mapping[str, str | int | float | bool | None]
@@ -270,6 +271,26 @@ class Subscription(Protocol):
 
         A change that happened between two waits (or since the subscription began) makes
         the next wait return at once, so a reader that reads and then waits misses nothing.
+        """
+        ...
+
+
+@runtime_checkable
+class WorkAnnouncer(Protocol):
+    """A storage that announces new work, so that an idle worker waits instead of polling.
+
+    Every adapter of batchkit is one; a `Worker` on a storage that is not polls every
+    ``poll_interval`` seconds.
+    """
+
+    def subscribe_work(self) -> AbstractAsyncContextManager[Subscription]:
+        """Begin waiting for new work anywhere in the storage (see `Subscription`).
+
+        A wait returns soon after items became claimable by a change: a batch created, an
+        item handed back to `queued` (a release, a retry). It may also return for no
+        reason (a lost connection, a change that was not work): the waiter claims, and
+        waits again. Items that become claimable by time alone (a retry's delay over, a
+        lease lapsed) are not announced; the waiter's own timeout finds them.
         """
         ...
 

@@ -23,7 +23,7 @@ from ._watch import watch_loop
 from .exceptions import BatchNotFound, StorageError
 from .ids import is_batch_id
 from .models import Limits
-from .protocols import ClaimRequest, MetadataFilter
+from .protocols import ClaimRequest, MetadataFilter, WorkAnnouncer
 from .retry import RetryPolicy
 from .status import status_from_record
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from ._execution import Executor
     from ._keeper import Keeper
-    from .protocols import Claim, Generator, Lease, Storage, SyncGenerator
+    from .protocols import Claim, Generator, Lease, Storage, Subscription, SyncGenerator
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -122,7 +122,11 @@ class Worker:
         item_timeout: seconds after which an attempt fails with ``TimeoutError``.
         grace_period: once stopping, how long running items may take to finish before
             they are handed back to `queued` for another worker.
-        poll_interval: how often an idle worker looks for new work (seconds).
+        poll_interval: the longest an idle worker waits before it looks for work by
+            itself (seconds). A storage that announces new work (every storage of
+            batchkit's: `batchkit.protocols.WorkAnnouncer`) wakes it at once for a new
+            batch or an item handed back; the wait finds what time alone makes
+            claimable (a retry's delay over, a lapsed lease).
         progress_interval: at most one progress write per item per this many seconds.
         on_batch_finished: called once per batch when it becomes terminal, with its final
             status, whichever worker finished it and even if that one died right after;
@@ -216,6 +220,7 @@ class Worker:
         self._running = False
         self._stack: AsyncExitStack | None = None
         self._refused: StorageError | None = None
+        self._work: Subscription | None = None
 
     def __repr__(self) -> str:
         # A storage of the host's own may show its URL whole: hidden here all the same.
@@ -302,20 +307,24 @@ class Worker:
         )
         executor.on_stopping = lambda: self.stop(grace_period=0)
         try:
-            async with anyio.create_task_group() as outer:
-                if self.block_warning is not None:
-                    await outer.start(watch_loop, executor, self.block_warning)
-                if self.on_batch_finished is not None:
-                    outer.start_soon(self._sweep_hooks)
-                async with anyio.create_task_group() as slots:
-                    outer.start_soon(self._enforce_grace, slots.cancel_scope)
-                    for _ in range(self.concurrency):
-                        slots.start_soon(self._slot, executor)
-                if self.on_batch_finished is not None:
-                    await self._fire_due_hooks()  # what finished while stopping
-                outer.cancel_scope.cancel()
+            async with AsyncExitStack() as stack:
+                # Before the tasks: a subscription may run a task of its own (a relay).
+                self._work = await self._subscribe_work(stack)
+                async with anyio.create_task_group() as outer:
+                    if self.block_warning is not None:
+                        await outer.start(watch_loop, executor, self.block_warning)
+                    if self.on_batch_finished is not None:
+                        outer.start_soon(self._sweep_hooks)
+                    async with anyio.create_task_group() as slots:
+                        outer.start_soon(self._enforce_grace, slots.cancel_scope)
+                        for _ in range(self.concurrency):
+                            slots.start_soon(self._slot, executor)
+                    if self.on_batch_finished is not None:
+                        await self._fire_due_hooks()  # what finished while stopping
+                    outer.cancel_scope.cancel()
         finally:
             self._running = False
+            self._work = None
             stats = self.stats
             logger.info(
                 "worker %s stopped: %d succeeded, %d failed, %d retrying, %d released, "
@@ -333,6 +342,24 @@ class Worker:
         if self._refused is not None:
             raise self._refused
         return self.stats
+
+    async def _subscribe_work(self, stack: AsyncExitStack) -> Subscription | None:
+        """The storage's announcements of new work, that idle slots wait on; `None` (poll
+        every ``poll_interval``) on a storage that makes none, or cannot now."""
+        if not isinstance(self.storage, WorkAnnouncer):
+            return None
+        try:
+            return await stack.enter_async_context(self.storage.subscribe_work())
+        except (StorageError, OSError) as exc:
+            self.stats.storage_errors += 1
+            logger.warning(
+                "worker %s: cannot wait for new work (%s): looking every %g s",
+                self.name,
+                exc,
+                self.poll_interval,
+                extra={"event": "storage_error", "worker": self.name},
+            )
+            return None
 
     async def _enforce_grace(self, slots: anyio.CancelScope) -> None:
         await self._stop_requested.wait()
@@ -450,7 +477,7 @@ class Worker:
                     )
                     self.stop()
                     return None
-                await self._sleep(self.poll_interval)
+                await self._idle()
         return None
 
     async def _all_done(self) -> bool:
@@ -470,6 +497,24 @@ class Worker:
     async def _sleep(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
+
+    async def _idle(self) -> None:
+        """Wait for new work: until the storage announces some, ``poll_interval`` passes
+        (what time alone makes claimable: a retry's delay, a lapsed lease), or a stop."""
+        work = self._work
+        if work is None:
+            await self._sleep(self.poll_interval)
+            return
+        wake = self._wake
+        async with anyio.create_task_group() as tg:
+
+            async def until_stopped() -> None:
+                await wake.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_stopped)
+            await work.wait(self.poll_interval)
+            tg.cancel_scope.cancel()
 
     def _same_batch_request(self, batch_id: str) -> ClaimRequest:
         request = self._same_batch.get(batch_id)

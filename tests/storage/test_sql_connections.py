@@ -25,7 +25,7 @@ from batchkit.exceptions import InvalidStorageURL, StorageError
 from batchkit.storage.sql import SQLStorage
 from tests._pgbouncer import PgBouncer, pgbouncer_binary
 
-from .conftest import POSTGRES_URL, _drop_tables, require_server
+from .conftest import MYSQL_URL, POSTGRES_URL, _drop_tables, require_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,6 +77,11 @@ def transaction_pooler() -> Iterator[PgBouncer]:
 async def _echo(ctx: ItemContext) -> dict[str, Any]:
     await anyio.sleep(0.005)
     return {"key": ctx.key}
+
+
+async def _every_tenth_fails(ctx: ItemContext) -> None:
+    if ctx.payload["n"] % 10 == 0:
+        raise ValueError("every tenth item fails")
 
 
 def _items(n: int) -> list[ItemSpec]:
@@ -132,6 +137,26 @@ async def test_a_storage_never_holds_more_connections_than_its_budget(
         assert 1 <= most <= budget
     finally:
         await observer.dispose()
+
+
+@pytest.mark.parametrize("database", ["postgres", "mysql"])
+async def test_more_slots_than_connections_take_turns(database: str) -> None:
+    # 8 slots on 2 connections, every transaction queued on one batch's row: each slot
+    # gets its turn within a short pool_timeout. (SQLAlchemy's pool alone hands a
+    # connection given back to whoever asks next: a slot could wait past the timeout
+    # while the others took turns, and the run failed with ConnectionBudgetExhausted.)
+    url = POSTGRES_URL if database == "postgres" else MYSQL_URL
+    require_server(url, database)
+    name = f"c{secrets.token_hex(4)}_"
+    try:
+        async with SQLStorage(url, table_prefix=name, max_connections=3, pool_timeout=1) as storage:
+            runner = BatchRunner(storage, _every_tenth_fails, concurrency=8)
+            batch = await runner.submit(_items(3_000))
+            status = await runner.run(batch.id)
+        assert status.counts[ItemState.SUCCEEDED] == 2_700
+        assert status.counts[ItemState.FAILED] == 300
+    finally:
+        await _drop_tables(url, [name])
 
 
 async def test_a_wait_for_a_connection_is_logged(

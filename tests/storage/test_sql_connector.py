@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from batchkit.models import ItemState
 from batchkit.protocols import ClaimRequest
 from batchkit.storage.sql import SQLStorage
-from batchkit.storage.sql._postgres import AsyncpgDialect
+from batchkit.storage.sql._asyncpg import AsyncpgDialect
 from batchkit.storage.sql._sqlite import SQLiteDialect
 
 pytestmark = pytest.mark.anyio

@@ -33,6 +33,7 @@ from ..protocols import (
 )
 from ..status import empty_counts
 from ._base import AsyncContext
+from ._bell import Bell
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection
@@ -134,6 +135,7 @@ class MemoryStorage(AsyncContext):
         self._batches: dict[str, _Batch] = {}
         self._idempotency: dict[str, str] = {}
         self._closed = False
+        self._work = Bell()
 
     def __repr__(self) -> str:
         return f"MemoryStorage(batches={len(self._batches)})"
@@ -183,6 +185,8 @@ class MemoryStorage(AsyncContext):
             self._batches[batch.id] = row
             if batch.idempotency_key is not None:
                 self._idempotency[batch.idempotency_key] = batch.id
+            if items:
+                self._work.ring()
             return self._record(row), True
 
     async def get_batch(self, batch_id: str) -> BatchRecord:
@@ -366,6 +370,12 @@ class MemoryStorage(AsyncContext):
         """Wait for changes of one batch (see `Storage.subscribe`)."""
         yield _MemorySubscription(self, batch_id)
 
+    @asynccontextmanager
+    async def subscribe_work(self) -> AsyncIterator[Subscription]:
+        """Wait for new work (see `WorkAnnouncer.subscribe_work`)."""
+        with self._work.flag() as flag:
+            yield flag
+
     async def delete_batch(self, batch_id: str) -> bool:
         """Delete a batch and its items (see `Storage.delete_batch`)."""
         await anyio.lowlevel.checkpoint()
@@ -501,6 +511,7 @@ class MemoryStorage(AsyncContext):
                 heapq.heappush(row.ready, item.position)
             else:
                 heapq.heappush(row.delayed, (item.not_before, item.position))
+            self._work.ring()
         self._set_state(row, item, state, now)
 
     def _set_state(self, row: _Batch, item: _Item, state: ItemState, now: float) -> None:

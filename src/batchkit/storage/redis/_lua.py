@@ -93,6 +93,14 @@ local function publish()
   end
 end
 
+-- New work (an item handed back) for idle workers, on the storage's channel
+-- '<prefix>:work' (the batch's channel is '<prefix>:{<id>}:changes'). A new batch is
+-- announced by the storage once it is in the index of active batches, where claims look.
+local function announce_work()
+  local prefix = string.match(CHANNEL, '^(.*):{[^{}]*}:changes$')
+  if prefix then redis.call('PUBLISH', prefix .. ':work', '1') end
+end
+
 local META_FIELDS = {'id', 'finished', 'cancel_at', 'started', 'q', 'r', 's', 'f', 'c'}
 
 -- The batch's fields this script needs; false when the batch does not exist.
@@ -455,6 +463,7 @@ if pos then
       redis.call('ZADD', DELAYPOS, pos, pos)
     end
     bump('running', 'queued', 1, t)
+    announce_work()
   else
     end_item(pos, rec, state, t)
     bump('running', state, 1, t)

@@ -37,13 +37,13 @@ from .._base import KEY_PREFIX, AsyncContext, retrying
 from .._base import validate_prefix as _validate_prefix
 from .._doubt import ClaimsInDoubt
 from . import _cluster, _lua
+from ._index import PAGE, IndexedBatches
 from ._records import matches, text, to_item, to_record
-from ._subscription import subscribe
+from ._subscription import subscribe, work_flag
 from ._wire import Lanes, bulk, classify, client_secrets, evalsha
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
-    from datetime import datetime
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
     from ...protocols import ItemRecord
 
@@ -67,7 +67,6 @@ BATCH_KEYS = (
     "failed",
     "cancelled",
 )
-_PAGE = 200
 #: Seconds between two repairs of the finished-batch index (see `_repair_finished`).
 _REPAIR_INTERVAL = 10.0
 
@@ -77,7 +76,7 @@ def validate_prefix(prefix: str) -> str:
     return _validate_prefix(prefix, KEY_PREFIX)
 
 
-class RedisStorage(AsyncContext):
+class RedisStorage(IndexedBatches, AsyncContext):
     """Batches and items in Redis (or Valkey), through redis-py's asyncio client.
 
     Every transition is one Lua script run atomically by the server: an item and its
@@ -229,9 +228,6 @@ class RedisStorage(AsyncContext):
     def _channel(self, batch_id: str) -> str:
         return f"{self.prefix}:{{{batch_id}}}:changes"
 
-    def _index(self, name: str) -> str:
-        return f"{self.prefix}:{name}"
-
     def _idempotency_key(self, key: str) -> str:
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
         return f"{self.prefix}:idem:{digest}"
@@ -361,27 +357,6 @@ class RedisStorage(AsyncContext):
                 )
             await anyio.sleep(0.05)
 
-    async def _index_new(self, batch_id: str, record: BatchRecord, finished: bool) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self._index("batches"), {batch_id: 0})
-        if finished or record.finished_at is not None:
-            self._queue_finished(pipe, batch_id, record.finished_at)
-        else:
-            pipe.zadd(self._index("active"), {batch_id: 0})
-        await pipe.execute()
-
-    def _queue_finished(self, pipe: Any, batch_id: str, finished_at: datetime | None) -> None:
-        when = time.time() if finished_at is None else finished_at.timestamp()
-        pipe.zadd(self._index("hooks"), {batch_id: 0})
-        pipe.zadd(self._index("done"), {batch_id: when})
-        pipe.zrem(self._index("active"), batch_id)
-
-    async def _finished(self, batch_id: str) -> None:
-        """Index a batch that just finished: its hook is due, retention counts from now."""
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_finished(pipe, batch_id, None)
-        await pipe.execute()
-
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """Read a batch and its counts: one script reading one hash (see `Storage.get_batch`)."""
         if not is_batch_id(batch_id):
@@ -466,45 +441,6 @@ class RedisStorage(AsyncContext):
                 await self._call(partial(self._forget, gone))
             upper = f"({ids[-1]}"
         return page
-
-    async def _page(self, index: str, bound: str, *, newest_first: bool = False) -> list[str]:
-        """One page of an index's batch ids, from ``bound`` (``-``/``+`` or ``(<id>``)."""
-        name = self._index(index)
-        if newest_first:
-            found = await self._call(
-                partial(self.client.zrevrangebylex, name, bound, "-", start=0, num=_PAGE),
-                write=False,
-            )
-        else:
-            found = await self._call(
-                partial(self.client.zrangebylex, name, bound, "+", start=0, num=_PAGE),
-                write=False,
-            )
-        return [text(batch_id) for batch_id in found]
-
-    async def _records(self, batch_ids: list[str]) -> list[BatchRecord | None]:
-        async def read() -> list[Any]:
-            if self._cluster:
-                calls = [(self.batch_keys(b), [self._channel(b), self._ttl()]) for b in batch_ids]
-                return await _cluster.cluster_records(self.client, self._scripts["RECORD"], calls)
-            pipe = self.client.pipeline(transaction=False)
-            for batch_id in batch_ids:
-                await self._script("RECORD", batch_id, client=pipe)
-            return list(await pipe.execute())
-
-        replies = await self._call(read, write=False)
-        return [to_record(reply, self._metadata) if reply else None for reply in replies]
-
-    async def _forget(self, batch_ids: Iterable[str]) -> None:
-        ids = list(batch_ids)
-        if not ids:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for name in ("batches", "active", "hooks", "done"):
-            pipe.zrem(self._index(name), *ids)
-        await pipe.execute()
-        for batch_id in ids:
-            self._metadata.pop(batch_id, None)
 
     # -- claiming and finishing ------------------------------------------------------
 
@@ -747,6 +683,15 @@ class RedisStorage(AsyncContext):
         return bool(done)
 
     @asynccontextmanager
+    async def subscribe_work(self) -> AsyncIterator[Subscription]:
+        """Wait for new work (see `WorkAnnouncer.subscribe_work`): the scripts announce
+        every new batch and every item handed back on the channel ``<prefix>:work``."""
+        if self._client is None:
+            await self.open()
+        async with work_flag(self.client, self._index("work"), self.poll_interval) as flag:
+            yield flag
+
+    @asynccontextmanager
     async def subscribe(self, batch_id: str) -> AsyncIterator[Subscription]:
         """Wait for changes of one batch, through the batch's pub/sub channel."""
         if self._client is None:
@@ -787,7 +732,7 @@ class RedisStorage(AsyncContext):
                 text(found)
                 for found in await self._call(
                     lambda: self.client.zrangebyscore(
-                        self._index("done"), "-inf", cutoff, start=0, num=_PAGE
+                        self._index("done"), "-inf", cutoff, start=0, num=PAGE
                     ),
                     write=False,
                 )

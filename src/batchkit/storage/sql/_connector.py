@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
+from sqlalchemy import event
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
@@ -228,6 +229,10 @@ class Connector:
             # Its password is as secret as the main URL's.
             self.secrets = self.secrets | url_secrets(listen_url)
         self._slow_logged = -math.inf
+        # The queue in front of the pool (see `connect`), made with the first connection.
+        self._gate: anyio.Semaphore | None = None
+        self._gate_made = False
+        self._gate_key = f"batchkit_gate_{id(self)}"
         #: Seconds to add to this machine's clock to read the database's.
         self.offset = 0.0
         self._stmts: dict[Hashable, Any] = {}
@@ -288,12 +293,33 @@ class Connector:
 
     async def connect(self) -> AsyncConnection:
         """A connection of the pool; a wait of a second or more for it is logged, and one
-        longer than `pool_timeout` ends in `ConnectionBudgetExhausted` (never a silent hang)."""
+        longer than `pool_timeout` ends in `ConnectionBudgetExhausted` (never a silent hang).
+
+        Callers wait in turn, first come first served: SQLAlchemy's pool hands a connection
+        given back to whoever asks next, which may be the task that gave it back, so with
+        more tasks than connections one task could wait past `pool_timeout` while the
+        others take turns (a runner of 8 slots on 5 connections, all queued on one batch's
+        row, did).
+        """
         start = time.monotonic()
+        gate = self._the_gate()
+        if gate is not None:
+            with anyio.move_on_after(self.pool_timeout) as waiting:
+                await gate.acquire()
+            if waiting.cancelled_caught:
+                raise DriverFault(self._exhausted(time.monotonic() - start), transient=False)
         try:
             conn = await self.engine.connect()
-        except PoolTimeout:
-            raise DriverFault(self._exhausted(time.monotonic() - start), transient=False) from None
+            if gate is not None:
+                # Given back to the gate when the pool takes the connection back.
+                (await conn.get_raw_connection()).info[self._gate_key] = True
+        except BaseException as exc:
+            if gate is not None:
+                gate.release()
+            if isinstance(exc, PoolTimeout):
+                waited = time.monotonic() - start
+                raise DriverFault(self._exhausted(waited), transient=False) from None
+            raise
         waited = time.monotonic() - start
         if waited >= _SLOW_CHECKOUT and start - self._slow_logged >= _SLOW_EVERY:
             self._slow_logged = start
@@ -305,6 +331,24 @@ class Connector:
                 extra={"waited": round(waited, 3), "max_connections": self.max_connections},
             )
         return conn
+
+    @property
+    def awaited(self) -> bool:
+        """Whether a task waits for a connection (one coming free should go to it)."""
+        return self._gate is not None and self._gate.statistics().tasks_waiting > 0
+
+    def _the_gate(self) -> anyio.Semaphore | None:
+        if not self._gate_made:
+            self._gate_made = True
+            size = self.pool_size
+            if size is not None:
+                self._gate = anyio.Semaphore(size)
+                event.listen(self.engine.sync_engine, "checkin", self._checked_in)
+        return self._gate
+
+    def _checked_in(self, dbapi_connection: Any, record: Any) -> None:
+        if record is not None and record.info.pop(self._gate_key, False) and self._gate:
+            self._gate.release()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
@@ -551,9 +595,12 @@ class Lanes:
         except BaseException:
             await lane.conn.close()
             raise
-        if len(self._kept) < self._cap and self._open:
+        if len(self._kept) < self._cap and self._open and not self._connector.awaited:
             self._kept.append(lane)
         else:
+            # Given back to the pool (a task waiting for a connection takes it) rather than
+            # kept idle here while that task waits: with every connection kept or in use,
+            # no task would ever come back to take a kept one.
             await lane.conn.close()
         return result
 

@@ -19,7 +19,6 @@ from ...protocols import LeaseStatus
 from .._polling import PollingSubscription
 from ._connector import Result
 from ._faults import FaultRules
-from ._statements import Q
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,9 +26,19 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from ...protocols import ClaimRequest, FinishResult, Lease, NewBatch, Outcome, Subscription
+    from ...exceptions import StorageError
+    from ...protocols import (
+        Claim,
+        ClaimRequest,
+        FinishResult,
+        Lease,
+        NewBatch,
+        Outcome,
+        Subscription,
+    )
+    from .._bell import Flag
     from ._connector import Connector
-    from ._statements import PendingClaim, Statements, Steps
+    from ._statements import Params, PendingClaim, Statements, Steps
 
 __all__ = ["Dialect", "fitted"]
 
@@ -121,6 +130,16 @@ class Dialect(FaultRules):
         here, its statements one by one through SQLAlchemy."""
         return await self.connector.attempt(lambda conn: self.drive(conn, steps()))
 
+    async def write_lease(self, steps: Callable[[], Steps[T]]) -> T:
+        """One try of a lease's write (`lease_status`'s steps): where the dialect writes it
+        in one statement, that statement alone, without a transaction around it."""
+        return await self.write(steps)
+
+    async def read(self, steps: Callable[[], Steps[T]]) -> T:
+        """One try of a read, by the fastest way the database allows: here, a read-only
+        transaction through SQLAlchemy."""
+        return await self.connector.attempt(lambda conn: self.drive(conn, steps()), read=True)
+
     async def drive(self, conn: AsyncConnection, steps: Steps[T]) -> T:
         """Run ``steps`` through SQLAlchemy, statement by statement, on ``conn``."""
         try:
@@ -131,37 +150,29 @@ class Dialect(FaultRules):
         except StopIteration as stop:
             return cast("T", stop.value)
 
-    async def exec(self, conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Result:
-        """Execute one statement of a transaction."""
+    async def exec(self, conn: AsyncConnection, stmt: Any, params: Params) -> Result:
+        """Execute one statement of a transaction (once per row of a list of rows)."""
         result = await conn.execute(stmt, params)
         rows = result.all() if result.returns_rows else []
         return Result(list(rows), result.rowcount)
 
+    def copies_items(self, total: int, chunk_size: int) -> bool:
+        """Whether a new batch of ``total`` items has them streamed in (`insert_items`)
+        rather than inserted by the storage's statements."""
+        return False
+
     async def insert_items(
         self, conn: AsyncConnection, batch: NewBatch, now: float, chunk_size: int
     ) -> None:
-        """Insert a new batch's items, queued, in its transaction on ``conn``."""
-        insert = self.statements.tables.items.insert()
-        total = len(batch.items)
-        for start in range(0, total, chunk_size):
-            rows = [
-                {
-                    "batch_id": batch.id,
-                    "position": start + offset,
-                    "key": key,
-                    "payload": payload,
-                    "state": Q,
-                    "active": 1,
-                    "claimable_at": 0.0,
-                    "cancel_requested": False,
-                    "progress": 0.0,
-                    "attempt": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for offset, (key, payload) in enumerate(batch.items[start : start + chunk_size])
-            ]
-            await conn.execute(insert, rows)
+        """Stream a new batch's items in, in its transaction on ``conn`` (`copies_items`)."""
+        raise NotImplementedError
+
+    def cancelled(
+        self, exc: BaseException | None, batch: NewBatch, chunk_size: int
+    ) -> StorageError | None:
+        """The error to raise when the server cancelled a statement writing ``batch``
+        (its statement timeout), or `None`."""
+        return None
 
     def finish_and_claim(
         self,
@@ -172,6 +183,14 @@ class Dialect(FaultRules):
     ) -> Callable[[], Awaitable[FinishResult]] | None:
         """One try of a finish with its next claim in a way of this dialect's own, or
         `None`: the storage's steps do it (`SQLStorage.finish`)."""
+        return None
+
+    def claim_at_once(
+        self, request: ClaimRequest, sent: PendingClaim
+    ) -> Callable[[], Awaitable[Claim | None]] | None:
+        """One try of a claim in a way of this dialect's own (one statement), or `None`:
+        the storage's steps do it. A claim it does not find is looked for again by the
+        steps, which also end what a cancel left claimable (`SQLStorage.claim`)."""
         return None
 
     def lease_status(self, stmt: Any, params: dict[str, Any]) -> Steps[LeaseStatus]:
@@ -186,6 +205,29 @@ class Dialect(FaultRules):
     async def subscribe(self, batch_id: str, poll_interval: float) -> AsyncIterator[Subscription]:
         """Wait for changes of one batch: by polling, unless the database can notify."""
         yield PollingSubscription(poll_interval)
+
+    # -- new work, for idle workers (see `SQLStorage.subscribe_work`) -----------------------
+
+    def bell_key(self, engine: AsyncEngine) -> str:
+        """What names the storage's tables in this process, whichever storage object reaches
+        them: its server and database (no password), and its scope."""
+        url = engine.url
+        return (
+            f"{url.get_backend_name()}://{url.username or ''}@{url.host or ''}:"
+            f"{url.port or ''}/{url.database or ''}|{self.scope}"
+        )
+
+    def work_notice(self) -> Any:
+        """The statement that tells other processes' idle workers of new work (a batch
+        created, an item handed back), run in the transaction that makes it; `None` where
+        the database cannot tell them (their own timeout finds it)."""
+        return None
+
+    @asynccontextmanager
+    async def relay_work(self, flag: Flag, poll_interval: float) -> AsyncIterator[None]:
+        """While the block runs, ring ``flag`` when another process announces new work
+        (nothing where the database cannot: the waiter's own timeout finds it)."""
+        yield
 
     async def release(self) -> None:
         """Give back the connections kept between steps, if any (they are reopened)."""

@@ -7,9 +7,10 @@ module (`FaultRules`: ``_sqlite``, ``_postgres``, ``_mysql``).
 from __future__ import annotations
 
 import re
+import sqlite3
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from .._base import Fault
 
@@ -142,3 +143,16 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def broken_driver_connection(exc: BaseException) -> bool:
     """Whether a driver's error in ``exc`` (raw or wrapped) left its connection unusable."""
     return any(is_driver_error(e) and is_broken_connection(e) for e in _causes(exc))
+
+
+#: SQLSTATE of a unique key already taken (PostgreSQL, and MySQL/MariaDB's class 23).
+_DUPLICATE = ("23505", "23000")
+
+
+def is_duplicate(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (a driver's error, or SQLAlchemy's) says a unique key is taken."""
+    if exc is None:
+        return False
+    if isinstance(exc, IntegrityError | sqlite3.IntegrityError):
+        return True
+    return sqlstate(exc) in _DUPLICATE

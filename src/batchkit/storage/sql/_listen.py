@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["ListenSubscription", "Listener"]
+__all__ = ["WORK", "ListenSubscription", "Listener"]
+
+#: The payload announcing new work (a batch created, an item handed back to `queued`), on
+#: the same channel as the batches' changes: not a batch id, so no watcher takes it for one.
+WORK = "*"
 
 logger = logging.getLogger("batchkit.storage.sql")
 
@@ -66,8 +70,15 @@ class Listener:
         self._driver: Any = None
         self._lock = anyio.Lock()
 
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is open (a lost one is replaced by the next
+        `subscribe`)."""
+        return self._driver is not None and not self._driver.is_closed()
+
     @asynccontextmanager
     async def subscribe(self, batch_id: str) -> AsyncIterator[ListenSubscription]:
+        """Wait for the announcements of ``batch_id`` (or of `WORK`)."""
         sub = ListenSubscription(batch_id)
         async with self._lock:
             if self._driver is not None and self._driver.is_closed():

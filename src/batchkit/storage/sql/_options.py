@@ -4,7 +4,7 @@ reads the URL (a driver would refuse them, or pass them to the server as setting
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -14,13 +14,21 @@ from ...exceptions import InvalidStorageURL
 from .schema import SCHEMA_NAME, validate_schema
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Mapping
+    from collections.abc import Callable, Collection, Iterator, Mapping
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ._dialect import Dialect
 
-__all__ = ["URL_OPTIONS", "driver_options", "schema_of", "schema_option", "split_url_options"]
+__all__ = [
+    "URL_OPTIONS",
+    "asyncpg_query",
+    "driver_options",
+    "schema_of",
+    "schema_option",
+    "split_url_options",
+    "unnamed",
+]
 
 #: The query keys of a storage URL that are batchkit's, not the driver's.
 URL_OPTIONS: Final = ("schema", "pooler", "max_connections", "pool_timeout", "listen_url")
@@ -126,3 +134,86 @@ def driver_options(secrets: Collection[str], *, reading: bool = False) -> Iterat
         raise InvalidStorageURL(
             f"an option of the storage URL cannot be read: {redact(str(exc), secrets)}"
         ) from None
+
+
+# -- asyncpg's options in a URL's query -----------------------------------------------------
+
+
+#: asyncpg's options a URL's query may set, and the type each is read as (SQLAlchemy hands
+#: the query to ``asyncpg.connect`` as strings, which asyncpg's numbers do not accept).
+_ASYNCPG_QUERY: dict[str, Callable[[str], Any]] = {
+    "statement_cache_size": int,
+    "prepared_statement_cache_size": int,
+    "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int,
+    "timeout": float,
+    "command_timeout": float,
+    "ssl": str,
+    "direct_tls": lambda value: _flag("direct_tls", value),
+    "target_session_attrs": str,
+    "passfile": str,
+    "krbsrvname": str,
+    "gsslib": str,
+}
+#: The parts of a URL that its query may give instead (libpq's spelling: ``?host=a,b``).
+_URL_PARTS = frozenset({"user", "password", "host", "port", "database"})
+#: The ``ssl`` values asyncpg takes (libpq's ``sslmode`` values, which it also accepts).
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def unnamed() -> str:
+    """The name of every statement prepared behind a transaction pooler: none."""
+    return ""
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false")
+
+
+def asyncpg_query(url: str) -> tuple[dict[str, Any], list[str]]:
+    """The connect arguments of a ``postgresql+asyncpg`` URL's query, each read as the
+    type asyncpg wants, and the query keys to take off the URL (read here instead).
+
+    libpq's spellings that asyncpg lacks are translated: ``sslmode`` is ``ssl``,
+    ``application_name`` and ``options``-free server settings go to ``server_settings``.
+
+    Raises:
+        InvalidStorageURL: an option asyncpg does not know, or a value of the wrong type
+            (the message names the option and lists those it knows; no value is shown,
+            it may be a secret).
+    """
+    args: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, raw in make_url(url).query.items():
+        value = raw[-1] if isinstance(raw, tuple) else raw
+        name = "ssl" if key == "sslmode" else key
+        if key == "application_name":
+            args.setdefault("server_settings", {})["application_name"] = value
+            dropped.append(key)
+            continue
+        if key in _URL_PARTS:
+            continue  # SQLAlchemy reads these itself (several hosts among them)
+        read = _ASYNCPG_QUERY.get(name)
+        if read is None:
+            known = ", ".join(sorted({*_ASYNCPG_QUERY, *_URL_PARTS, "sslmode", "application_name"}))
+            raise InvalidStorageURL(
+                f"the storage URL's option {key!r} is not one asyncpg takes; it takes: "
+                f"{known}; and batchkit's own: {', '.join(URL_OPTIONS)}"
+            )
+        try:
+            args[name] = read(value)
+        except ValueError:
+            raise InvalidStorageURL(
+                f"the storage URL's option {key!r} must be "
+                f"{'a whole number' if read is int else 'a number' if read is float else 'true or false'}"
+            ) from None
+        if name == "ssl" and args[name] not in _SSL_MODES:
+            raise InvalidStorageURL(
+                f"the storage URL's option {key!r} must be one of {', '.join(_SSL_MODES)}"
+            )
+        dropped.append(key)
+    return args, dropped

@@ -5,39 +5,33 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-import anyio.lowlevel
 from sqlalchemy import bindparam, func, null, or_, select, text, true, union_all
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from ...codec import loads
 from ...exceptions import InvalidStorageURL, StorageError
 from ...protocols import Claim, FinishResult, Lease
-from .._polling import PollingSubscription
-from ._connector import Lanes
 from ._dialect import Dialect, fitted
-from ._faults import DriverFault, is_broken_connection, sqlstate
-from ._listen import Listener
-from ._options import URL_OPTIONS
-from ._statements import C, F, Q, R, S
+from ._faults import sqlstate
+from ._listen import WORK
+from ._options import asyncpg_query, unnamed
+from ._statements import SENT_ANYWHERE, C, F, Q, R, S
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from sqlalchemy import MetaData
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from ...protocols import ClaimRequest, NewBatch, Outcome, Subscription
-    from ._connector import Connector, Lane
-    from ._statements import PendingClaim, Statements
+    from ...protocols import ClaimRequest, NewBatch, Outcome
+    from ._connector import Connector
+    from ._statements import PendingClaim, Statements, Steps
 
-__all__ = ["AsyncpgDialect", "PooledAsyncpgDialect", "PostgresDialect"]
+__all__ = ["PostgresDialect"]
 
 logger = logging.getLogger("batchkit.storage.sql")
 
@@ -59,103 +53,6 @@ _SCHEMA_QUERY = text(
 _TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03"}
 #: The longest identifier PostgreSQL keeps whole (NAMEDATALEN - 1): a channel's name.
 _NAME_LIMIT = 63
-#: Connections a PostgreSQL storage on asyncpg keeps for its hot path between steps.
-_LANES = 4
-#: The columns a new item's row sets, in the order `AsyncpgDialect.insert_items` sends them.
-_COPIED = (
-    "batch_id",
-    "position",
-    "key",
-    "payload",
-    "state",
-    "active",
-    "claimable_at",
-    "cancel_requested",
-    "progress",
-    "attempt",
-    "created_at",
-    "updated_at",
-)
-
-
-#: asyncpg's options a URL's query may set, and the type each is read as (SQLAlchemy hands
-#: the query to ``asyncpg.connect`` as strings, which asyncpg's numbers do not accept).
-_ASYNCPG_QUERY: dict[str, Callable[[str], Any]] = {
-    "statement_cache_size": int,
-    "prepared_statement_cache_size": int,
-    "max_cached_statement_lifetime": int,
-    "max_cacheable_statement_size": int,
-    "timeout": float,
-    "command_timeout": float,
-    "ssl": str,
-    "direct_tls": lambda value: _flag("direct_tls", value),
-    "target_session_attrs": str,
-    "passfile": str,
-    "krbsrvname": str,
-    "gsslib": str,
-}
-#: The parts of a URL that its query may give instead (libpq's spelling: ``?host=a,b``).
-_URL_PARTS = frozenset({"user", "password", "host", "port", "database"})
-#: The ``ssl`` values asyncpg takes (libpq's ``sslmode`` values, which it also accepts).
-_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-
-
-def _unnamed() -> str:
-    """The name of every statement prepared behind a transaction pooler: none."""
-    return ""
-
-
-def _flag(name: str, value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false")
-
-
-def asyncpg_query(url: str) -> tuple[dict[str, Any], list[str]]:
-    """The connect arguments of a ``postgresql+asyncpg`` URL's query, each read as the
-    type asyncpg wants, and the query keys to take off the URL (read here instead).
-
-    libpq's spellings that asyncpg lacks are translated: ``sslmode`` is ``ssl``,
-    ``application_name`` and ``options``-free server settings go to ``server_settings``.
-
-    Raises:
-        InvalidStorageURL: an option asyncpg does not know, or a value of the wrong type
-            (the message names the option and lists those it knows; no value is shown,
-            it may be a secret).
-    """
-    args: dict[str, Any] = {}
-    dropped: list[str] = []
-    for key, raw in make_url(url).query.items():
-        value = raw[-1] if isinstance(raw, tuple) else raw
-        name = "ssl" if key == "sslmode" else key
-        if key == "application_name":
-            args.setdefault("server_settings", {})["application_name"] = value
-            dropped.append(key)
-            continue
-        if key in _URL_PARTS:
-            continue  # SQLAlchemy reads these itself (several hosts among them)
-        read = _ASYNCPG_QUERY.get(name)
-        if read is None:
-            known = ", ".join(sorted({*_ASYNCPG_QUERY, *_URL_PARTS, "sslmode", "application_name"}))
-            raise InvalidStorageURL(
-                f"the storage URL's option {key!r} is not one asyncpg takes; it takes: "
-                f"{known}; and batchkit's own: {', '.join(URL_OPTIONS)}"
-            )
-        try:
-            args[name] = read(value)
-        except ValueError:
-            raise InvalidStorageURL(
-                f"the storage URL's option {key!r} must be "
-                f"{'a whole number' if read is int else 'a number' if read is float else 'true or false'}"
-            ) from None
-        if name == "ssl" and args[name] not in _SSL_MODES:
-            raise InvalidStorageURL(
-                f"the storage URL's option {key!r} must be one of {', '.join(_SSL_MODES)}"
-            )
-        dropped.append(key)
-    return args, dropped
 
 
 class PostgresDialect(Dialect):
@@ -201,7 +98,7 @@ class PostgresDialect(Dialect):
             return {
                 "statement_cache_size": 0,
                 "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": _unnamed,
+                "prepared_statement_name_func": unnamed,
             }
         # psycopg: never prepared server-side; a statement and its parameters travel in
         # one message sequence, which the pooler keeps on one server connection.
@@ -213,15 +110,10 @@ class PostgresDialect(Dialect):
         listens = make_url(url).get_driver_name() == "asyncpg"
         return 1 if listens and connector.listen_url is not None else 0
 
-    @classmethod
-    def for_engine(
-        cls, engine: AsyncEngine, connector: Connector, statements: Statements, prefix: str
-    ) -> Dialect:
-        if engine.dialect.driver == "asyncpg":
-            if connector.pooler == "transaction":
-                return PooledAsyncpgDialect(connector, statements, prefix)
-            return AsyncpgDialect(connector, statements, prefix)
-        return cls(connector, statements, prefix)
+    async def read(self, steps: Callable[[], Steps[T]]) -> T:
+        # Each statement in autocommit, a snapshot of its own: no BEGIN and COMMIT around
+        # it (psycopg switches to autocommit without a round trip).
+        return await self.connector.attempt(lambda conn: self.drive(conn, steps()), autocommit=True)
 
     def driver_transient(self, orig: BaseException | None) -> bool:
         state = sqlstate(orig)
@@ -275,17 +167,6 @@ class PostgresDialect(Dialect):
                 "create_schema=False"
             ) from self.connector.cause(exc)
 
-    async def insert_items(
-        self, conn: AsyncConnection, batch: NewBatch, now: float, chunk_size: int
-    ) -> None:
-        try:
-            await super().insert_items(conn, batch, now, chunk_size)
-        except DBAPIError as exc:
-            cancelled = self.cancelled(exc.orig, batch, chunk_size)
-            if cancelled is None:
-                raise
-            raise cancelled from self.connector.cause(exc)
-
     def cancelled(
         self, exc: BaseException | None, batch: NewBatch, chunk_size: int
     ) -> StorageError | None:
@@ -317,6 +198,11 @@ class PostgresDialect(Dialect):
         # notification is delivered when the transaction commits.
         return stmt.returning(func.pg_notify(self.channel, id_column))
 
+    def work_notice(self) -> Any:
+        return self.connector.stmt(
+            "pg_work_notice", lambda: select(func.pg_notify(self.channel, WORK))
+        )
+
     def with_lease_flag(self, stmt: Any, items: Any, *, notify: bool) -> Any:
         returning: list[Any] = [items.c.cancel_requested]
         if notify:
@@ -343,6 +229,99 @@ class PostgresDialect(Dialect):
             return None
         return lambda: self._attempt(
             lambda via: self._finish_and_claim(via, lease, outcome, request, sent)
+        )
+
+    # -- a claim in one statement ------------------------------------------------------------
+
+    def claim_at_once(
+        self, request: ClaimRequest, sent: PendingClaim
+    ) -> Callable[[], Awaitable[Claim | None]] | None:
+        ids = request.batch_ids
+        if request.metadata or sent.sent_in is not None or (ids is not None and not ids):
+            return None  # (a claim in doubt is the storage's steps' to hand over)
+        kind = "any" if ids is None else ("one" if len(ids) == 1 else "many")
+        return lambda: self._attempt(lambda via: self._claim_at_once(via, kind, request, sent))
+
+    async def _claim_at_once(
+        self, via: Any, kind: str, request: ClaimRequest, sent: PendingClaim
+    ) -> Claim | None:
+        # ONE statement (one round trip, one commit): take the next claimable item and
+        # move it in its batch's counters.
+        token = sent.token
+        i = self.statements.tables.items
+        if sent.sent_in is not None:
+            # An earlier try was sent and its answer lost: if it committed, its item is the
+            # active one holding its token.
+            found = self.connector.stmt(
+                "pg_claimed_by",
+                lambda: select(*self._claimed_columns(i)).where(
+                    i.c.active == 1, i.c.state == R, i.c.token == bindparam("b_token")
+                ),
+            )
+            rows = await self._all(via, found, {"b_token": token})
+            if rows:
+                return _claim_of(rows[0], token)
+            sent.sent_in = None
+        now = self.connector.now()
+        params: dict[str, Any] = {
+            "b_now": now,
+            "b_token": token,
+            "b_deadline": now + request.lease_seconds,
+        }
+        if kind == "one":
+            params["b_id"] = request.batch_ids[0]  # type: ignore[index]
+        elif kind == "many":
+            params["b_ids"] = list(request.batch_ids)  # type: ignore[arg-type]
+        stmt = self.connector.stmt(("pg_claim", kind), lambda: self._build_claim(kind))
+        # Sent in: the batch asked for, or, unknown before the answer, any.
+        sent.sent_in = params.get("b_id", SENT_ANYWHERE)
+        rows = await self._all(via, stmt, params)
+        return _claim_of(rows[0], token) if rows else None
+
+    @staticmethod
+    def _claimed_columns(table: Any) -> list[Any]:
+        c = table.c
+        return [c.batch_id, c.key, c.payload, c.attempt, c.position, c.history]
+
+    def _build_claim(self, kind: str) -> Any:
+        """The claim statement: the claim's SELECT and its SET, and the counters' SET, each
+        a data-modifying CTE of one statement (as `_build`, without the finish)."""
+        sql = self.statements
+        i, b = sql.tables.items, sql.tables.batches
+        claimable = (
+            sql.claim_select(kind)
+            .with_only_columns(i.c.batch_id, i.c.position, i.c.state)
+            .where(~i.c.cancel_requested)
+            .cte("c")
+        )
+        claimed = (
+            i.update()
+            .where(i.c.batch_id == claimable.c.batch_id, i.c.position == claimable.c.position)
+            .values(**sql.claim_values(i.c.attempt + 1))
+            .returning(*self._claimed_columns(i), claimable.c.state.label("old_state"))
+            .cte("u")
+        )
+        started = (
+            select(func.count())
+            .select_from(claimed)
+            .where(claimed.c.old_state == Q)
+            .scalar_subquery()
+        )
+        values = sql.counter_values(
+            [(Q, "-", started), (R, "+", started)],
+            finishing=0,
+            now=bindparam("b_now"),
+            started=True,
+        )
+        counters = self.with_notify(
+            b.update()
+            .where(b.c.id == select(claimed.c.batch_id).scalar_subquery())
+            .ordered_values(*values),
+            b.c.id,
+        ).cte("b")
+        return select(
+            *self._claimed_columns(claimed),
+            select(func.count()).select_from(counters).scalar_subquery(),
         )
 
     async def _attempt(self, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -505,181 +484,11 @@ class PostgresDialect(Dialect):
         )
 
 
-class AsyncpgDialect(PostgresDialect):
-    """PostgreSQL on asyncpg: the finish-and-claim sent to the driver directly on a kept
-    connection, items streamed in by binary ``COPY``, and ``LISTEN`` for `subscribe`."""
-
-    def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
-        super().__init__(connector, statements, prefix)
-        # Of the pool, one connection for LISTEN and one for everything else stay free.
-        self._lanes = Lanes(connector, cap=connector.lanes_cap(_LANES, beside=2))
-        self._listener = Listener(connector.connect, self.channel)
-
-    # SQLAlchemy's execution path would cost more than the statement: on a lane, the
-    # statement compiled once goes to asyncpg directly.
-
-    async def _attempt(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        return await self._lanes.attempt(work)
-
-    #: Each statement in a transaction of its own (behind a transaction pooler).
-    each_in_transaction = False
-
-    async def _one(self, via: Any, stmt: Any, params: dict[str, Any]) -> Any:
-        return await self._driver_call(via, stmt, params, "fetchrow")
-
-    async def _all(self, via: Any, stmt: Any, params: dict[str, Any]) -> list[Any]:
-        return list(await self._driver_call(via, stmt, params, "fetch"))
-
-    async def _driver_call(self, via: Any, stmt: Any, params: dict[str, Any], fetch: str) -> Any:
-        lane: Lane = via
-        sql, args, _ = self.connector.plan(stmt, params)
-        call = getattr(lane.driver, fetch)
-        try:
-            if not self.each_in_transaction:
-                return await call(sql, *args)
-            async with lane.driver.transaction():
-                return await call(sql, *args)
-        except Exception as exc:
-            raise self._fault(lane.driver, exc) from exc
-
-    def _fault(self, driver: Any, exc: Exception) -> DriverFault:
-        """What an error asyncpg raised means: retry, and drop the connection if it is gone."""
-        broken = bool(driver.is_closed()) or is_broken_connection(exc)
-        transient = broken or self.is_transient_driver_error(exc)
-        return DriverFault(exc, transient=transient, broken=broken)
-
-    async def insert_items(
-        self, conn: AsyncConnection, batch: NewBatch, now: float, chunk_size: int
-    ) -> None:
-        # asyncpg streams rows with PostgreSQL's binary COPY, in the transaction already
-        # open on this connection: several times faster than INSERTs of the same rows.
-        # A COPY per chunk: each is a statement, which a low statement_timeout would
-        # cancel for a large batch sent whole; in the batch's transaction, the batch still
-        # appears whole or not at all.
-        items = batch.items
-        if not len(items):
-            return
-        raw = (await conn.get_raw_connection()).driver_connection
-        assert raw is not None
-        failure: Exception | None = None
-        copied = False
-        table = self.statements.tables.items.name
-        schema = self.schema
-
-        async def copy(scope: anyio.CancelScope) -> None:
-            nonlocal failure, copied
-            try:
-                for start in range(0, len(items), chunk_size):
-                    rows = [
-                        (batch.id, start + offset, key, payload, Q, 1, 0.0, False, 0.0, 0, now, now)
-                        for offset, (key, payload) in enumerate(items[start : start + chunk_size])
-                    ]
-                    await raw.copy_records_to_table(
-                        table, records=rows, columns=_COPIED, schema_name=schema
-                    )
-                copied = True
-            except Exception as exc:
-                failure = exc
-            finally:
-                scope.cancel()
-
-        # asyncpg's COPY can wait forever on a connection lost under it: give the COPY up
-        # once the connection has closed.
-        closed = anyio.Event()
-
-        def on_close(connection: object) -> None:
-            closed.set()
-
-        raw.add_termination_listener(on_close)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(copy, tg.cancel_scope)
-                await closed.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            raw.remove_termination_listener(on_close)
-        if copied:
-            return
-        exc = failure or ConnectionError("the connection closed during COPY")
-        cancelled = self.cancelled(exc, batch, chunk_size)
-        if cancelled is not None:
-            raise cancelled from self.connector.cause(exc)
-        raise self._fault(raw, exc) from exc
-
-    @asynccontextmanager
-    async def subscribe(self, batch_id: str, poll_interval: float) -> AsyncIterator[Subscription]:
-        async with AsyncExitStack() as stack:
-            sub: Subscription
-            try:
-                sub = await stack.enter_async_context(self._listener.subscribe(batch_id))
-            except Exception as exc:
-                # No connection to LISTEN on (the server is away, the budget is spent):
-                # this watcher polls; the next one tries to listen again.
-                logger.warning(
-                    "watch polls every %s s: could not LISTEN (%s)",
-                    poll_interval,
-                    self.connector.fault(exc),
-                    extra={"poll_interval": poll_interval},
-                )
-                sub = PollingSubscription(poll_interval)
-            yield sub
-
-    async def release(self) -> None:
-        await self._lanes.drop()
-
-    async def close(self) -> None:
-        await self._lanes.close()
-        await self._listener.close()
-
-
-class PooledAsyncpgDialect(AsyncpgDialect):
-    """PostgreSQL on asyncpg behind a transaction-mode pooler (``pooler=transaction``).
-
-    The pooler may hand each transaction of one client connection to a different server
-    connection, so every statement runs inside a transaction: its unnamed prepared
-    statement and its execution stay on one server connection. LISTEN cannot work through
-    such a pooler: `watch` listens on the
-    storage's ``listen_url`` (straight to the database) when it has one, and polls
-    otherwise, which the log says once.
-    """
-
-    def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
-        super().__init__(connector, statements, prefix)
-        self._listen_engine: AsyncEngine | None = None
-        self._said_polling = False
-        if connector.listen_url is not None:
-            self._listener = Listener(self._listen_connection, self.channel)
-
-    # The hot path still runs on kept connections, straight to asyncpg, but each
-    # statement inside a transaction of its own.
-    each_in_transaction = True
-
-    async def _listen_connection(self) -> AsyncConnection:
-        if self._listen_engine is None:
-            assert self.connector.listen_url is not None
-            # One connection at a time, opened for the first watcher, closed after the last.
-            self._listen_engine = create_async_engine(self.connector.listen_url, poolclass=NullPool)
-        return await self._listen_engine.connect()
-
-    @asynccontextmanager
-    async def subscribe(self, batch_id: str, poll_interval: float) -> AsyncIterator[Subscription]:
-        if self.connector.listen_url is not None:
-            async with super().subscribe(batch_id, poll_interval) as sub:
-                yield sub
-            return
-        if not self._said_polling:
-            self._said_polling = True
-            logger.warning(
-                "watch polls every %s s: LISTEN does not work through a transaction-mode "
-                "pooler; give the storage listen_url= (a URL straight to the database) "
-                "for live notifications",
-                poll_interval,
-                extra={"poll_interval": poll_interval},
-            )
-        yield PollingSubscription(poll_interval)
-
-    async def close(self) -> None:
-        await super().close()
-        if self._listen_engine is not None:
-            await self._listen_engine.dispose()
-            self._listen_engine = None
+def _claim_of(row: Any, token: str) -> Claim:
+    batch_id, key, payload, attempt, position, history = row[:6]
+    return Claim(
+        lease=Lease(batch_id, key, token, attempt),
+        position=position,
+        payload=loads(payload),
+        history=history,
+    )

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...codec import dumps, is_unicode, loads
 from ...models import ItemState
-from ...protocols import BatchRecord, ItemRecord
+from ...protocols import BatchRecord, ItemRecord, NewBatch
 
-if TYPE_CHECKING:
-    from sqlalchemy import Row
-
-__all__ = ["SCALARS", "tag", "tag_name", "tag_value", "to_item", "to_record", "ts"]
+__all__ = [
+    "SCALARS",
+    "batch_row",
+    "item_rows",
+    "new_record",
+    "tag",
+    "tag_name",
+    "tag_rows",
+    "tag_value",
+    "to_item",
+    "to_record",
+    "ts",
+]
 
 _TAG_MAX = 191
 _HASHED = "#sha256:"
@@ -69,53 +78,145 @@ def tag(name: object, value: object) -> tuple[str, str] | None:
         return None
 
 
-def to_record(row: Row[Any]) -> BatchRecord:
-    """A batch's row (with its ``running_progress``) as a `BatchRecord`."""
-    m = row._mapping
+def to_record(row: Any) -> BatchRecord:
+    """A batch's row (with its ``running_progress``) as a `BatchRecord`: a row of
+    SQLAlchemy's or of a driver's, read by column name."""
     return BatchRecord(
-        id=m["id"],
-        total=m["total"],
+        id=row.id,
+        total=row.total,
         counts={
-            ItemState.QUEUED: m["n_queued"],
-            ItemState.RUNNING: m["n_running"],
-            ItemState.SUCCEEDED: m["n_succeeded"],
-            ItemState.FAILED: m["n_failed"],
-            ItemState.CANCELLED: m["n_cancelled"],
+            ItemState.QUEUED: row.n_queued,
+            ItemState.RUNNING: row.n_running,
+            ItemState.SUCCEEDED: row.n_succeeded,
+            ItemState.FAILED: row.n_failed,
+            ItemState.CANCELLED: row.n_cancelled,
         },
-        created_at=ts(m["created_at"]),  # type: ignore[arg-type]
-        updated_at=ts(m["updated_at"]),  # type: ignore[arg-type]
-        metadata=loads(m["metadata"]),  # type: ignore[arg-type]
-        parent_id=m["parent_id"],
-        idempotency_key=m["idempotency_key"],
-        running_progress=float(m["running_progress"] or 0.0),
-        started_at=ts(m["started_at"]),
-        finished_at=ts(m["finished_at"]),
-        cancel_requested_at=ts(m["cancel_requested_at"]),
-        cancel_reason=m["cancel_reason"],
-        max_failures=m["max_failures"],
+        created_at=ts(row.created_at),  # type: ignore[arg-type]
+        updated_at=ts(row.updated_at),  # type: ignore[arg-type]
+        metadata=loads(row.metadata),  # type: ignore[arg-type]
+        parent_id=row.parent_id,
+        idempotency_key=_exact(row.idempotency_key),
+        running_progress=float(row.running_progress or 0.0),
+        started_at=ts(row.started_at),
+        finished_at=ts(row.finished_at),
+        cancel_requested_at=ts(row.cancel_requested_at),
+        cancel_reason=row.cancel_reason,
+        max_failures=row.max_failures,
     )
 
 
-def to_item(row: Row[Any]) -> ItemRecord:
-    """An item's row as an `ItemRecord`, its texts as stored."""
-    m = row._mapping
+def to_item(row: Any) -> ItemRecord:
+    """An item's row as an `ItemRecord`, its texts as stored: a row of SQLAlchemy's or of
+    a driver's, read by column name."""
+    state = row.state
     return ItemRecord(
-        batch_id=m["batch_id"],
-        key=m["key"],
-        position=m["position"],
-        payload=m["payload"],
-        state=ItemState(m["state"]),
-        progress=m["progress"],
-        message=m["message"],
-        attempt=m["attempt"],
-        error=m["error"],
-        history=m["history"],
-        result=m["result"],
-        created_at=ts(m["created_at"]),  # type: ignore[arg-type]
-        updated_at=ts(m["updated_at"]),  # type: ignore[arg-type]
-        started_at=ts(m["started_at"]),
+        batch_id=row.batch_id,
+        key=_exact(row.key),
+        position=row.position,
+        payload=row.payload,
+        state=ItemState(state),
+        progress=row.progress,
+        message=row.message,
+        attempt=row.attempt,
+        error=row.error,
+        history=row.history,
+        result=row.result,
+        created_at=ts(row.created_at),  # type: ignore[arg-type]
+        updated_at=ts(row.updated_at),  # type: ignore[arg-type]
+        started_at=ts(row.started_at),
         # The lease's deadline while running; while queued the column holds the retry
         # time, which is not a lease.
-        lease_expires_at=ts(m["claimable_at"]) if m["state"] == _R else None,
-        finished_at=ts(m["finished_at"]),
+        lease_expires_at=ts(row.claimable_at) if state == _R else None,
+        finished_at=ts(row.finished_at),
+    )
+
+
+def _exact(value: Any) -> Any:
+    """An `ExactString` column's value: UTF-8 bytes as the driver gives them back on
+    MySQL/MariaDB, read without SQLAlchemy's result processing, as text."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8")
+    return value
+
+
+# -- a new batch's rows, and its record --------------------------------------------------
+
+_Q = ItemState.QUEUED.value
+
+
+def batch_row(batch: NewBatch, now: float) -> dict[str, Any]:
+    """A new batch's row, as `Statements.insert_of` ("batches") binds it."""
+    total = len(batch.items)
+    return {
+        "v_id": batch.id,
+        "v_parent_id": batch.parent_id,
+        "v_idempotency_key": batch.idempotency_key,
+        "v_metadata": dumps(batch.metadata),
+        "v_total": total,
+        "v_n_queued": total,
+        "v_n_running": 0,
+        "v_n_succeeded": 0,
+        "v_n_failed": 0,
+        "v_n_cancelled": 0,
+        "v_created_at": now,
+        "v_updated_at": now,
+        "v_finished_at": None if total else now,
+        "v_max_failures": batch.max_failures,
+        "v_hook_done": False,
+    }
+
+
+def tag_rows(batch: NewBatch) -> list[dict[str, Any]]:
+    """A new batch's tags: one per top-level scalar of its metadata (see `tag_name`)."""
+    return [
+        {"v_name": tag_name(name), "v_value": tag_value(value), "v_batch_id": batch.id}
+        for name, value in batch.metadata.items()
+        if isinstance(value, SCALARS)
+    ]
+
+
+def item_rows(batch: NewBatch, now: float, start: int, size: int) -> list[dict[str, Any]]:
+    """The rows of ``size`` new items of ``batch`` from position ``start``, queued."""
+    return [
+        {
+            "v_batch_id": batch.id,
+            "v_position": start + offset,
+            "v_key": key,
+            "v_payload": payload,
+            "v_state": _Q,
+            "v_active": 1,
+            "v_claimable_at": 0.0,
+            "v_cancel_requested": False,
+            "v_progress": 0.0,
+            "v_attempt": 0,
+            "v_created_at": now,
+            "v_updated_at": now,
+        }
+        for offset, (key, payload) in enumerate(batch.items[start : start + size])
+    ]
+
+
+def new_record(batch: NewBatch, now: float) -> BatchRecord:
+    """The record of ``batch`` as its rows were just written at ``now`` (what reading it
+    back would give)."""
+    total = len(batch.items)
+    created = ts(now)
+    assert created is not None
+    return BatchRecord(
+        id=batch.id,
+        total=total,
+        counts={
+            ItemState.QUEUED: total,
+            ItemState.RUNNING: 0,
+            ItemState.SUCCEEDED: 0,
+            ItemState.FAILED: 0,
+            ItemState.CANCELLED: 0,
+        },
+        created_at=created,
+        updated_at=created,
+        metadata=loads(dumps(batch.metadata)),  # type: ignore[arg-type]
+        parent_id=batch.parent_id,
+        idempotency_key=batch.idempotency_key,
+        finished_at=None if total else created,
+        max_failures=batch.max_failures,
     )

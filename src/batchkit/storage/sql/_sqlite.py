@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
-from sqlalchemy import event
+from sqlalchemy import Integer, String, event
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
@@ -15,18 +20,22 @@ from . import _aiosqlite_fast
 from ._connector import Lanes, Result
 from ._dialect import Dialect
 from ._faults import DriverFault
+from ._filewatch import WORK_COUNT, FileWatch
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+    from .._bell import Flag
     from ._connector import Connector, Lane
-    from ._statements import Statements, Steps
+    from ._statements import Params, Statements, Steps
 
 __all__ = ["SQLiteDialect", "SQLiteLanesDialect"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("batchkit.storage.sql")
 
 
 #: The options of the sqlite3 module a SQLite URL's query may set (SQLAlchemy's list).
@@ -108,14 +117,14 @@ class SQLiteDialect(Dialect):
         async with self._write_lock:
             return await attempt()
 
-    async def exec(self, conn: AsyncConnection, stmt: Any, params: dict[str, Any]) -> Result:
+    async def exec(self, conn: AsyncConnection, stmt: Any, params: Params) -> Result:
         """Execute one statement of a transaction in one hop to the driver's thread.
 
         SQLAlchemy's aiosqlite adapter makes several hops to the driver's thread per
         statement (cursor, execute, fetch, close); the compiled SQL sent straight through
         the same connection (so inside the same transaction) costs one.
         """
-        if not self.connector.is_cached(stmt):
+        if isinstance(params, list) or not self.connector.is_cached(stmt):
             return await super().exec(conn, stmt, params)
         sql, args, row_type = self.connector.plan(stmt, params)
         raw = (await conn.get_raw_connection()).driver_connection
@@ -129,6 +138,33 @@ class SQLiteDialect(Dialect):
         # `execute_fetchall` tells no row count: the rows returned count the rows updated.
         return stmt.returning(column)
 
+    # -- new work --------------------------------------------------------------------------
+
+    def work_notice(self) -> Any:
+        # A count of new work in the meta table (made by the first work), which
+        # `_FileWatch` reads in the other processes when the file changed.
+        meta = self.statements.tables.meta
+
+        def build() -> Any:
+            moved = sql_cast(sql_cast(meta.c.value, Integer) + 1, String)
+            return (
+                sqlite_insert(meta)
+                .values(name=WORK_COUNT, value="1")
+                .on_conflict_do_update(index_elements=[meta.c.name], set_={"value": moved})
+            )
+
+        return self.connector.stmt("sqlite_work_notice", build)
+
+    @asynccontextmanager
+    async def relay_work(self, flag: Flag, poll_interval: float) -> AsyncIterator[None]:
+        path = _file_of(self.connector.engine)
+        watch = None if path is None else FileWatch.open(path, self.statements.tables.meta.name)
+        if watch is None:
+            yield
+            return
+        async with watch.ringing(flag):
+            yield
+
 
 class SQLiteLanesDialect(SQLiteDialect):
     """SQLite with each hot-path transaction run whole in ONE call to aiosqlite's thread,
@@ -137,36 +173,33 @@ class SQLiteLanesDialect(SQLiteDialect):
     def __init__(self, connector: Connector, statements: Statements, prefix: str) -> None:
         super().__init__(connector, statements, prefix)
         self._lanes = Lanes(connector, cap=connector.lanes_cap(1))
+        # Readers do not wait for the writer (WAL): their own connections.
+        self._readers = Lanes(connector, cap=connector.lanes_cap(2, beside=2))
+
+    async def read(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._readers.attempt(lambda lane: self._in_thread(lane, steps(), False))
 
     async def write(self, steps: Callable[[], Steps[T]]) -> T:
-        return await self._lanes.attempt(lambda lane: self._transaction(lane, steps()))
+        return await self._lanes.attempt(lambda lane: self._in_thread(lane, steps(), True))
 
-    async def _transaction(self, lane: Lane, steps: Steps[T]) -> T:
-        """Run ``steps`` as one transaction in ONE call to the SQLite driver's thread."""
+    async def write_lease(self, steps: Callable[[], Steps[T]]) -> T:
+        # One UPDATE ... RETURNING: atomic alone, no BEGIN and COMMIT around it.
+        return await self._lanes.attempt(lambda lane: self._in_thread(lane, steps(), False))
+
+    async def _in_thread(self, lane: Lane, steps: Steps[T], transaction: bool) -> T:
+        """Run ``steps`` (as one transaction, or each statement on its own) in ONE call to
+        the SQLite driver's thread."""
+        run = self._transaction if transaction else self._drive
         try:
-            return await _aiosqlite_fast.run_in_thread(lane.driver, self._run_steps, steps)
+            return await _aiosqlite_fast.run_in_thread(lane.driver, run, steps)
         except sqlite3.Error as exc:
             raise DriverFault(exc, transient=self.is_transient_driver_error(exc)) from exc
 
-    def _run_steps(self, db: sqlite3.Connection, steps: Steps[T]) -> T:
+    def _transaction(self, db: sqlite3.Connection, steps: Steps[T]) -> T:
         # In the driver's thread: BEGIN IMMEDIATE, every statement, COMMIT.
-        plan = self.connector.plan
         db.execute("BEGIN IMMEDIATE")
         try:
-            try:
-                stmt, params = next(steps)
-                while True:
-                    sql, args, row_type = plan(stmt, params)
-                    cursor = db.execute(sql, args)
-                    if row_type is None:
-                        result = Result([], cursor.rowcount)
-                    else:
-                        rows = [row_type(*row) for row in cursor.fetchall()]
-                        result = Result(rows, len(rows))
-                    cursor.close()
-                    stmt, params = steps.send(result)
-            except StopIteration as stop:
-                value = cast("T", stop.value)
+            value = self._drive(db, steps)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -174,11 +207,49 @@ class SQLiteLanesDialect(SQLiteDialect):
             raise
         return value
 
+    def _drive(self, db: sqlite3.Connection, steps: Steps[T]) -> T:
+        plan = self.connector.plan
+        try:
+            stmt, params = next(steps)
+            while True:
+                if isinstance(params, list):  # the same statement for each of these rows
+                    sql = plan(stmt, params[0])[0]
+                    db.executemany(sql, [plan(stmt, row)[1] for row in params]).close()
+                    stmt, params = steps.send(Result([], len(params)))
+                    continue
+                sql, args, row_type = plan(stmt, params)
+                cursor = db.execute(sql, args)
+                if row_type is None:
+                    result = Result([], cursor.rowcount)
+                else:
+                    rows = [row_type(*row) for row in cursor.fetchall()]
+                    result = Result(rows, len(rows))
+                cursor.close()
+                stmt, params = steps.send(result)
+        except StopIteration as stop:
+            return cast("T", stop.value)
+
     async def release(self) -> None:
         await self._lanes.drop()
+        await self._readers.drop()
 
     async def close(self) -> None:
         await self._lanes.close()
+        await self._readers.close()
+
+
+def _file_of(engine: AsyncEngine) -> str | None:
+    """The database file of ``engine``, or `None` (in memory, or named by a URI)."""
+    url = engine.url
+    database = url.database
+    if (
+        not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or str(url.query.get("uri", "")).lower() in ("1", "true", "yes", "on")
+    ):
+        return None
+    return os.path.realpath(database)
 
 
 def _busy(exc: BaseException | None) -> bool:

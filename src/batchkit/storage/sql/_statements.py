@@ -15,20 +15,22 @@ from sqlalchemy import Text, and_, bindparam, case, func, literal, select
 from ...ids import new_token
 from ...models import ItemState
 from ._connector import Result
-from ._rows import tag
+from ._rows import batch_row, item_rows, tag, tag_rows
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
     from sqlalchemy.sql.elements import ColumnElement
 
-    from ...protocols import ClaimRequest, Lease, MetadataFilter
+    from ...protocols import ClaimRequest, Lease, MetadataFilter, NewBatch
     from ._connector import Connector
     from .schema import Tables
 
 __all__ = [
     "ACTIVE",
     "COUNTER",
+    "SENT_ANYWHERE",
+    "Params",
     "PendingClaim",
     "Shape",
     "Statements",
@@ -40,14 +42,22 @@ T = TypeVar("T")
 
 #: One transaction's work, written once for every way of executing it: a generator that
 #: yields each statement with its parameters and receives that statement's result. It runs
-#: through SQLAlchemy (`Dialect.drive`) or, on SQLite, whole in the driver's thread.
-Steps: TypeAlias = Generator[tuple[Any, dict[str, Any]], Result, T]
+#: through SQLAlchemy (`Dialect.drive`), or straight on the driver (`Dialect.write`: on
+#: SQLite whole in the driver's thread, on asyncpg one call per statement).
+Steps: TypeAlias = Generator[tuple[Any, "Params"], Result, T]
+#: A statement's parameters: one row's, or a list of rows' (the statement runs once for each).
+Params: TypeAlias = dict[str, Any] | list[dict[str, Any]]
 
 Q, R = ItemState.QUEUED.value, ItemState.RUNNING.value
 S, F, C = ItemState.SUCCEEDED.value, ItemState.FAILED.value, ItemState.CANCELLED.value
 #: The batch's counter column of each item state.
 COUNTER = {Q: "n_queued", R: "n_running", S: "n_succeeded", F: "n_failed", C: "n_cancelled"}
 ACTIVE = {Q, R}
+
+
+#: `PendingClaim.sent_in` of a claim sent before its batch was known (a claim in one
+#: statement, of any batch): if its answer is lost for good, its item waits for its lease.
+SENT_ANYWHERE = "*"
 
 
 @dataclass
@@ -59,7 +69,7 @@ class PendingClaim:
     """
 
     token: str = field(default_factory=new_token)
-    sent_in: str | None = None  # the batch of the claim last sent, if one was
+    sent_in: str | None = None  # the batch of the claim last sent, if one was (or SENT_ANYWHERE)
     finishing: bool = False  # a try of the finish before it has been sent
 
 
@@ -118,6 +128,116 @@ class Statements:
         ).scalar_subquery()
         return select(b, running.label("running_progress"))
 
+    # -- creating --------------------------------------------------------------------------
+
+    #: The columns of a new batch's row, and of a new item's (`insert_of`).
+    BATCH_COLUMNS = (
+        "id",
+        "parent_id",
+        "idempotency_key",
+        "metadata",
+        "total",
+        "n_queued",
+        "n_running",
+        "n_succeeded",
+        "n_failed",
+        "n_cancelled",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "max_failures",
+        "hook_done",
+    )
+    TAG_COLUMNS = ("name", "value", "batch_id")
+    ITEM_COLUMNS = (
+        "batch_id",
+        "position",
+        "key",
+        "payload",
+        "state",
+        "active",
+        "claimable_at",
+        "cancel_requested",
+        "progress",
+        "attempt",
+        "created_at",
+        "updated_at",
+    )
+
+    def insert_of(self, table: str) -> Any:
+        """The INSERT of one row of ``table`` ("batches", "tags" or "items"), its values
+        bound by column name with the prefix ``v_`` (built once)."""
+        columns = {
+            "batches": self.BATCH_COLUMNS,
+            "tags": self.TAG_COLUMNS,
+            "items": self.ITEM_COLUMNS,
+        }[table]
+        target = getattr(self.tables, table)
+        return self._connector.stmt(
+            ("insert", table),
+            lambda: target.insert().values({c: bindparam(f"v_{c}") for c in columns}),
+        )
+
+    def create(
+        self, batch: NewBatch, now: float, chunk_size: int | None, notice: Any
+    ) -> Steps[str | None]:
+        """The statements creating ``batch``, its items ``chunk_size`` per statement (none
+        with `None`: they are streamed in by the dialect), and ``notice``, the statement
+        announcing new work (or `None`); the id of the batch that holds its idempotency
+        key instead, if one does."""
+        if batch.idempotency_key is not None:
+            found = yield from self.by_idempotency(batch.idempotency_key)
+            if found is not None:
+                return found
+        total = len(batch.items)
+        yield self.insert_of("batches"), batch_row(batch, now)
+        tags = tag_rows(batch)
+        if tags:
+            yield self.insert_of("tags"), tags
+        if chunk_size is not None:
+            for start in range(0, total, chunk_size):
+                yield self.insert_of("items"), item_rows(batch, now, start, chunk_size)
+        if total and notice is not None:
+            yield notice, {}
+        return None
+
+    def by_idempotency(self, key: str) -> Steps[str | None]:
+        """The id of the batch holding the idempotency key ``key``, if one does."""
+        row = (yield self.batch_by_idempotency(), {"b_key": key}).first()
+        return None if row is None else str(row.id)
+
+    def batch_by_idempotency(self) -> Any:
+        """The SELECT of the id of the batch with idempotency key ``b_key``."""
+        b = self.tables.batches
+        return self._connector.stmt(
+            "batch_by_idempotency",
+            lambda: select(b.c.id).where(b.c.idempotency_key == bindparam("b_key")),
+        )
+
+    def batch_by_id(self) -> Any:
+        """The SELECT of batch ``b_id`` with the progress of its running items."""
+        b = self.tables.batches
+        return self._connector.stmt(
+            "batch_by_id", lambda: self.batch_query().where(b.c.id == bindparam("b_id"))
+        )
+
+    def batch_exists(self) -> Any:
+        """The SELECT of batch ``b_id``'s id (no row: no such batch)."""
+        b = self.tables.batches
+        return self._connector.stmt(
+            "batch_exists", lambda: select(b.c.id).where(b.c.id == bindparam("b_id"))
+        )
+
+    def item_by_key(self) -> Any:
+        """The SELECT of item ``b_key`` of batch ``b_id``."""
+        i = self.tables.items
+        return self._connector.stmt(
+            "item_by_key",
+            lambda: select(i).where(
+                i.c.batch_id == bindparam("b_id"), i.c.key == bindparam("b_key")
+            ),
+        )
+
     def items_query(
         self,
         batch_id: str,
@@ -125,18 +245,29 @@ class Statements:
         states: Collection[ItemState] | None,
         after: int | None,
         limit: int,
-    ) -> Any:
-        """The SELECT of `list_items` (None when no state is asked for)."""
-        i = self.tables.items
-        query = select(i).where(i.c.batch_id == batch_id)
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """The SELECT of `list_items` and its parameters (`None` when no state is asked
+        for). One statement per shape, built once: the batch, the states, the position
+        after which the page starts and its size are parameters."""
+        params: dict[str, Any] = {"b_id": batch_id, "b_limit": limit}
         if states is not None:
             values = sorted({ItemState(s).value for s in states})
             if not values:
                 return None
-            query = query.where(i.c.state.in_(values))
+            params["b_states"] = values
         if after is not None:
-            query = query.where(i.c.position > after)
-        return query.order_by(i.c.position).limit(limit)
+            params["b_after"] = after
+        shape = (states is not None, after is not None)
+        return self._connector.stmt(("items", *shape), lambda: self._items_page(*shape)), params
+
+    def _items_page(self, by_state: bool, after: bool) -> Any:
+        i = self.tables.items
+        query = select(i).where(i.c.batch_id == bindparam("b_id"))
+        if by_state:
+            query = query.where(i.c.state.in_(bindparam("b_states", expanding=True)))
+        if after:
+            query = query.where(i.c.position > bindparam("b_after"))
+        return query.order_by(i.c.position).limit(bindparam("b_limit"))
 
     def batches_query(
         self,

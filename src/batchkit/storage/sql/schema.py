@@ -19,14 +19,18 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
+from ...exceptions import SchemaVersionMismatch
 from .. import _base
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
+    from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.types import TypeEngine
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "Tables",
     "build_tables",
     "metadata_for",
+    "stamp_or_check",
     "validate_prefix",
     "validate_schema",
 ]
@@ -217,3 +222,44 @@ def metadata_for(prefix: str = "batchkit_", schema: str | None = None) -> tuple[
     """
     metadata = MetaData()
     return metadata, build_tables(metadata, prefix, schema)
+
+
+_UPGRADE = " (upgrade them with: python -m batchkit schema upgrade --storage URL)"
+
+
+async def stamp_or_check(
+    conn: AsyncConnection, tables: Tables, table_prefix: str, *, create: bool
+) -> None:
+    """Write the layout version into new tables (``create``), or check the tables' own.
+
+    Raises:
+        SchemaVersionMismatch: the tables are missing and may not be created, or were
+            written by another layout (an older one's message says how to upgrade).
+    """
+    meta = tables.meta
+    if not create:
+        exists = await conn.run_sync(
+            lambda sync: sync.dialect.has_table(sync, meta.name, schema=meta.schema)
+        )
+        if not exists:
+            raise SchemaVersionMismatch(
+                f"table {meta.fullname!r} is missing and create_schema=False: create "
+                "batchkit's tables with your migrations (batchkit.storage.sql.schema)"
+            )
+    row = (await conn.execute(select(meta.c.value).where(meta.c.name == "schema_version"))).first()
+    if row is None and create:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(
+                    meta.insert().values(name="schema_version", value=str(SCHEMA_VERSION))
+                )
+        except IntegrityError:
+            pass  # another process wrote it first
+        return
+    version = None if row is None else row[0]
+    if version != str(SCHEMA_VERSION):
+        older = str(version).isdigit() and int(str(version)) < SCHEMA_VERSION
+        raise SchemaVersionMismatch(
+            f"the tables with prefix {table_prefix!r} have schema version {version!r}; this "
+            f"batchkit reads version {SCHEMA_VERSION}" + _UPGRADE * older
+        )

@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from sqlalchemy import MetaData, or_, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from ..._secrets import redact, unparsable
-from ...codec import dumps, loads
+from ...codec import loads
 from ...exceptions import (
     BatchNotFound,
     InvalidStorageURL,
     ItemNotFound,
-    SchemaVersionMismatch,
     StorageError,
 )
 from ...ids import new_token
@@ -42,17 +41,18 @@ from ...protocols import (
     Subscription,
 )
 from .._base import AsyncContext, Fault, refuse_synchronous_driver, retrying
+from .._bell import Bell, bell
 from .._doubt import ClaimsInDoubt
+from ._asyncpg import AsyncpgDialect
 from ._connector import ConnectionSettings, Connector
 from ._dialect import Dialect
-from ._faults import DriverFault, is_driver_error
+from ._faults import DriverFault, is_driver_error, is_duplicate
 from ._mysql import MySQLDialect
 from ._options import driver_options, schema_of, split_url_options
-from ._postgres import PostgresDialect
-from ._rows import SCALARS, tag_name, tag_value, to_item, to_record
+from ._rows import new_record, to_item, to_record
 from ._sqlite import SQLiteDialect
-from ._statements import C, PendingClaim, Q, R, Statements, Steps
-from .schema import SCHEMA_VERSION, Tables, build_tables, validate_prefix
+from ._statements import SENT_ANYWHERE, C, PendingClaim, Q, R, Statements, Steps
+from .schema import Tables, build_tables, stamp_or_check, validate_prefix
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
@@ -70,11 +70,10 @@ logger = logging.getLogger("batchkit.storage.sql")
 
 T = TypeVar("T")
 
-_UPGRADE = " (upgrade them with: python -m batchkit schema upgrade --storage URL)"
 #: The dialect of each database SQLAlchemy names (`Dialect.for_engine` picks its variant).
 _DIALECTS: dict[str, type[Dialect]] = {
     "sqlite": SQLiteDialect,
-    "postgresql": PostgresDialect,
+    "postgresql": AsyncpgDialect,  # (psycopg's too: see `AsyncpgDialect.for_engine`)
     "mysql": MySQLDialect,
     "mariadb": MySQLDialect,
 }
@@ -160,6 +159,9 @@ class SQLStorage(AsyncContext):
         self._dialect = Dialect(self._connector, self._sql, table_prefix)
         self._opened = False
         self._open_lock = anyio.Lock()
+        # Rung when this storage makes new work (see `subscribe_work`); the tables' own
+        # once open, shared with every storage of this process on them.
+        self._bell = Bell()
         # Claims that may have committed as the store went away past the retries.
         self._doubtful: ClaimsInDoubt[PendingClaim] = ClaimsInDoubt()
 
@@ -216,6 +218,7 @@ class SQLStorage(AsyncContext):
             dialect = _DIALECTS[name].for_engine(engine, connector, self._sql, self.table_prefix)
             self._dialect = dialect
             self._sql.shape = dialect
+            self._bell = bell(dialect.bell_key(engine))
             try:
                 with driver_options(connector.secrets):
                     await retrying(
@@ -264,39 +267,10 @@ class SQLStorage(AsyncContext):
         self._opened = False
 
     async def _setup_schema(self) -> None:
-        meta = self.tables.meta
         async with self.engine.begin() as conn, self._schema_lock(conn):
             if self.create_schema:
                 await self._dialect.create_tables(conn, self.metadata)
-            else:
-                exists = await conn.run_sync(
-                    lambda sync: sync.dialect.has_table(sync, meta.name, schema=meta.schema)
-                )
-                if not exists:
-                    raise SchemaVersionMismatch(
-                        f"table {meta.fullname!r} is missing and create_schema=False: create "
-                        "batchkit's tables with your migrations (batchkit.storage.sql.schema)"
-                    )
-            row = (
-                await conn.execute(select(meta.c.value).where(meta.c.name == "schema_version"))
-            ).first()
-            if row is None and self.create_schema:
-                try:
-                    async with conn.begin_nested():
-                        await conn.execute(
-                            meta.insert().values(name="schema_version", value=str(SCHEMA_VERSION))
-                        )
-                except IntegrityError:
-                    pass  # another process wrote it first
-                return
-            version = None if row is None else row[0]
-            if version != str(SCHEMA_VERSION):
-                raise SchemaVersionMismatch(
-                    f"the tables with prefix {self.table_prefix!r} have schema version "
-                    f"{version!r}; this batchkit reads version {SCHEMA_VERSION}"
-                    + _UPGRADE
-                    * (str(version).isdigit() and int(str(version)) < SCHEMA_VERSION)
-                )
+            await stamp_or_check(conn, self.tables, self.table_prefix, create=self.create_schema)
 
     def _schema_lock(self, conn: AsyncConnection) -> Any:
         # Only a storage that creates the tables needs one (see `Dialect.schema_lock`).
@@ -320,10 +294,19 @@ class SQLStorage(AsyncContext):
             lambda: connector.attempt(work, read=read, autocommit=autocommit), write=not read
         )
 
+    async def _read(self, steps: Callable[[], Steps[T]]) -> T:
+        """Run a read, each statement a snapshot of its own, by the fastest way the
+        database allows (`Dialect.read`), retried on transient faults."""
+        return await self._retrying(lambda: self._dialect.read(steps), write=False)
+
     async def _write(self, steps: Callable[[], Steps[T]]) -> T:
         """Run a hot-path write transaction, by the fastest way the database allows
         (`Dialect.write`), retried on transient faults."""
         return await self._retrying(lambda: self._dialect.write(steps), write=True)
+
+    async def _write_lease(self, steps: Callable[[], Steps[T]]) -> T:
+        """Run a lease's write (`Dialect.write_lease`), retried on transient faults."""
+        return await self._retrying(lambda: self._dialect.write_lease(steps), write=True)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, write: bool) -> T:
         if not self._opened:
@@ -346,102 +329,100 @@ class SQLStorage(AsyncContext):
     # -- creating and reading --------------------------------------------------------------
 
     async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
-        """Create a batch with all its items in one transaction (see `Storage.create_batch`)."""
-        t = self.tables
+        """Create a batch with all its items in one transaction (see `Storage.create_batch`).
+
+        The transaction's statements go the dialect's fastest way (`Dialect.write`: one
+        call to SQLite's thread, asyncpg directly); on PostgreSQL, a batch of more items
+        than `chunk_size` streams them in by ``COPY`` instead.
+        """
         now = self._now()
 
-        async def work(conn: AsyncConnection) -> tuple[BatchRecord, bool]:
-            if batch.idempotency_key is not None:
-                existing = await self._id_by_idempotency(conn, batch.idempotency_key)
-                if existing is not None:
-                    return await self._record(conn, existing), False
-            total = len(batch.items)
-            await conn.execute(
-                t.batches.insert().values(
-                    id=batch.id,
-                    parent_id=batch.parent_id,
-                    idempotency_key=batch.idempotency_key,
-                    metadata=dumps(batch.metadata),
-                    total=total,
-                    n_queued=total,
-                    n_running=0,
-                    n_succeeded=0,
-                    n_failed=0,
-                    n_cancelled=0,
-                    created_at=now,
-                    updated_at=now,
-                    finished_at=None if total else now,
-                    max_failures=batch.max_failures,
-                    hook_done=False,
+        async def attempt() -> str | None:
+            if self._dialect.copies_items(len(batch.items), self.chunk_size):
+                return await self._connector.attempt(
+                    lambda conn: self._create_copying(conn, batch, now)
                 )
+            return await self._dialect.write(
+                lambda: self._sql.create(batch, now, self.chunk_size, self._dialect.work_notice())
             )
-            tags = [
-                {"name": tag_name(name), "value": tag_value(value), "batch_id": batch.id}
-                for name, value in batch.metadata.items()
-                if isinstance(value, SCALARS)
-            ]
-            if tags:
-                await conn.execute(t.tags.insert(), tags)
-            await self._dialect.insert_items(conn, batch, now, self.chunk_size)
-            return await self._record(conn, batch.id), True
 
         try:
-            return await self._run(work)
+            existing = await self._retrying(attempt, write=True)
         except StorageError as exc:
-            if not isinstance(exc.__cause__, IntegrityError):
+            cause = getattr(exc.__cause__, "orig", None) or exc.__cause__
+            cancelled = self._dialect.cancelled(cause, batch, self.chunk_size)
+            if cancelled is not None:
+                raise cancelled from exc.__cause__
+            if not is_duplicate(cause):
                 raise
-
             # A concurrent submit with the same idempotency key won, or our own commit
             # landed before a dropped connection made us try again.
-            async def lookup(conn: AsyncConnection) -> tuple[BatchRecord, bool] | None:
-                if batch.idempotency_key is not None:
-                    found = await self._id_by_idempotency(conn, batch.idempotency_key)
-                    if found is not None:
-                        return await self._record(conn, found), found == batch.id
-                try:
-                    return await self._record(conn, batch.id), True
-                except BatchNotFound:
-                    return None
-
-            found = await self._run(lookup, read=True)
-            if found is None:
+            if batch.idempotency_key is not None:
+                key = batch.idempotency_key
+                existing = await self._read(lambda: self._sql.by_idempotency(key))
+            if existing is None:
+                existing = (
+                    batch.id if await self._read(lambda: self._batch_exists(batch.id)) else None
+                )
+            if existing is None:
                 raise
-            return found
+            if existing == batch.id:
+                return await self.get_batch(batch.id), True
+        if existing is not None:
+            return await self.get_batch(existing), False
+        if batch.items:
+            self._bell.ring()
+        return new_record(batch, now), True
 
-    async def _id_by_idempotency(self, conn: AsyncConnection, key: str) -> str | None:
-        b = self.tables.batches
-        found = (await conn.execute(select(b.c.id).where(b.c.idempotency_key == key))).scalar()
-        return None if found is None else str(found)
+    async def _create_copying(
+        self, conn: AsyncConnection, batch: NewBatch, now: float
+    ) -> str | None:
+        found = await self._dialect.drive(
+            conn, self._sql.create(batch, now, None, self._dialect.work_notice())
+        )
+        if found is None:
+            await self._dialect.insert_items(conn, batch, now, self.chunk_size)
+        return found
 
     async def get_batch(self, batch_id: str) -> BatchRecord:
         """Read a batch and its counters: one primary-key read (see `Storage.get_batch`)."""
-        return await self._run(lambda conn: self._record(conn, batch_id), read=True)
+        found = await self._read(lambda: self._record_steps(batch_id))
+        if found is None:
+            raise BatchNotFound(batch_id)
+        return found
+
+    def _record_steps(self, batch_id: str) -> Steps[BatchRecord | None]:
+        row = (yield self._sql.batch_by_id(), {"b_id": batch_id}).first()
+        return None if row is None else to_record(row)
 
     async def _record(self, conn: AsyncConnection, batch_id: str) -> BatchRecord:
-        query = self._sql.batch_query().where(self.tables.batches.c.id == batch_id)
-        row = (await conn.execute(query)).first()
-        if row is None:
+        """`get_batch` inside a transaction on ``conn``."""
+        found = await self._dialect.drive(conn, self._record_steps(batch_id))
+        if found is None:
             raise BatchNotFound(batch_id)
-        return to_record(row)
+        return found
 
     async def get_item(self, batch_id: str, key: str) -> ItemRecord:
         """Read one item (see `Storage.get_item`)."""
-        i = self.tables.items
 
-        async def work(conn: AsyncConnection) -> ItemRecord:
-            row = (
-                await conn.execute(select(i).where(i.c.batch_id == batch_id, i.c.key == key))
-            ).first()
-            if row is None:
-                await self._require_batch(conn, batch_id)
-                raise ItemNotFound(batch_id, key)
-            return to_item(row)
+        def steps() -> Steps[ItemRecord | bool]:
+            row = (yield self._sql.item_by_key(), {"b_id": batch_id, "b_key": key}).first()
+            if row is not None:
+                return to_item(row)
+            return (yield from self._batch_exists(batch_id))
 
-        return await self._run(work, read=True)
+        found = await self._read(steps)
+        if found is False:
+            raise BatchNotFound(batch_id)
+        if found is True:
+            raise ItemNotFound(batch_id, key)
+        return found
+
+    def _batch_exists(self, batch_id: str) -> Steps[bool]:
+        return (yield self._sql.batch_exists(), {"b_id": batch_id}).first() is not None
 
     async def _require_batch(self, conn: AsyncConnection, batch_id: str) -> None:
-        b = self.tables.batches
-        if (await conn.execute(select(b.c.id).where(b.c.id == batch_id))).first() is None:
+        if not await self._dialect.drive(conn, self._batch_exists(batch_id)):
             raise BatchNotFound(batch_id)
 
     async def list_items(
@@ -456,14 +437,18 @@ class SQLStorage(AsyncContext):
         query = self._sql.items_query(batch_id, states=states, after=after, limit=limit)
         if query is None:
             return []
+        stmt, params = query
 
-        async def work(conn: AsyncConnection) -> list[ItemRecord]:
-            rows = (await conn.execute(query)).all()
-            if not rows:
-                await self._require_batch(conn, batch_id)
+        def steps() -> Steps[list[ItemRecord] | None]:
+            rows = (yield stmt, params).rows
+            if not rows and not (yield from self._batch_exists(batch_id)):
+                return None
             return [to_item(row) for row in rows]
 
-        return await self._run(work, read=True)
+        found = await self._read(steps)
+        if found is None:
+            raise BatchNotFound(batch_id)
+        return found
 
     async def list_batches(
         self,
@@ -489,6 +474,12 @@ class SQLStorage(AsyncContext):
         """Claim the oldest claimable item (see `Storage.claim`)."""
         pending = self._in_doubt(request) or PendingClaim()
         with self._doubt_on_failure(pending):
+            at_once = self._dialect.claim_at_once(request, pending)
+            if at_once is not None:
+                claim = await self._retrying(at_once, write=True)
+                if claim is not None:
+                    return claim
+                pending.sent_in = None  # answered: nothing claimed, nothing in doubt
             return await self._write(lambda: self._claim(request, pending))
 
     def _in_doubt(self, request: ClaimRequest) -> PendingClaim | None:
@@ -501,7 +492,9 @@ class SQLStorage(AsyncContext):
         try:
             yield
         except StorageError:
-            if pending.sent_in is not None:  # its claim was sent: it may have committed
+            # Its claim was sent: it may have committed. (One sent before its batch was
+            # known cannot be looked for: its item waits for its lease.)
+            if pending.sent_in not in (None, SENT_ANYWHERE):
                 self._doubtful.remember(pending.sent_in, pending)
             raise
 
@@ -566,9 +559,8 @@ class SQLStorage(AsyncContext):
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
         """Extend a current lease (see `Storage.heartbeat`)."""
-        return await self._write(
-            lambda: self._extend(lease, None, None, self._now() + lease_seconds)
-        )
+        deadline = self._now() + lease_seconds
+        return await self._write_lease(lambda: self._extend(lease, None, None, deadline))
 
     async def record_progress(
         self,
@@ -580,7 +572,7 @@ class SQLStorage(AsyncContext):
     ) -> LeaseStatus:
         """Record progress of a running item: one statement (see `Storage.record_progress`)."""
         deadline = None if lease_seconds is None else self._now() + lease_seconds
-        return await self._write(lambda: self._extend(lease, progress, message, deadline))
+        return await self._write_lease(lambda: self._extend(lease, progress, message, deadline))
 
     def _extend(
         self,
@@ -622,7 +614,10 @@ class SQLStorage(AsyncContext):
                     claim = yield from self._claim(then_claim, pending)
                 return FinishResult(accepted=accepted, claim=claim)
 
-            return await self._write(steps)
+            result = await self._write(steps)
+        if result.accepted and outcome.state.value == Q:
+            self._bell.ring()  # handed back: an idle worker of this process may take it
+        return result
 
     def _ended_as(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
         """Whether an earlier try of this finish committed (its reply lost with the
@@ -654,6 +649,9 @@ class SQLStorage(AsyncContext):
         if done.rowcount != 1:
             return False
         yield from sql.bump(lease.batch_id, R, state, now)
+        notice = self._dialect.work_notice()
+        if state == Q and notice is not None:
+            yield notice, {}
         return True
 
     async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
@@ -745,6 +743,16 @@ class SQLStorage(AsyncContext):
             return bool(done.rowcount == 1)
 
         return await self._run(work)
+
+    @asynccontextmanager
+    async def subscribe_work(self) -> AsyncIterator[Subscription]:
+        """Wait for new work (see `WorkAnnouncer.subscribe_work`): this process's, at once;
+        other processes', through the dialect (`Dialect.relay_work`)."""
+        if not self._opened:
+            await self.open()
+        with self._bell.flag() as flag:
+            async with self._dialect.relay_work(flag, self.poll_interval):
+                yield flag
 
     @asynccontextmanager
     async def subscribe(self, batch_id: str) -> AsyncIterator[Subscription]:

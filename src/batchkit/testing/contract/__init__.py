@@ -16,7 +16,7 @@ extended with ``lease_seconds=0`` (an item is claimable when its deadline is not
 the store's now), and a retry that waits an hour is not claimable during a test.
 
 The tests live in one mixin per topic (``creating``, ``claiming``, ``finishing``,
-``history``, ``cancelling``, ``hooks``, ``notify``, ``retention``, ``concurrency``,
+``history``, ``cancelling``, ``hooks``, ``notify`` (and new work), ``retention``, ``concurrency``,
 ``limits``);
 `StorageContract` combines them with the ``storage`` fixture they all use.
 """
@@ -37,7 +37,7 @@ from .finishing import FinishingContract
 from .history import HistoryContract
 from .hooks import HooksContract
 from .limits import LimitsContract
-from .notify import NotifyContract
+from .notify import NotifyContract, WorkContract
 from .retention import RetentionContract
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class StorageContract(
     CancellingContract,
     HooksContract,
     NotifyContract,
+    WorkContract,
     RetentionContract,
     ConcurrencyContract,
     LimitsContract,
@@ -65,13 +66,16 @@ class StorageContract(
     """The behaviours every `batchkit.protocols.Storage` adapter must show.
 
     Subclasses provide the ``storage_factory`` fixture. Set ``notifies_changes = False``
-    on an adapter that only polls, so that the prompt-wake test is skipped.
+    on an adapter that only polls, so that the prompt-wake test is skipped, and
+    ``announces_work = False`` on one that is not a `batchkit.protocols.WorkAnnouncer`.
     """
 
     pytestmark = pytest.mark.anyio
 
     #: Whether `Storage.subscribe` wakes a waiting reader promptly on a change.
     notifies_changes: ClassVar[bool] = True
+    #: Whether the storage is a `WorkAnnouncer` that wakes idle workers on new work.
+    announces_work: ClassVar[bool] = True
 
     @pytest.fixture
     async def storage(self, storage_factory: Callable[[], Storage]) -> AsyncIterator[Storage]:

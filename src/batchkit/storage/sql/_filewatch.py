@@ -1,0 +1,155 @@
+"""New work in a SQLite file, as other processes make it: SQLite announces nothing.
+
+`FileWatch` keeps a connection of its own to the file and asks it, when the file may have
+changed, whether anyone committed since (``PRAGMA data_version``: read from the memory the
+WAL shares, no I/O) and only then reads the count of new work (a row of the meta table,
+which every transaction making work moves: `SQLiteDialect.work_notice`).
+
+When may the file have changed? On Linux, the kernel says so (inotify on the file's
+folder: a commit writes the WAL, or the file itself): an idle worker costs nothing while
+nothing is written. Elsewhere it looks every `POLL_INTERVAL`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import os
+import sqlite3
+import struct
+import sys
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from .._bell import Flag
+
+__all__ = ["POLL_INTERVAL", "WORK_COUNT", "FileWatch"]
+
+logger = logging.getLogger("batchkit.storage.sql")
+
+#: The meta table's row counting new work (see `SQLiteDialect.work_notice`).
+WORK_COUNT = "work_made"
+#: How often a file is looked at where the kernel cannot say that it changed.
+POLL_INTERVAL = 0.025
+
+# inotify (linux/inotify.h): what is watched in the file's folder.
+_IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x8, 0x80, 0x100
+_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
+
+
+class FileWatch:
+    """Whether another process made new work in the SQLite file at ``path``."""
+
+    def __init__(self, db: sqlite3.Connection, path: str, meta_table: str) -> None:
+        self._db = db
+        self.path = path
+        self._count = f"SELECT value FROM \"{meta_table}\" WHERE name = '{WORK_COUNT}'"
+        # The file's own names in its folder: the database, its WAL, its journal.
+        name = os.path.basename(path)
+        self._names = {name.encode(), f"{name}-wal".encode(), f"{name}-journal".encode()}
+        # Read before the waiter's first claim: nothing made after it is missed.
+        self._version: int | None = None
+        self._seen: str | None = None
+        self.look()
+
+    @classmethod
+    def open(cls, path: str, meta_table: str) -> FileWatch | None:
+        try:
+            db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            logger.warning("cannot watch %s for new work", path, exc_info=True)
+            return None
+        return cls(db, path, meta_table)
+
+    def look(self) -> bool:
+        """Whether new work was made since the last look."""
+        try:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return False
+            row = self._db.execute(self._count).fetchone()
+        except sqlite3.Error:
+            self._version = None  # busy, or gone for a moment: look again next time
+            return False
+        count = None if row is None else str(row[0])
+        made = self._version is not None and count != self._seen
+        self._version, self._seen = version, count
+        return made
+
+    @asynccontextmanager
+    async def ringing(self, flag: Flag) -> AsyncIterator[None]:
+        """Ring ``flag`` at new work while the block runs."""
+        try:
+            notify = _inotify(os.path.dirname(self.path) or ".")
+            if notify is None:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._poll, flag)
+                    try:
+                        yield
+                    finally:
+                        tg.cancel_scope.cancel()
+                return
+            fd = notify
+            loop = asyncio.get_running_loop()
+            loop.add_reader(fd, self._changed, fd, flag.ring)
+            try:
+                yield
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        finally:
+            self._db.close()
+
+    def _changed(self, fd: int, ring: Callable[[], None]) -> None:
+        # The kernel's events, all of them at once: look at the file once if it was one
+        # of them.
+        ours = False
+        try:
+            while True:
+                data = os.read(fd, 65536)
+                offset = 0
+                while offset < len(data):
+                    _, _, _, length = _EVENT.unpack_from(data, offset)
+                    start = offset + _EVENT.size
+                    name = data[start : start + length].rstrip(b"\0")
+                    ours = ours or name in self._names
+                    offset = start + length
+        except BlockingIOError:
+            pass
+        except OSError:
+            logger.debug("cannot read the watch of %s", self.path, exc_info=True)
+        if ours and self.look():
+            ring()
+
+    async def _poll(self, flag: Flag) -> None:
+        while True:
+            await anyio.sleep(POLL_INTERVAL)
+            if self.look():
+                flag.ring()
+
+
+def _inotify(folder: str) -> int | None:
+    """A non-blocking inotify descriptor watching writes in ``folder``, or `None` where
+    there is none (not Linux, no libc, out of watches)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            return None
+        mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE
+        if libc.inotify_add_watch(fd, os.fsencode(folder), mask) < 0:
+            os.close(fd)
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int(fd)
