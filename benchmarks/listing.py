@@ -68,7 +68,7 @@ async def _read_all(runner: BatchRunner, batch_id: str) -> int:
 
 async def measure(store: str, url: str, prefix: str, size: int, rounds: int) -> list[float]:
     async with _storage(store, url, prefix) as storage:
-        runner = BatchRunner(storage, _generate, concurrency=8)
+        runner = BatchRunner(storage, _generate, concurrency=4)
         batch = await runner.submit([f"item-{n:07d}" for n in range(size)])
         await runner.run(batch.id)
         times = []

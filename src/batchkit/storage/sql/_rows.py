@@ -109,26 +109,33 @@ def to_item(row: Any) -> ItemRecord:
     """An item's row as an `ItemRecord`, its texts as stored: a row of SQLAlchemy's or of
     a driver's, read by column name."""
     state = row.state
+    claimable_at = row.claimable_at
+    started_at = row.started_at
+    finished_at = row.finished_at
     return ItemRecord(
-        batch_id=row.batch_id,
-        key=_exact(row.key),
-        position=row.position,
-        payload=row.payload,
-        state=ItemState(state),
-        progress=row.progress,
-        message=row.message,
-        attempt=row.attempt,
-        error=row.error,
-        history=row.history,
-        result=row.result,
-        created_at=ts(row.created_at),  # type: ignore[arg-type]
-        updated_at=ts(row.updated_at),  # type: ignore[arg-type]
-        started_at=ts(row.started_at),
+        row.batch_id,
+        _exact(row.key),
+        row.position,
+        row.payload,
+        _STATES[state],
+        _fromtimestamp(row.created_at, UTC),
+        _fromtimestamp(row.updated_at, UTC),
+        row.progress,
+        row.message,
+        row.attempt,
+        row.error,
+        row.history,
+        row.result,
+        None if started_at is None else _fromtimestamp(started_at, UTC),
         # The lease's deadline while running; while queued the column holds the retry
         # time, which is not a lease.
-        lease_expires_at=ts(row.claimable_at) if state == _R else None,
-        finished_at=ts(row.finished_at),
+        _fromtimestamp(claimable_at, UTC) if state == _R else None,
+        None if finished_at is None else _fromtimestamp(finished_at, UTC),
     )
+
+
+_STATES = {state.value: state for state in ItemState}
+_fromtimestamp = datetime.fromtimestamp
 
 
 def _exact(value: Any) -> Any:
