@@ -22,9 +22,9 @@ pytestmark = pytest.mark.anyio
 
 #: Examples of the state machine on a real database: each example opens a store and a
 #: step costs round trips, so fewer than on memory (the CI profile runs 200 there).
-SQL_EXAMPLES = 40
+SQL_EXAMPLES = 30
 #: Redis steps are cheaper: more examples in the same time.
-REDIS_EXAMPLES = 100
+REDIS_EXAMPLES = 80
 
 
 class TestStorageContract(StorageContract):
