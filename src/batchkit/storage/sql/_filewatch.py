@@ -8,6 +8,11 @@ which every transaction making work moves: `SQLiteDialect.work_notice`).
 When may the file have changed? On Linux, the kernel says so (inotify on the file's
 folder: a commit writes the WAL, or the file itself): an idle worker costs nothing while
 nothing is written. Elsewhere it looks every `POLL_INTERVAL`.
+
+The kernel speaks when the committing process writes its last WAL frame, a moment BEFORE
+that process marks the commit visible in the WAL's shared memory (which no inotify event
+follows). A look at once can come too early, so each event is followed by looks a little
+later (`LOOK_AGAIN`) until one sees the new work or the last of them has looked.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
 
     from .._bell import Flag
 
-__all__ = ["POLL_INTERVAL", "WORK_COUNT", "FileWatch"]
+__all__ = ["LOOK_AGAIN", "POLL_INTERVAL", "WORK_COUNT", "FileWatch"]
 
 logger = logging.getLogger("batchkit.storage.sql")
 
@@ -38,6 +43,10 @@ logger = logging.getLogger("batchkit.storage.sql")
 WORK_COUNT = "work_made"
 #: How often a file is looked at where the kernel cannot say that it changed.
 POLL_INTERVAL = 0.025
+#: After the kernel says the file changed: the delays (seconds, from the event) of the
+#: looks that follow the first, in case the commit was not yet visible at that one (its
+#: writer was descheduled between its write and its commit's mark, or the file was busy).
+LOOK_AGAIN = (0.002, 0.02, 0.2, 1.0)
 
 # inotify (linux/inotify.h): what is watched in the file's folder.
 _IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x8, 0x80, 0x100
@@ -55,9 +64,12 @@ class FileWatch:
         # The file's own names in its folder: the database, its WAL, its journal.
         name = os.path.basename(path)
         self._names = {name.encode(), f"{name}-wal".encode(), f"{name}-journal".encode()}
-        # Read before the waiter's first claim: nothing made after it is missed.
+        # Read before the waiter's first claim: nothing made after it is missed. If that
+        # first look fails, the first that succeeds says "new work" (a waiter woken for
+        # nothing claims nothing; one not woken would wait for its poll).
         self._version: int | None = None
-        self._seen: str | None = None
+        self._seen: str | _Unknown | None = _UNKNOWN
+        self._again: asyncio.TimerHandle | None = None
         self.look()
 
     @classmethod
@@ -69,20 +81,45 @@ class FileWatch:
             return None
         return cls(db, path, meta_table)
 
-    def look(self) -> bool:
-        """Whether new work was made since the last look."""
+    def look(self) -> bool | None:
+        """Whether new work was made since the last look (`None`: the file could not be
+        read just now, busy or gone for a moment)."""
         try:
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
                 return False
             row = self._db.execute(self._count).fetchone()
         except sqlite3.Error:
-            self._version = None  # busy, or gone for a moment: look again next time
-            return False
+            return None
         count = None if row is None else str(row[0])
-        made = self._version is not None and count != self._seen
+        made = count != self._seen
         self._version, self._seen = version, count
         return made
+
+    def close(self) -> None:
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
+        self._db.close()
+
+    def changed(self, ring: Callable[[], None]) -> None:
+        """The file may have changed: look now, and again after each of `LOOK_AGAIN`
+        until a look sees new work (then ``ring``). A new change starts the looks anew."""
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
+        self._look_again(ring, asyncio.get_running_loop().time(), 0)
+
+    def _look_again(self, ring: Callable[[], None], since: float, step: int) -> None:
+        self._again = None
+        if self.look():
+            ring()
+            return
+        if step < len(LOOK_AGAIN):
+            loop = asyncio.get_running_loop()
+            self._again = loop.call_at(
+                since + LOOK_AGAIN[step], self._look_again, ring, since, step + 1
+            )
 
     @asynccontextmanager
     async def ringing(self, flag: Flag) -> AsyncIterator[None]:
@@ -99,18 +136,18 @@ class FileWatch:
                 return
             fd = notify
             loop = asyncio.get_running_loop()
-            loop.add_reader(fd, self._changed, fd, flag.ring)
+            loop.add_reader(fd, self._read_events, fd, flag.ring)
             try:
                 yield
             finally:
                 loop.remove_reader(fd)
                 os.close(fd)
         finally:
-            self._db.close()
+            self.close()
 
-    def _changed(self, fd: int, ring: Callable[[], None]) -> None:
-        # The kernel's events, all of them at once: look at the file once if it was one
-        # of them.
+    def _read_events(self, fd: int, ring: Callable[[], None]) -> None:
+        # The kernel's events, all of them at once: if one was the file's, look at it (now
+        # and a little later: `changed`).
         ours = False
         try:
             while True:
@@ -126,14 +163,21 @@ class FileWatch:
             pass
         except OSError:
             logger.debug("cannot read the watch of %s", self.path, exc_info=True)
-        if ours and self.look():
-            ring()
+        if ours:
+            self.changed(ring)
 
     async def _poll(self, flag: Flag) -> None:
         while True:
             await anyio.sleep(POLL_INTERVAL)
             if self.look():
                 flag.ring()
+
+
+class _Unknown:
+    """Nothing seen yet: the first look could not read the file."""
+
+
+_UNKNOWN = _Unknown()
 
 
 def _inotify(folder: str) -> int | None:
