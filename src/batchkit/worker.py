@@ -352,14 +352,24 @@ class Worker:
             return await stack.enter_async_context(self.storage.subscribe_work())
         except (StorageError, OSError) as exc:
             self.stats.storage_errors += 1
-            logger.warning(
-                "worker %s: cannot wait for new work (%s): looking every %g s",
-                self.name,
+            self._log_storage_error(
+                logging.WARNING,
+                "cannot wait for new work (%s): looking every %g s",
                 exc,
                 self.poll_interval,
-                extra={"event": "storage_error", "worker": self.name},
             )
             return None
+
+    def _log_storage_error(self, level: int, message: str, *args: object) -> None:
+        """Log a storage call that failed: ``message`` after the worker's name."""
+        logger.log(
+            level,
+            "worker %s: " + message,
+            self.name,
+            *args,
+            extra={"event": "storage_error", "worker": self.name},
+            stacklevel=2,
+        )
 
     async def _enforce_grace(self, slots: anyio.CancelScope) -> None:
         await self._stop_requested.wait()
@@ -425,12 +435,11 @@ class Worker:
                         return
                     # The store is unreachable beyond the adapter's own retries: wait and
                     # go on; items this slot held come back when their lease lapses.
-                    logger.error(
-                        "worker %s: storage error, retrying in %g s: %s",
-                        self.name,
+                    self._log_storage_error(
+                        logging.ERROR,
+                        "storage error, retrying in %g s: %s",
                         self.poll_interval,
                         exc,
-                        extra={"event": "storage_error", "worker": self.name},
                     )
                     await self._sleep(self.poll_interval)
 
@@ -577,11 +586,8 @@ class Worker:
                 pass
         except (StorageError, OSError) as exc:
             self.stats.storage_errors += 1
-            logger.error(
-                "worker %s: storage error while firing completion hooks: %s",
-                self.name,
-                exc,
-                extra={"event": "storage_error", "worker": self.name},
+            self._log_storage_error(
+                logging.ERROR, "storage error while firing completion hooks: %s", exc
             )
 
     async def _sweep_hooks(self) -> None:
