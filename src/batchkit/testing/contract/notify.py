@@ -13,10 +13,30 @@ from ._helpers import LONG, _claim, _create
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from contextlib import AbstractAsyncContextManager
 
-    from ...protocols import Storage
+    from ...protocols import Storage, Subscription
 
 __all__ = ["NotifyContract", "WorkContract"]
+
+
+async def _woken_after(
+    subscription: AbstractAsyncContextManager[Subscription],
+    change: Callable[[], Awaitable[object]],
+) -> float:
+    """How long after ``change`` a waiter on ``subscription`` wakes (at most 5 s)."""
+    woke: list[float] = []
+    async with subscription as waiting, anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            await waiting.wait(timeout=5)
+            woke.append(anyio.current_time())
+
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        changed = anyio.current_time()
+        await change()
+    return woke[0] - changed
 
 
 class NotifyContract:
@@ -29,18 +49,8 @@ class NotifyContract:
         if not self.notifies_changes:
             pytest.skip("this storage polls for changes (notifies_changes = False)")
         record = await _create(storage, 1)
-        woke: list[float] = []
-        async with storage.subscribe(record.id) as changes, anyio.create_task_group() as tg:
-
-            async def waiter() -> None:
-                await changes.wait(timeout=5)
-                woke.append(anyio.current_time())
-
-            tg.start_soon(waiter)
-            await anyio.wait_all_tasks_blocked()
-            changed = anyio.current_time()
-            await _claim(storage, record.id)
-        assert woke[0] - changed < 1.0
+        took = await _woken_after(storage.subscribe(record.id), lambda: _claim(storage, record.id))
+        assert took < 1.0
 
     async def test_change_before_wait_returns_at_once(self, storage: Storage) -> None:
         record = await _create(storage, 1)
@@ -76,19 +86,7 @@ class WorkContract:
 
     async def _woken_by(self, storage: Storage, change: Callable[[], Awaitable[object]]) -> float:
         """How long after ``change`` a waiter for work wakes (at most 5 s)."""
-        announcer = self._announcer(storage)
-        woke: list[float] = []
-        async with announcer.subscribe_work() as work, anyio.create_task_group() as tg:
-
-            async def waiter() -> None:
-                await work.wait(timeout=5)
-                woke.append(anyio.current_time())
-
-            tg.start_soon(waiter)
-            await anyio.wait_all_tasks_blocked()
-            changed = anyio.current_time()
-            await change()
-        return woke[0] - changed
+        return await _woken_after(self._announcer(storage).subscribe_work(), change)
 
     async def test_a_new_batch_wakes_a_waiter_for_work(self, storage: Storage) -> None:
         assert await self._woken_by(storage, lambda: _create(storage, 2)) < 1.0
