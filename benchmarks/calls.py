@@ -17,41 +17,26 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from typing import TYPE_CHECKING
 
 import anyio
 
 import batchkit
+from _stores import fresh_store, open_store, unreachable
 from batchkit import BatchRunner
 from batchkit.protocols import ClaimRequest, Outcome
-from scale_out import URLS, _reachable
-from storages import _drop as drop_prefix
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    from batchkit.protocols import Storage
 
 __all__ = ["main"]
 
 
 async def _nothing(ctx: object) -> None:
     return None
-
-
-def _storage(store: str, url: str, prefix: str) -> Storage:
-    if store == "redis":
-        from batchkit.storage.redis import RedisStorage
-
-        return RedisStorage(url, prefix=prefix)
-    from batchkit.storage.sql import SQLStorage
-
-    return SQLStorage(url, table_prefix=prefix)
 
 
 async def _median_ms(call: Callable[[], Awaitable[object]], calls: int) -> float:
@@ -66,7 +51,7 @@ async def _median_ms(call: Callable[[], Awaitable[object]], calls: int) -> float
 
 
 async def measure(store: str, url: str, prefix: str, calls: int) -> list[float]:
-    async with _storage(store, url, prefix) as storage:
+    async with open_store(store, url, prefix) as storage:
         runner = BatchRunner(storage, _nothing)
         batch = await runner.submit(["one"])
 
@@ -95,17 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for store in args.stores.split(","):
-        if store != "sqlite" and not _reachable(URLS[store]):
-            print(f"{store}: not reachable at {URLS[store]}, skipped", file=sys.stderr)
+        if unreachable(store):
             continue
-        prefix = f"bc{secrets.token_hex(3)}" + ("" if store == "redis" else "_")
-        with tempfile.TemporaryDirectory() as tmp:
-            url = f"sqlite+aiosqlite:///{tmp}/calls.db" if store == "sqlite" else URLS[store]
-            try:
-                figures = anyio.run(measure, store, url, prefix, args.calls)
-            finally:
-                if store != "sqlite":
-                    anyio.run(drop_prefix, "redis" if store == "redis" else "sql", url, prefix)
+        with fresh_store(store, "bc", "calls") as (url, prefix):
+            figures = anyio.run(measure, store, url, prefix, args.calls)
         print(f"{store}: {figures}", file=sys.stderr, flush=True)
         lines.append(f"| {store} | " + " | ".join(f"{ms:.2f}" for ms in figures) + " |")
     print("\n".join(lines))

@@ -18,22 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import secrets
 import statistics
 import sys
-import tempfile
 import time
-from typing import TYPE_CHECKING
 
 import anyio
 
 import batchkit
+from _stores import fresh_store, open_store, unreachable
 from batchkit import BatchRunner, ItemContext
-from scale_out import URLS, _reachable
-from storages import _drop as drop_prefix
-
-if TYPE_CHECKING:
-    from batchkit.protocols import Storage
 
 __all__ = ["main"]
 
@@ -43,16 +36,6 @@ async def _generate(ctx: ItemContext) -> dict[str, int]:
     if n % 10 == 0:
         raise ValueError(f"item {n} fails, as every 10th does")
     return {"n": n}
-
-
-def _storage(store: str, url: str, prefix: str) -> Storage:
-    if store == "redis":
-        from batchkit.storage.redis import RedisStorage
-
-        return RedisStorage(url, prefix=prefix)
-    from batchkit.storage.sql import SQLStorage
-
-    return SQLStorage(url, table_prefix=prefix)
 
 
 async def _read_all(runner: BatchRunner, batch_id: str) -> int:
@@ -67,7 +50,7 @@ async def _read_all(runner: BatchRunner, batch_id: str) -> int:
 
 
 async def measure(store: str, url: str, prefix: str, size: int, rounds: int) -> list[float]:
-    async with _storage(store, url, prefix) as storage:
+    async with open_store(store, url, prefix) as storage:
         runner = BatchRunner(storage, _generate, concurrency=4)
         batch = await runner.submit([f"item-{n:07d}" for n in range(size)])
         await runner.run(batch.id)
@@ -91,18 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | ---: | ---: | ---: |",
     ]
     for store in args.stores.split(","):
-        if store != "sqlite" and not _reachable(URLS[store]):
-            print(f"{store}: not reachable at {URLS[store]}, skipped", file=sys.stderr)
+        if unreachable(store):
             continue
         for size in (int(n) for n in args.sizes.split(",")):
-            prefix = f"bl{secrets.token_hex(3)}" + ("" if store == "redis" else "_")
-            with tempfile.TemporaryDirectory() as tmp:
-                url = f"sqlite+aiosqlite:///{tmp}/listing.db" if store == "sqlite" else URLS[store]
-                try:
-                    times = anyio.run(measure, store, url, prefix, size, args.rounds)
-                finally:
-                    if store != "sqlite":
-                        anyio.run(drop_prefix, "redis" if store == "redis" else "sql", url, prefix)
+            with fresh_store(store, "bl", "listing") as (url, prefix):
+                times = anyio.run(measure, store, url, prefix, size, args.rounds)
             median = statistics.median(times)
             print(f"{store}, {size:,} items: {median * 1000:.0f} ms", file=sys.stderr, flush=True)
             lines.append(f"| {store} | {size:,} | {median * 1000:,.0f} | {size / median:,.0f} |")

@@ -27,11 +27,9 @@ import argparse
 import os
 import platform
 import random
-import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +38,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 import batchkit
+from _stores import fresh_store, open_store, unreachable
 from batchkit import BatchRunner, ItemState, Worker
-from scale_out import URLS, _reachable
-from storages import _drop as drop_prefix
+from scale_out import URLS
 
 if TYPE_CHECKING:
     from batchkit import ItemContext
@@ -76,16 +74,6 @@ class Result:
         )
 
 
-def _storage(store: str, url: str, prefix: str) -> Storage:
-    if store == "redis":
-        from batchkit.storage.redis import RedisStorage
-
-        return RedisStorage(url, prefix=prefix)
-    from batchkit.storage.sql import SQLStorage
-
-    return SQLStorage(url, table_prefix=prefix)
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -111,8 +99,8 @@ async def _rounds(storage: Storage, rounds: int) -> list[float]:
 async def _in_process(store: str, url: str, prefix: str, rounds: int) -> list[float]:
     # The worker has a storage of its own, as a host's worker task would.
     async with (
-        _storage(store, url, prefix) as storage,
-        _storage(store, url, prefix) as own,
+        open_store(store, url, prefix) as storage,
+        open_store(store, url, prefix) as own,
         Worker(own, called_at),
     ):
         await anyio.sleep(0.5)
@@ -139,7 +127,7 @@ async def _separate(store: str, url: str, prefix: str, rounds: int, idle: float)
         "INFO",
         "--no-live",
     ]
-    async with _storage(store, url, prefix) as storage:
+    async with open_store(store, url, prefix) as storage:
         await storage.list_batches(limit=1)  # the tables exist before the worker starts
         async with await anyio.open_process(
             command, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -162,18 +150,12 @@ async def _separate(store: str, url: str, prefix: str, rounds: int, idle: float)
 
 
 def measure(store: str, rounds: int, idle: float) -> list[Result]:
-    prefix = f"bw{secrets.token_hex(3)}" + ("" if store == "redis" else "_")
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite+aiosqlite:///{tmp}/wake.db" if store == "sqlite" else URLS[store]
-        try:
-            results.append(anyio.run(_separate, store, url, prefix, rounds, idle))
-            if store == "sqlite":
-                latencies = anyio.run(_in_process, store, url, prefix, rounds)
-                results.append(Result(store, "same process", latencies, None))
-        finally:
-            if store != "sqlite":
-                anyio.run(drop_prefix, "redis" if store == "redis" else "sql", url, prefix)
+    with fresh_store(store, "bw", "wake") as (url, prefix):
+        results.append(anyio.run(_separate, store, url, prefix, rounds, idle))
+        if store == "sqlite":
+            latencies = anyio.run(_in_process, store, url, prefix, rounds)
+            results.append(Result(store, "same process", latencies, None))
     return results
 
 
@@ -187,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     for store in args.stores.split(","):
         if store != "sqlite" and store not in URLS:
             parser.error(f"unknown store {store!r}; known: sqlite, {', '.join(URLS)}")
-        if store != "sqlite" and not _reachable(URLS[store]):
-            print(f"{store}: not reachable at {URLS[store]}, skipped", file=sys.stderr)
+        if unreachable(store):
             continue
         for result in measure(store, args.rounds, args.idle):
             print(
