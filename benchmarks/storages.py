@@ -2,9 +2,11 @@
 
 Usage::
 
-    python benchmarks/storages.py              # SQLite, PostgreSQL, MySQL/MariaDB, Redis
-    python benchmarks/storages.py --quick      # without the 1,000,000-item batch
+    python benchmarks/storages.py                  # SQLite, PostgreSQL, MySQL/MariaDB, Redis
+    python benchmarks/storages.py --quick          # without the 1,000,000-item batch
     python benchmarks/storages.py --dialects sqlite,postgres
+    python benchmarks/storages.py --ceilings-only  # each store's ceiling alone (seconds)
+    python benchmarks/storages.py --no-ceilings    # the storage measurements alone
 
 For each store it measures, with a generator that does nothing:
 
@@ -13,6 +15,15 @@ For each store it measures, with a generator that does nothing:
   the SQL statements per item (on SQLite every statement SQLite runs, BEGIN and COMMIT
   included; on the servers every statement sent, the drivers' own BEGIN and COMMIT
   aside: see ``_Counter``; on Redis every command Redis ran, from its ``commandstats``);
+* right after that run, the store's ceiling for it: what one connection does per second
+  with nothing of batchkit in the way, and the run's items per second over it. On
+  PostgreSQL the commit rate of a one-row ``UPDATE`` (``pgbench``, 1 client, when it is
+  on ``PATH``; else a bare asyncpg loop); on SQLite and MySQL/MariaDB the same
+  ``UPDATE`` in a bare aiosqlite or asyncmy loop, each committed; on Redis the round
+  trip of ``EVAL "return 1" 0`` (``redis-benchmark``, 1 client, when it is on ``PATH``;
+  else a bare redis-py loop). A sequential run waits for each item's round trips and
+  commit, so this is the bound it works against; the table says which tool measured it
+  (see ``_ceilings``);
 * the median of 200 ``runner.status()`` calls on batches of 1,000, 100,000 and
   1,000,000 items (it must not grow with the batch);
 * the resident memory of a runner process working through a 1,000,000-item batch for a
@@ -26,8 +37,8 @@ SQLite uses a file in a temporary directory. The servers are read from
 ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``,
 ``mysql+asyncmy://root@127.0.0.1:3306/test`` and ``redis://127.0.0.1:6379/0``); a server
 that is not reachable is skipped, with a line saying so. Every run uses tables (or keys)
-of its own under a fresh prefix, dropped at the end. Progress goes to standard error; the
-Markdown table to standard output.
+of its own under a fresh prefix, dropped at the end, the ceilings' tables included.
+Progress goes to standard error; the Markdown table to standard output.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ from urllib.parse import urlsplit
 import anyio
 
 import batchkit
+from _ceilings import Ceiling, measure_ceiling
 from batchkit import BatchRunner, ItemContext, ItemState
 
 if TYPE_CHECKING:
@@ -87,6 +99,7 @@ SERVERS = {
     "redis": os.environ.get("BATCHKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
 }
 DIALECTS = ("sqlite", "postgres", "mysql", "redis")
+NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "mysql": "MySQL/MariaDB", "redis": "Redis"}
 
 
 def log(message: str) -> None:
@@ -129,6 +142,17 @@ class DialectResult:
     huge_submit_s: float | None = None
     rss: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
+    #: One connection's ceiling on the store (see ``_ceilings``), None when not measured.
+    ceiling: Ceiling | None = None
+    #: Why the ceiling could not be measured, when it failed.
+    ceiling_error: str | None = None
+
+    @property
+    def ceiling_ratio(self) -> float | None:
+        """The sequential run's items per second over the ceiling's operations per second."""
+        if self.ceiling is None or not self.run_items_per_s:
+            return None
+        return self.run_items_per_s / self.ceiling.ops_per_s
 
 
 class _Counter:
@@ -256,10 +280,27 @@ async def _server_version(storage: Any) -> str:
     return " ".join(version.split()[:2]) if storage.engine.dialect.name == "postgresql" else version
 
 
+async def _measure_ceiling_logged(result: DialectResult, url: str, prefix: str) -> None:
+    """Measure the store's ceiling into ``result``; a failure is reported, not raised."""
+    log(f"{result.dialect}: measuring one connection's ceiling")
+    try:
+        result.ceiling = await measure_ceiling(result.dialect, url, prefix)
+    except Exception as exc:
+        result.ceiling_error = f"{type(exc).__name__}: {exc}".strip()
+        log(f"  ceiling not measured: {result.ceiling_error}")
+        return
+    result.server = result.server or result.ceiling.server
+    log(f"  {result.ceiling.ops_per_s:,.0f} ops/s ({result.ceiling.what})")
+
+
 async def measure_dialect(
-    dialect: str, url: str, *, quick: bool, rss_seconds: float
+    dialect: str, url: str, *, quick: bool, rss_seconds: float, ceilings: bool = True
 ) -> DialectResult:
-    """Run every measurement on one store, under a fresh prefix dropped at the end."""
+    """Run every measurement on one store, under a fresh prefix dropped at the end.
+
+    With ``ceilings``, the store's ceiling (see ``_ceilings``) is measured right after the
+    sequential run, so that the two see the machine in the same state.
+    """
     prefix = f"bench{secrets.token_hex(3)}_"
     result = DialectResult(dialect=dialect)
     storage: Any = _open(dialect, url, prefix)
@@ -299,6 +340,10 @@ async def measure_dialect(
                 f"  {result.run_items_per_s:,.0f} items/s, "
                 f"{result.statements_per_item:.2f} statements per item"
             )
+            if ceilings:
+                await _measure_ceiling_logged(result, url, prefix)
+                if result.ceiling_ratio is not None:
+                    log(f"  the run reached {result.ceiling_ratio:.2f} of the ceiling")
 
             for size, batch_id in ((STATUS_SIZES[0], small), (STATUS_SIZES[1], big)):
                 result.status_ms[size] = await _median_status_ms(runner, batch_id)
@@ -480,6 +525,11 @@ def report(results: list[DialectResult], *, quick: bool) -> str:
         f"sequential run of {RUN_ITEMS:,} items (items/s)",
         [f"{r.run_items_per_s:,.0f}" for r in measured],
     )
+    if any(r.ceiling is not None for r in measured):
+        row(
+            "the same over one connection's ceiling (below)",
+            [_fmt(r.ceiling_ratio, ".2f") for r in measured],
+        )
     row(
         "statements (Redis: script calls) per item",
         [f"{r.statements_per_item:.2f}{r.statements_note}" for r in measured],
@@ -506,8 +556,61 @@ def report(results: list[DialectResult], *, quick: bool) -> str:
             lines.append(f"\n{r.dialect} skipped: {r.skipped}")
         elif r.rss.get("cancel_error"):
             lines.append(f"\n{r.dialect}: the cancelled run hung: {r.rss['cancel_error']}")
+    ceilings = _ceilings_table(measured, with_runs=True)
+    if ceilings:
+        lines.extend(["", *ceilings])
     lines.append("")
     lines.extend(_targets(results))
+    return "\n".join(lines)
+
+
+def _ceilings_table(results: list[DialectResult], *, with_runs: bool) -> list[str]:
+    """The ceilings measured, one row per store; with ``with_runs``, beside the sequential
+    run's items per second and the ratio of the two. Empty when none was attempted."""
+    tried = [r for r in results if r.ceiling is not None or r.ceiling_error is not None]
+    if not tried:
+        return []
+    lines = [
+        "One connection's ceiling on each store, measured in this run: a sequential run "
+        "waits for each item's round trips and commit, so it cannot go faster than this.",
+        "",
+    ]
+    if with_runs:
+        lines.append(
+            f"| store | sequential run of {RUN_ITEMS:,} items (items/s) | ceiling (ops/s) "
+            "| ceiling measured as | items/s over ceiling |"
+        )
+        lines.append("| --- | ---: | ---: | --- | ---: |")
+    else:
+        lines.append("| store | server | ceiling (ops/s) | ceiling measured as |")
+        lines.append("| --- | --- | ---: | --- |")
+    notes: list[str] = []
+    for r in tried:
+        name = NAMES[r.dialect]
+        ceiling = r.ceiling
+        ops = "—" if ceiling is None else f"{ceiling.ops_per_s:,.0f}"
+        what = "not measured (below)" if ceiling is None else ceiling.what
+        if with_runs:
+            lines.append(
+                f"| {name} | {r.run_items_per_s:,.0f} | {ops} | {what} "
+                f"| {_fmt(r.ceiling_ratio, '.2f')} |"
+            )
+        else:
+            lines.append(f"| {name} | {r.server or '—'} | {ops} | {what} |")
+        if r.ceiling_error is not None:
+            notes.append(f"{r.dialect} ceiling not measured: {r.ceiling_error}")
+    return [*lines, *("\n" + note for note in notes)]
+
+
+def report_ceilings(results: list[DialectResult]) -> str:
+    """The Markdown table of the ceilings alone (``--ceilings-only``)."""
+    lines = [
+        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs",
+        "",
+        *_ceilings_table(results, with_runs=False),
+    ]
+    lines.extend(f"\n{r.dialect} skipped: {r.skipped}" for r in results if r.skipped is not None)
     return "\n".join(lines)
 
 
@@ -564,7 +667,10 @@ def _targets(results: list[DialectResult]) -> list[str]:
     return ["Targets:", *checks] if checks else []
 
 
-async def _main(dialects: list[str], quick: bool, rss_seconds: float) -> list[DialectResult]:
+async def _main(
+    dialects: list[str], quick: bool, rss_seconds: float, ceilings: str
+) -> list[DialectResult]:
+    """Measure each dialect; ``ceilings`` is "with", "without" or "only"."""
     results: list[DialectResult] = []
     workdir = tempfile.mkdtemp(prefix="batchkit-bench-")
     try:
@@ -576,8 +682,19 @@ async def _main(dialects: list[str], quick: bool, rss_seconds: float) -> list[Di
                     log(f"{dialect} skipped: {why}")
                     results.append(DialectResult(dialect=dialect, skipped=why))
                     continue
+            if ceilings == "only":
+                result = DialectResult(dialect=dialect)
+                await _measure_ceiling_logged(result, url, f"bench{secrets.token_hex(3)}_")
+                results.append(result)
+                continue
             results.append(
-                await measure_dialect(dialect, url, quick=quick, rss_seconds=rss_seconds)
+                await measure_dialect(
+                    dialect,
+                    url,
+                    quick=quick,
+                    rss_seconds=rss_seconds,
+                    ceilings=ceilings == "with",
+                )
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -598,6 +715,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rss-seconds", type=float, default=10.0, help="how long the memory run lasts (10)"
     )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--ceilings-only",
+        action="store_true",
+        help="measure only each store's one-connection ceiling (a few seconds per store)",
+    )
+    which.add_argument(
+        "--no-ceilings", action="store_true", help="skip the ceilings and the ratios to them"
+    )
     parser.add_argument("--rss-child", nargs=5, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
 
@@ -612,8 +738,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--dialects takes {', '.join(DIALECTS)}; got {args.dialects!r}")
     if args.rss_seconds <= 0:
         parser.error("--rss-seconds must be positive")
-    results = anyio.run(_main, dialects, args.quick, args.rss_seconds)
-    print(report(results, quick=args.quick))
+    ceilings = "only" if args.ceilings_only else "without" if args.no_ceilings else "with"
+    results = anyio.run(_main, dialects, args.quick, args.rss_seconds, ceilings)
+    print(report_ceilings(results) if args.ceilings_only else report(results, quick=args.quick))
     return 0
 
 
