@@ -21,7 +21,7 @@ export UV_PYTHON_DOWNLOADS := never
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: test check lint typecheck docs demo web lock lock-upgrade test-latest test-lowest \
-	test-pythons bench bench-storage bench-workers soak clean dev-env screenshots
+	test-pythons bench bench-storage bench-workers bench-peers soak clean dev-env screenshots
 
 $(UV_STAMP):
 	rm -rf $(TOOLS)
@@ -126,6 +126,13 @@ bench-storage: dev-env
 ## 1, 2 and 4 worker processes on one 20,000-item batch, on PostgreSQL and Redis (minutes).
 bench-workers: dev-env
 	$(PY) benchmarks/scale_out.py $(ARGS)
+
+## batchkit beside Celery, RQ, arq, procrastinate and Dramatiq on one workload, the peers
+## installed in an environment of their own (.venv-peers) from benchmarks/peers/requirements.txt.
+bench-peers:
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install -q -r benchmarks/peers/requirements.txt -e .
+	.venv-peers/bin/python benchmarks/peers/run.py $(ARGS)
 
 ## The soak variants of the fault tests (100 SIGKILLs on 5,000 items...): tens of minutes.
 soak: dev-env
