@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+import asyncpg
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from sqlalchemy import event, func, inspect, select, text
@@ -40,6 +41,8 @@ from batchkit.storage.sql._faults import (
     is_broken_connection,
     is_driver_error,
 )
+from batchkit.storage.sql._listen import AGAIN_AFTER, QUIET_FOR
+from batchkit.storage.sql._postgres import PostgresDialect
 from batchkit.testing.contract import all_items, new_batch
 
 from .conftest import MYSQL_URL, POSTGRES_URL, _drop_tables, require_server
@@ -1370,6 +1373,65 @@ async def test_postgres_notification_crosses_storages(postgres_db: Database) -> 
         assert second.state is BatchState.RUNNING
         assert second.counts[ItemState.RUNNING] == 1
         assert woke - changed[0] < 2.0  # far sooner than the 30 s poll, even on a busy host
+
+
+async def test_postgres_announces_a_busy_batch_a_few_times_a_second_and_its_end(
+    postgres_db: Database,
+) -> None:
+    """Every NOTIFY makes the server commit its transaction after every other one that
+    NOTIFYs: a storage announces one batch's changes at most every `QUIET_FOR`, and its
+    end always. A watcher still sees every change, and the end at once."""
+    prefix = postgres_db.new_prefix()
+    async with postgres_db.storage(prefix) as storage:
+        dialect = storage._dialect
+        assert isinstance(dialect, PostgresDialect)
+        heard: list[tuple[float, str]] = []
+        listener = await asyncpg.connect(POSTGRES_URL.replace("+asyncpg", ""))
+        await listener.add_listener(
+            dialect.channel, lambda *args: heard.append((time.monotonic(), args[-1]))
+        )
+        try:
+            runner = BatchRunner(storage, _noop, concurrency=4, poll_interval=30)
+            batch = await runner.submit([f"item-{n}" for n in range(400)])
+            began = time.monotonic()
+            final = await runner.run(batch.id)
+            took = time.monotonic() - began
+            await anyio.sleep(0.3)
+        finally:
+            await listener.close()
+    assert final.state is BatchState.COMPLETED
+    announced = [at for at, payload in heard if payload == batch.id]
+    # 800 transitions; at most one announcement per window (with a few to spare for the
+    # claims, the progress and the end), where every transition announced itself before.
+    assert 1 <= len(announced) <= took / QUIET_FOR + 10, (len(announced), took)
+
+
+async def test_a_postgres_watcher_sees_an_unannounced_change_soon(
+    postgres_db: Database,
+) -> None:
+    """A change made just after an announced one goes unannounced (`QUIET_FOR`): the
+    watcher looks again `AGAIN_AFTER` the announcement, so it sees that change too, and
+    not only at its poll (30 s here)."""
+    prefix = postgres_db.new_prefix()
+    async with postgres_db.storage(prefix) as watcher, postgres_db.storage(prefix) as actor:
+        record, _ = await actor.create_batch(new_batch(3))
+        request = ClaimRequest(lease_seconds=60, batch_ids=(record.id,))
+        first, second = await actor.claim(request), await actor.claim(request)
+        assert first is not None
+        assert second is not None
+        await anyio.sleep(2 * QUIET_FOR)  # the claims' window is over
+        async with watcher.subscribe(record.id) as changes:
+            await actor.finish(first.lease, Outcome.succeeded("1"))  # announced
+            await actor.finish(second.lease, Outcome.succeeded("2"))  # within its window
+            with anyio.fail_after(5):
+                await changes.wait(timeout=30)
+            began = time.monotonic()
+            with anyio.fail_after(5):
+                await changes.wait(timeout=30)
+            looked = time.monotonic() - began
+        status = await watcher.get_batch(record.id)
+    assert looked < AGAIN_AFTER + 1.0
+    assert status.counts[ItemState.SUCCEEDED] == 2
 
 
 def test_sql_storage_refuses_trio_clearly(tmp_path: Path) -> None:

@@ -84,8 +84,9 @@ def _statements(storage: SQLStorage, dialect: Any) -> list[Any]:
     ]
     if isinstance(dialect, AsyncpgDialect):
         for state in ("succeeded", "failed", "cancelled"):
-            build = functools.partial(dialect._build, state)
-            found.append(storage._connector.stmt(("pg_finish_claim", state), build))
+            for loud in (True, False):
+                build = functools.partial(dialect._build, state, loud)
+                found.append(storage._connector.stmt(("pg_finish_claim", state, loud), build))
     return found
 
 

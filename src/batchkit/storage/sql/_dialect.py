@@ -237,9 +237,15 @@ class Dialect(FaultRules):
 
     # -- the statements' shape (see `Shape`) -----------------------------------------------
 
-    def with_notify(self, stmt: Any, id_column: Any) -> Any:
-        """``stmt`` (an UPDATE of a batch) announcing the change, where that is free."""
+    def with_notify(self, stmt: Any, id_column: Any, *, only_if: Any = None) -> Any:
+        """``stmt`` (an UPDATE of a batch) announcing the change, where that is free (with
+        ``only_if``, a condition on the updated row, only when it holds)."""
         return stmt
+
+    def loud(self, batch_id: str, now: float) -> bool:
+        """Whether a change of ``batch_id`` at ``now`` is announced by its statement: always,
+        where announcing costs nothing (a dialect that announces nothing, or not this way)."""
+        return True
 
     def counted(self, stmt: Any, column: Any) -> Any:
         """``stmt`` (an UPDATE) made so that its result counts the rows it updated."""

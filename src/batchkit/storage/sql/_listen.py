@@ -7,6 +7,7 @@ hundred batches holds one connection for it, not a hundred (see ``max_connection
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,13 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["WORK", "ListenSubscription", "Listener"]
+__all__ = ["AGAIN_AFTER", "QUIET_FOR", "WORK", "ListenSubscription", "Listener"]
+
+#: A storage on PostgreSQL announces one batch's changes at most every QUIET_FOR seconds
+#: (`PostgresDialect.loud`), and its end always; a watcher looks again AGAIN_AFTER seconds
+#: after the batch's last announcement, for the changes made in between, committed by then.
+QUIET_FOR = 0.05
+AGAIN_AFTER = 2 * QUIET_FOR
 
 #: The payload announcing new work (a batch created, an item handed back to `queued`), on
 #: the same channel as the batches' changes: not a batch id, so no watcher takes it for one.
@@ -69,6 +76,8 @@ class Listener:
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
         self._lock = anyio.Lock()
+        # Per announced batch: the timer of the look again (`AGAIN_AFTER`).
+        self._again: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def listening(self) -> bool:
@@ -114,7 +123,23 @@ class Listener:
         self._conn, self._driver = conn, driver
 
     def _on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
-        for sub in self._watchers.get(payload, ()):
+        subs = self._watchers.get(payload)
+        if not subs:
+            return
+        for sub in subs:
+            sub.changed()
+        if payload == WORK:
+            return
+        # Changes made after this one may go unannounced for a moment: look again then.
+        pending = self._again.pop(payload, None)
+        if pending is not None:
+            pending.cancel()
+        loop = asyncio.get_running_loop()
+        self._again[payload] = loop.call_later(AGAIN_AFTER, self._look_again, payload)
+
+    def _look_again(self, batch_id: str) -> None:
+        self._again.pop(batch_id, None)
+        for sub in self._watchers.get(batch_id, ()):
             sub.changed()
 
     def _on_close(self, connection: object) -> None:
@@ -125,6 +150,9 @@ class Listener:
                 sub.changed()
 
     async def _drop(self) -> None:
+        for pending in self._again.values():
+            pending.cancel()
+        self._again.clear()
         conn, driver = self._conn, self._driver
         self._conn = self._driver = None
         if conn is None:

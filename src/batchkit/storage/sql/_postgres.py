@@ -8,7 +8,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import bindparam, func, null, or_, select, text, true, union_all
+from sqlalchemy import bindparam, case, func, null, or_, select, text, true, union_all
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -17,7 +17,7 @@ from ...exceptions import InvalidStorageURL, StorageError
 from ...protocols import Claim, FinishResult, Lease
 from ._dialect import Dialect, fitted
 from ._faults import sqlstate
-from ._listen import WORK
+from ._listen import QUIET_FOR, WORK
 from ._options import asyncpg_query, unnamed
 from ._statements import SENT_ANYWHERE, C, F, Q, R, S
 
@@ -53,6 +53,8 @@ _SCHEMA_QUERY = text(
 _TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03"}
 #: The longest identifier PostgreSQL keeps whole (NAMEDATALEN - 1): a channel's name.
 _NAME_LIMIT = 63
+#: The batches whose last announcement a storage keeps (older ones are forgotten first).
+_ANNOUNCED_KEPT = 1024
 
 
 class PostgresDialect(Dialect):
@@ -65,6 +67,8 @@ class PostgresDialect(Dialect):
         # Storages of the same prefix in two schemas keep their notifications apart; a
         # channel is an identifier, cut at 63 bytes by the server (`fitted` keeps it whole).
         self.channel = fitted(f"{self.scope}changes", _NAME_LIMIT)
+        # When this storage last announced each batch's change (see `loud`).
+        self._announced: dict[str, float] = {}
 
     @classmethod
     def engine_options(cls, url: str, connector: Connector) -> dict[str, Any]:
@@ -193,10 +197,30 @@ class PostgresDialect(Dialect):
     def clock_query(self) -> Any:
         return text("SELECT extract(epoch FROM clock_timestamp())")
 
-    def with_notify(self, stmt: Any, id_column: Any) -> Any:
+    def with_notify(self, stmt: Any, id_column: Any, *, only_if: Any = None) -> Any:
         # The change is announced by the same statement, at no extra round trip; the
         # notification is delivered when the transaction commits.
-        return stmt.returning(func.pg_notify(self.channel, id_column))
+        notify = func.pg_notify(self.channel, id_column)
+        if only_if is None:
+            return stmt.returning(notify)
+        return stmt.returning(case((only_if, notify), else_=null()))
+
+    def loud(self, batch_id: str, now: float) -> bool:
+        # A transaction that NOTIFYs takes a lock, till after its commit, that every other
+        # such transaction of the server waits for (notifications are queued in commit
+        # order): the server commits them one at a time. So one storage announces a
+        # batch's changes at most every QUIET_FOR seconds; a batch's end is announced
+        # always (`Statements.ended`), and a watcher looks again a little after each
+        # announcement (`Listener`) for the changes made in between.
+        last = self._announced.get(batch_id)
+        if last is not None and 0 <= now - last < QUIET_FOR:
+            return False
+        if len(self._announced) >= _ANNOUNCED_KEPT:
+            self._announced = {
+                b: at for b, at in self._announced.items() if 0 <= now - at < QUIET_FOR
+            }
+        self._announced[batch_id] = now
+        return True
 
     def work_notice(self) -> Any:
         return self.connector.stmt(
@@ -272,7 +296,9 @@ class PostgresDialect(Dialect):
             params["b_id"] = request.batch_ids[0]  # type: ignore[index]
         elif kind == "many":
             params["b_ids"] = list(request.batch_ids)  # type: ignore[arg-type]
-        stmt = self.connector.stmt(("pg_claim", kind), lambda: self._build_claim(kind))
+        # A claim never ends a batch: announced, or not at all (see `loud`).
+        loud = self.loud(params.get("b_id", WORK), now)
+        stmt = self.connector.stmt(("pg_claim", kind, loud), lambda: self._build_claim(kind, loud))
         # Sent in: the batch asked for, or, unknown before the answer, any.
         sent.sent_in = params.get("b_id", SENT_ANYWHERE)
         rows = await self._all(via, stmt, params)
@@ -283,7 +309,7 @@ class PostgresDialect(Dialect):
         c = table.c
         return [c.batch_id, c.key, c.payload, c.attempt, c.position, c.history]
 
-    def _build_claim(self, kind: str) -> Any:
+    def _build_claim(self, kind: str, loud: bool) -> Any:
         """The claim statement: the claim's SELECT and its SET, and the counters' SET, each
         a data-modifying CTE of one statement (as `_build`, without the finish)."""
         sql = self.statements
@@ -313,12 +339,13 @@ class PostgresDialect(Dialect):
             now=bindparam("b_now"),
             started=True,
         )
-        counters = self.with_notify(
+        moved: Any = (
             b.update()
             .where(b.c.id == select(claimed.c.batch_id).scalar_subquery())
-            .ordered_values(*values),
-            b.c.id,
-        ).cte("b")
+            .ordered_values(*values)
+        )
+        moved = self.with_notify(moved, b.c.id) if loud else moved.returning(b.c.id)
+        counters = moved.cte("b")
         return select(
             *self._claimed_columns(claimed),
             select(func.count()).select_from(counters).scalar_subquery(),
@@ -354,7 +381,10 @@ class PostgresDialect(Dialect):
         now = self.connector.now()
         token = sent.token
         sent.sent_in = lease.batch_id
-        stmt = self.connector.stmt(("pg_finish_claim", state), lambda: self._build(state))
+        loud = self.loud(lease.batch_id, now)
+        stmt = self.connector.stmt(
+            ("pg_finish_claim", state, loud), lambda: self._build(state, loud)
+        )
         params = {
             "l_batch": lease.batch_id,
             "l_key": lease.key,
@@ -380,7 +410,7 @@ class PostgresDialect(Dialect):
             )
         return FinishResult(accepted=bool(accepted), claim=claim)
 
-    def _build(self, state: str) -> Any:
+    def _build(self, state: str, loud: bool = True) -> Any:
         """The finish-and-claim statement, of the storage's own pieces (`Statements`):
         the finish's UPDATE, the claim's SELECT and the claim's SET, the counters' SET,
         each a data-modifying CTE of one statement.
@@ -437,6 +467,7 @@ class PostgresDialect(Dialect):
             .where(b.c.id == bindparam("b_id"), or_(done > 0, claims > 0))
             .ordered_values(*values),
             b.c.id,
+            only_if=None if loud else sql.ended(bindparam("b_now")),
         ).cte("b")
         return select(
             n.c.done.label("accepted"),

@@ -76,8 +76,13 @@ class PendingClaim:
 class Shape(Protocol):
     """What a dialect adds to a statement (see `Dialect`)."""
 
-    def with_notify(self, stmt: Any, id_column: Any) -> Any:
-        """``stmt`` (an UPDATE of a batch) announcing the change, where that is free."""
+    def with_notify(self, stmt: Any, id_column: Any, *, only_if: Any = None) -> Any:
+        """``stmt`` (an UPDATE of a batch) announcing the change, where that is free (with
+        ``only_if``, a condition on the updated row, only when it holds)."""
+        ...
+
+    def loud(self, batch_id: str, now: float) -> bool:
+        """Whether a change of ``batch_id`` at ``now`` is announced (`Dialect.loud`)."""
         ...
 
     def counted(self, stmt: Any, column: Any) -> Any:
@@ -435,13 +440,15 @@ class Statements:
         """Move ``count`` items from ``old`` to ``new`` in the batch's counters."""
         if count == 0:
             return
+        loud = self._shape().loud(batch_id, now)
         stmt = self._connector.stmt(
-            ("bump", old, new, started), lambda: self._build_bump(old, new, started)
+            ("bump", old, new, started, loud),
+            lambda: self._build_bump(old, new, started, loud),
         )
         finished = count if (old in ACTIVE and new not in ACTIVE) else 0
         yield stmt, {"c_id": batch_id, "c_count": count, "c_finished": finished, "c_now": now}
 
-    def _build_bump(self, old: str, new: str, started: bool) -> Any:
+    def _build_bump(self, old: str, new: str, started: bool, loud: bool) -> Any:
         b = self.tables.batches
         count: Any = bindparam("c_count")
         now: Any = bindparam("c_now")
@@ -452,7 +459,13 @@ class Statements:
             started=started,
         )
         stmt = b.update().where(b.c.id == bindparam("c_id")).ordered_values(*values)
-        return self._shape().with_notify(stmt, b.c.id)
+        return self._shape().with_notify(stmt, b.c.id, only_if=None if loud else self.ended(now))
+
+    def ended(self, now: Any) -> ColumnElement[bool]:
+        """The condition that the batch UPDATE at ``now`` finished its batch (whose end is
+        announced even while its other changes are not: `Dialect.loud`)."""
+        ended: ColumnElement[bool] = self.tables.batches.c.finished_at == now
+        return ended
 
     def counter_values(
         self,
@@ -525,8 +538,9 @@ class Statements:
     def lease_params(lease: Lease) -> dict[str, Any]:
         return {"l_batch": lease.batch_id, "l_key": lease.key, "l_token": lease.token}
 
-    def extend(self, with_progress: bool, with_deadline: bool) -> Any:
-        """The UPDATE of a leased item's progress (``e_*``) and/or lease deadline."""
+    def extend(self, with_progress: bool, with_deadline: bool, loud: bool = True) -> Any:
+        """The UPDATE of a leased item's progress (``e_*``) and/or lease deadline (with
+        progress and ``loud``: the change announced)."""
         i = self.tables.items
 
         def build() -> Any:
@@ -540,9 +554,9 @@ class Statements:
             if with_deadline:
                 values["claimable_at"] = bindparam("e_deadline")
             stmt = i.update().where(self.leased()).values(**values)
-            return self._shape().with_lease_flag(stmt, i, notify=with_progress)
+            return self._shape().with_lease_flag(stmt, i, notify=with_progress and loud)
 
-        return self._connector.stmt(("extend", with_progress, with_deadline), build)
+        return self._connector.stmt(("extend", with_progress, with_deadline, loud), build)
 
     def lease_flag(self) -> Any:
         """The cancel flag of the leased item."""

@@ -581,11 +581,11 @@ class SQLStorage(AsyncContext):
         message: str | None,
         deadline: float | None,
     ) -> Steps[LeaseStatus]:
-        stmt = self._sql.extend(progress is not None, deadline is not None)
+        now = self._now()
+        loud = progress is not None and self._dialect.loud(lease.batch_id, now)
+        stmt = self._sql.extend(progress is not None, deadline is not None, loud)
         params = self._sql.lease_params(lease)
-        params.update(
-            e_progress=progress, e_message=message, e_now=self._now(), e_deadline=deadline
-        )
+        params.update(e_progress=progress, e_message=message, e_now=now, e_deadline=deadline)
         return (yield from self._dialect.lease_status(stmt, params))
 
     async def finish(
