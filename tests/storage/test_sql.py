@@ -609,6 +609,24 @@ async def test_a_claim_or_finish_whose_reply_was_lost_is_not_done_twice(db: Data
         await check_lost_replies(storage)
 
 
+@pytest.mark.parametrize("key", [None, "order-7"])
+async def test_a_submit_whose_reply_was_lost_makes_its_batch_once(
+    db: Database, key: str | None
+) -> None:
+    """The batch was written, and the reply lost: the retry finds it its own (created),
+    not a stranger's, and writes nothing twice; a later submit with its key gets it."""
+    async with LosesReplies(db.url, table_prefix=db.new_prefix()) as storage:
+        storage.lose = 1
+        made = new_batch(3, idempotency_key=key)
+        record, created = await storage.create_batch(made)
+        assert (record.id, created, record.total) == (made.id, True, 3)
+        assert [i.key for i in await all_items(storage, made.id)] == [f"item-{n}" for n in range(3)]
+        assert [b.id for b in await storage.list_batches()] == [made.id]
+        if key is not None:
+            again, created = await storage.create_batch(new_batch(5, idempotency_key=key))
+            assert (again.id, created, again.total) == (made.id, False, 3)
+
+
 async def test_a_claim_in_doubt_past_the_retries_is_taken_by_the_next_claim(
     db: Database,
 ) -> None:

@@ -92,7 +92,7 @@ class AsyncpgDialect(PostgresDialect):
         # A transaction of statements sent to asyncpg directly on a lane.
         return await self._lanes.attempt(lambda lane: self._steps(lane, steps(), True))
 
-    async def write_lease(self, steps: Callable[[], Steps[T]]) -> T:
+    async def write_alone(self, steps: Callable[[], Steps[T]]) -> T:
         # One UPDATE ... RETURNING: atomic alone, one round trip.
         return await self._lanes.attempt(lambda lane: self._steps(lane, steps(), False))
 

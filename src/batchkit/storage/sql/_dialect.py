@@ -130,10 +130,16 @@ class Dialect(FaultRules):
         here, its statements one by one through SQLAlchemy."""
         return await self.connector.attempt(lambda conn: self.drive(conn, steps()))
 
-    async def write_lease(self, steps: Callable[[], Steps[T]]) -> T:
-        """One try of a lease's write (`lease_status`'s steps): where the dialect writes it
-        in one statement, that statement alone, without a transaction around it."""
+    async def write_alone(self, steps: Callable[[], Steps[T]]) -> T:
+        """One try of a write that is one statement, atomic alone (a lease's write, a
+        `create_at_once`): where the dialect can, without a transaction around it."""
         return await self.write(steps)
+
+    def create_at_once(self, batch: NewBatch, now: float) -> Callable[[], Steps[bool]] | None:
+        """The creation of ``batch`` (items, tags, the work notice) in ONE statement, where
+        the dialect writes it so (`None`: the storage's steps do): its result says whether
+        the batch was created (`False`: its id or its idempotency key is taken)."""
+        return None
 
     async def read(self, steps: Callable[[], Steps[T]]) -> T:
         """One try of a read, by the fastest way the database allows: here, a read-only

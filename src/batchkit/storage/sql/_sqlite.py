@@ -182,7 +182,7 @@ class SQLiteLanesDialect(SQLiteDialect):
     async def write(self, steps: Callable[[], Steps[T]]) -> T:
         return await self._lanes.attempt(lambda lane: self._in_thread(lane, steps(), True))
 
-    async def write_lease(self, steps: Callable[[], Steps[T]]) -> T:
+    async def write_alone(self, steps: Callable[[], Steps[T]]) -> T:
         # One UPDATE ... RETURNING: atomic alone, no BEGIN and COMMIT around it.
         return await self._lanes.attempt(lambda lane: self._in_thread(lane, steps(), False))
 

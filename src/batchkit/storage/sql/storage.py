@@ -304,9 +304,9 @@ class SQLStorage(AsyncContext):
         (`Dialect.write`), retried on transient faults."""
         return await self._retrying(lambda: self._dialect.write(steps), write=True)
 
-    async def _write_lease(self, steps: Callable[[], Steps[T]]) -> T:
-        """Run a lease's write (`Dialect.write_lease`), retried on transient faults."""
-        return await self._retrying(lambda: self._dialect.write_lease(steps), write=True)
+    async def _write_alone(self, steps: Callable[[], Steps[T]]) -> T:
+        """Run a lease's write (`Dialect.write_alone`), retried on transient faults."""
+        return await self._retrying(lambda: self._dialect.write_alone(steps), write=True)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, write: bool) -> T:
         if not self._opened:
@@ -336,8 +336,19 @@ class SQLStorage(AsyncContext):
         than `chunk_size` streams them in by ``COPY`` instead.
         """
         now = self._now()
+        at_once = self._dialect.create_at_once(batch, now)
 
         async def attempt() -> str | None:
+            if at_once is not None:
+                for _ in range(3):
+                    if await self._dialect.write_alone(at_once):
+                        return None
+                    # Its id or its idempotency key is taken: whose batch is it? (None: the
+                    # batch that held it was deleted since; try again.)
+                    existing = await self._existing(batch)
+                    if existing is not None:
+                        return existing
+                raise StorageError(f"batch {batch.id} was refused again and again")
             if self._dialect.copies_items(len(batch.items), self.chunk_size):
                 return await self._connector.attempt(
                     lambda conn: self._create_copying(conn, batch, now)
@@ -357,22 +368,27 @@ class SQLStorage(AsyncContext):
                 raise
             # A concurrent submit with the same idempotency key won, or our own commit
             # landed before a dropped connection made us try again.
-            if batch.idempotency_key is not None:
-                key = batch.idempotency_key
-                existing = await self._read(lambda: self._sql.by_idempotency(key))
-            if existing is None:
-                existing = (
-                    batch.id if await self._read(lambda: self._batch_exists(batch.id)) else None
-                )
+            existing = await self._existing(batch)
             if existing is None:
                 raise
-            if existing == batch.id:
-                return await self.get_batch(batch.id), True
+        if existing == batch.id:
+            # Our own: an earlier try committed, its answer lost with the connection.
+            return await self.get_batch(batch.id), True
         if existing is not None:
             return await self.get_batch(existing), False
         if batch.items:
             self._bell.ring()
         return new_record(batch, now), True
+
+    async def _existing(self, batch: NewBatch) -> str | None:
+        """The batch that took ``batch``'s place: the one holding its idempotency key, or
+        ``batch`` itself (an earlier try's commit landed), if either exists."""
+        if batch.idempotency_key is not None:
+            key = batch.idempotency_key
+            found = await self._read(lambda: self._sql.by_idempotency(key))
+            if found is not None:
+                return found
+        return batch.id if await self._read(lambda: self._batch_exists(batch.id)) else None
 
     async def _create_copying(
         self, conn: AsyncConnection, batch: NewBatch, now: float
@@ -560,7 +576,7 @@ class SQLStorage(AsyncContext):
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
         """Extend a current lease (see `Storage.heartbeat`)."""
         deadline = self._now() + lease_seconds
-        return await self._write_lease(lambda: self._extend(lease, None, None, deadline))
+        return await self._write_alone(lambda: self._extend(lease, None, None, deadline))
 
     async def record_progress(
         self,
@@ -572,7 +588,7 @@ class SQLStorage(AsyncContext):
     ) -> LeaseStatus:
         """Record progress of a running item: one statement (see `Storage.record_progress`)."""
         deadline = None if lease_seconds is None else self._now() + lease_seconds
-        return await self._write_lease(lambda: self._extend(lease, progress, message, deadline))
+        return await self._write_alone(lambda: self._extend(lease, progress, message, deadline))
 
     def _extend(
         self,
