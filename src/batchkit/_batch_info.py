@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .protocols import BatchInfo
 
 if TYPE_CHECKING:
     from .protocols import Storage
 
 __all__ = ["BatchInfo", "BatchInfoCache"]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchInfo:
-    """What running a batch's items needs of the batch: it never changes after submission."""
-
-    metadata: dict[str, Any]
-    max_failures: int | None = None
 
 
 class BatchInfoCache:
@@ -42,10 +35,14 @@ class BatchInfoCache:
         if info is None:
             record = await self._storage.get_batch(batch_id)
             info = BatchInfo(metadata=record.metadata, max_failures=record.max_failures)
-            if len(self._info) >= self._size:
-                self._info.pop(next(iter(self._info)))
-            self._info[batch_id] = info
+            self.remember(batch_id, info)
         return info
+
+    def remember(self, batch_id: str, info: BatchInfo) -> None:
+        """Keep ``info`` of a batch, read by other means (a claim that carried it)."""
+        if batch_id not in self._info and len(self._info) >= self._size:
+            self._info.pop(next(iter(self._info)))
+        self._info[batch_id] = info
 
     def forget(self, batch_id: str) -> None:
         """Drop what is kept of a batch (it was deleted, or it finished)."""

@@ -29,12 +29,12 @@ from .context import ItemContext, _Reporter
 from .exceptions import StorageError
 from .history import History
 from .models import ItemError, ItemState, Limits
-from .protocols import Claim, ClaimRequest, FinishResult, Lease, Outcome, Storage
+from .protocols import BatchInfo, Claim, ClaimRequest, FinishResult, Lease, Outcome, Storage
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Callable
 
-    from ._batch_info import BatchInfo
+    from ._batch_info import BatchInfoCache
     from .protocols import Generator, SyncGenerator
     from .retry import RetryPolicy
 
@@ -74,7 +74,7 @@ class Executor:
         item_timeout: float | None,
         lease_seconds: float,
         progress_interval: float,
-        batch_info: Callable[[str], Awaitable[BatchInfo]],
+        batch_info: BatchInfoCache,
         retry: RetryPolicy | None = None,
         thread_limiter: anyio.CapacityLimiter | None = None,
         name: str | None = None,
@@ -385,6 +385,15 @@ class Executor:
             if (lease := k.lease or (k.recent if k.recent_end >= since else None))
         ]
 
+    async def _info_of(self, claim: Claim) -> BatchInfo:
+        """The claimed item's batch's `BatchInfo`: as the claim carried it (and kept for
+        the batch's next items), or read once per batch."""
+        batch_id = claim.lease.batch_id
+        if claim.batch is None:
+            return await self.batch_info(batch_id)
+        self.batch_info.remember(batch_id, claim.batch)
+        return claim.batch
+
     async def _execute(self, claim: Claim, keeper: Keeper, history: History) -> Ended | None:
         lease = claim.lease
         reporter = _Reporter(self.limits.max_message_length)
@@ -400,7 +409,7 @@ class Executor:
                 payload=claim.payload,
                 attempt=lease.attempt,
                 position=claim.position,
-                metadata=(await self.batch_info(lease.batch_id)).metadata,
+                metadata=(await self._info_of(claim)).metadata,
                 reporter=reporter,
             )
             # One scope serves the item timeout (its deadline) and the keeper (which
@@ -471,7 +480,7 @@ class ExecutorOptions(Protocol):
 
 def build_executor(
     options: ExecutorOptions,
-    batch_info: Callable[[str], Awaitable[BatchInfo]],
+    batch_info: BatchInfoCache,
     *,
     name: str | None = None,
     on_event: Callable[[str, Lease], None] | None = None,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .context import ItemContext
 
 __all__ = [
+    "BatchInfo",
     "BatchRecord",
     "Claim",
     "ClaimRequest",
@@ -164,17 +165,29 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """What running a batch's items needs of the batch: it never changes after submission."""
+
+    metadata: dict[str, Any]
+    max_failures: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A claimed item: the lease, what the generator needs, and the item's history.
 
     ``history`` is the text the core last wrote with an outcome of this item (see
     `Outcome.history`), or `None` if it never wrote one; a storage keeps it as it is.
+
+    ``batch`` is the item's batch's `BatchInfo`, when the storage read it with the claim
+    at no extra round trip; `None` has the runner read the batch (once per batch).
     """
 
     lease: Lease
     position: int
     payload: Any
     history: str | None = None
+    batch: BatchInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from .test_sql import (
     _check_shared_run,
     _run_processes,
     _run_while_killing,
+    check_claims_carry_their_batch,
     check_claims_in_doubt,
     check_lost_replies,
 )
@@ -346,6 +347,11 @@ class LosesReplies(RedisStorage):
             return result
 
         return await super()._call(ran_then_dropped, write=write)
+
+
+async def test_a_redis_claim_carries_its_batch(prefix: str) -> None:
+    async with RedisStorage(REDIS_URL, prefix=prefix) as storage:
+        await check_claims_carry_their_batch(storage)
 
 
 async def test_a_claim_or_finish_whose_reply_was_lost_is_not_done_twice(prefix: str) -> None:

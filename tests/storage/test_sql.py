@@ -33,7 +33,7 @@ from batchkit.exceptions import (
     SchemaVersionMismatch,
     StorageError,
 )
-from batchkit.protocols import ClaimRequest, Outcome
+from batchkit.protocols import BatchInfo, ClaimRequest, Outcome
 from batchkit.status import item_from_record, recount, status_from_record
 from batchkit.storage.sql import SCHEMA_VERSION, SQLStorage, _aiosqlite_fast, metadata_for
 from batchkit.storage.sql._faults import (
@@ -1391,6 +1391,22 @@ async def test_postgres_notification_crosses_storages(postgres_db: Database) -> 
         assert second.state is BatchState.RUNNING
         assert second.counts[ItemState.RUNNING] == 1
         assert woke - changed[0] < 2.0  # far sooner than the 30 s poll, even on a busy host
+
+
+async def check_claims_carry_their_batch(storage: Any) -> None:
+    """The first claim of a batch brings its metadata and failure limit (`Claim.batch`):
+    a worker runs a batch's first item without reading the batch first."""
+    metadata = {"owner": "ada", "n": 1}
+    record, _ = await storage.create_batch(new_batch(2, metadata=metadata, max_failures=4))
+    for request in (ClaimRequest(lease_seconds=30, batch_ids=(record.id,)), ClaimRequest(30)):
+        claim = await storage.claim(request)
+        assert claim is not None
+        assert claim.batch == BatchInfo(metadata=metadata, max_failures=4)
+
+
+async def test_a_postgres_claim_carries_its_batch(postgres_db: Database) -> None:
+    async with postgres_db.storage() as storage:
+        await check_claims_carry_their_batch(storage)
 
 
 async def test_postgres_announces_a_busy_batch_a_few_times_a_second_and_its_end(

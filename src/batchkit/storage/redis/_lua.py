@@ -409,13 +409,19 @@ return out
 
 #: Claim the next item of this batch. ARGV: 3 lease seconds, 4 a new token, 5 '1' when
 #: the call is tried again (an earlier try's claim, if it ran, is the claim).
-#: Returns the claim (see claim_here) followed by finished now (1/0).
+#: Returns the claim (see claim_here), then, with an item, the batch's metadata JSON and
+#: failure limit (false: none) (`Claim.batch`), then finished now (1/0).
 CLAIM = (
     _COMMON
     + r"""
 local t = clock()
 local claim = (ARGV[5] == '1' and claimed_by(ARGV[4])) or claim_here(tonumber(ARGV[3]), ARGV[4], t)
 flush()
+if claim[1] == 1 then
+  local batch = redis.call('HMGET', META, 'metadata', 'maxf')
+  claim[#claim + 1] = batch[1]
+  claim[#claim + 1] = batch[2]
+end
 claim[#claim + 1] = finished_now and 1 or 0
 return claim
 """

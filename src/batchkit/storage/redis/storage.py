@@ -21,6 +21,7 @@ from ...exceptions import BatchNotFound, InvalidStorageURL, ItemNotFound, Storag
 from ...ids import is_batch_id, new_token
 from ...models import ItemState
 from ...protocols import (
+    BatchInfo,
     BatchRecord,
     Claim,
     ClaimRequest,
@@ -308,29 +309,41 @@ class RedisStorage(IndexedBatches, AsyncContext):
             if existing is not None:
                 return existing, False
         size = self.chunk_size
+        chunks: list[list[Any]] = []
         for start in range(0, len(batch.items), size):
-            chunk = batch.items[start : start + size]
             args: list[Any] = [start]
-            for key, payload in chunk:
+            for key, payload in batch.items[start : start + size]:
                 args.append(key)
                 args.append(payload)
-            await self._call(partial(self._script, "CHUNK", batch.id, *args))
-        reply = await self._call(
-            lambda: self._script(
-                "COMMIT",
-                batch.id,
-                batch.id,
-                len(batch.items),
-                dumps(batch.metadata),
-                batch.parent_id or "",
-                batch.idempotency_key or "",
-                "" if batch.max_failures is None else str(batch.max_failures),
-            )
+            chunks.append(args)
+        commit = (
+            batch.id,
+            len(batch.items),
+            dumps(batch.metadata),
+            batch.parent_id or "",
+            batch.idempotency_key or "",
+            "" if batch.max_failures is None else str(batch.max_failures),
         )
+        if len(chunks) == 1 and not self._cluster:
+            # A small batch (a submit from a web request): its items and its commit in one
+            # round trip (both scripts are idempotent: a retry sends both again).
+            reply = await self._call(lambda: self._chunk_and_commit(batch.id, chunks[0], commit))
+        else:
+            for args in chunks:
+                await self._call(partial(self._script, "CHUNK", batch.id, *args))
+            reply = await self._call(lambda: self._script("COMMIT", batch.id, *commit))
         record = to_record(reply[1], self._metadata)
         await self._call(lambda: self._index_new(batch.id, record, bool(reply[2])))
         # Created now, or by our own earlier attempt whose answer a dropped connection lost.
         return record, True
+
+    async def _chunk_and_commit(
+        self, batch_id: str, chunk: list[Any], commit: tuple[Any, ...]
+    ) -> Any:
+        pipe = self.client.pipeline(transaction=False)
+        await self._script("CHUNK", batch_id, *chunk, client=pipe)
+        await self._script("COMMIT", batch_id, *commit, client=pipe)
+        return (await pipe.execute())[-1]
 
     async def _claim_idempotency(self, key: str, batch_id: str) -> BatchRecord | None:
         """Take the idempotency key for ``batch_id``; the existing batch if it is taken."""
@@ -503,12 +516,21 @@ class RedisStorage(IndexedBatches, AsyncContext):
             await self._call(lambda: self._forget([batch_id]))
         if code != 1:
             return None
-        _, key, position, payload, attempt, history = claim
+        _, key, position, payload, attempt, history = claim[:6]
+        batch = None
+        if len(claim) > 7 and claim[6] is not None:
+            # The batch's metadata and failure limit, read by CLAIM (not by FINISH's claim).
+            metadata = self._metadata.get(batch_id)
+            if metadata is None:
+                metadata = cast("dict[str, Any]", loads(text(claim[6])))
+            limit = claim[7]
+            batch = BatchInfo(metadata, None if limit is None else int(limit))
         return Claim(
             lease=Lease(batch_id, text(key), token, int(attempt)),
             position=int(position),
             payload=loads(text(payload)),
             history=None if history is None else text(history),
+            batch=batch,
         )
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ...codec import loads
 from ...exceptions import InvalidStorageURL, StorageError
-from ...protocols import Claim, FinishResult, Lease
+from ...protocols import BatchInfo, Claim, FinishResult, Lease
 from ._dialect import Dialect, fitted
 from ._faults import sqlstate
 from ._listen import QUIET_FOR, WORK
@@ -445,12 +445,14 @@ class PostgresDialect(Dialect):
             b.update()
             .where(b.c.id == select(claimed.c.batch_id).scalar_subquery())
             .ordered_values(*values)
+            # What the runner needs of the batch, read with the claim (`Claim.batch`).
+            .returning(b.c.metadata, b.c.max_failures)
         )
-        moved = self.with_notify(moved, b.c.id) if loud else moved.returning(b.c.id)
-        counters = moved.cte("b")
+        counters = (self.with_notify(moved, b.c.id) if loud else moved).cte("b")
         return select(
             *self._claimed_columns(claimed),
-            select(func.count()).select_from(counters).scalar_subquery(),
+            select(counters.c.metadata).scalar_subquery(),
+            select(counters.c.max_failures).scalar_subquery(),
         )
 
     async def _attempt(self, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -618,10 +620,16 @@ class PostgresDialect(Dialect):
 
 
 def _claim_of(row: Any, token: str) -> Claim:
+    """A claim from a row of its item's columns (`_claimed_columns`), and maybe of its
+    batch's metadata and failure limit after them."""
     batch_id, key, payload, attempt, position, history = row[:6]
+    batch = None
+    if len(row) > 7 and row[6] is not None:
+        batch = BatchInfo(metadata=loads(row[6]), max_failures=row[7])  # type: ignore[arg-type]
     return Claim(
         lease=Lease(batch_id, key, token, attempt),
         position=position,
         payload=loads(payload),
         history=history,
+        batch=batch,
     )

@@ -329,12 +329,9 @@ class SQLStorage(AsyncContext):
     # -- creating and reading --------------------------------------------------------------
 
     async def create_batch(self, batch: NewBatch) -> tuple[BatchRecord, bool]:
-        """Create a batch with all its items in one transaction (see `Storage.create_batch`).
-
-        The transaction's statements go the dialect's fastest way (`Dialect.write`: one
-        call to SQLite's thread, asyncpg directly); on PostgreSQL, a batch of more items
-        than `chunk_size` streams them in by ``COPY`` instead.
-        """
+        """Create a batch with all its items at once (see `Storage.create_batch`), the
+        dialect's fastest way: one statement (`Dialect.create_at_once`), one transaction
+        (`Dialect.write`), or its items streamed in by ``COPY`` (asyncpg, big batches)."""
         now = self._now()
         at_once = self._dialect.create_at_once(batch, now)
 
@@ -343,10 +340,8 @@ class SQLStorage(AsyncContext):
                 for _ in range(3):
                     if await self._dialect.write_alone(at_once):
                         return None
-                    # Its id or its idempotency key is taken: whose batch is it? (None: the
-                    # batch that held it was deleted since; try again.)
-                    existing = await self._existing(batch)
-                    if existing is not None:
+                    # Its id or idempotency key is taken: by whom? (None: deleted since.)
+                    if (existing := await self._existing(batch)) is not None:
                         return existing
                 raise StorageError(f"batch {batch.id} was refused again and again")
             if self._dialect.copies_items(len(batch.items), self.chunk_size):

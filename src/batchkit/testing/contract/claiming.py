@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ...models import TERMINAL_ITEM_STATES, BatchState
-from ...protocols import ClaimRequest, Outcome
+from ...protocols import BatchInfo, ClaimRequest, Outcome
 from ...status import empty_counts, status_from_record
 from ._helpers import (
     _Q,
@@ -54,6 +54,27 @@ class ClaimingContract:
         record = await _create(storage, 3)
         keys = [(await _claim(storage, record.id)).lease.key for _ in range(3)]
         assert keys == ["item-0", "item-1", "item-2"]
+
+    async def test_a_claim_carrying_its_batch_carries_its_own(self, storage: Storage) -> None:
+        """A storage may hand a claim its batch's metadata and failure limit (then the
+        runner need not read the batch): they are the batch's, of any batch claimed."""
+        owner = {"owner": "ada", "options": {"size": [1, 2]}}
+        limited = await _create(storage, 2, metadata=owner, max_failures=3)
+        plain = await _create(storage, 1)
+        seen = {
+            limited.id: BatchInfo(metadata=owner, max_failures=3),
+            plain.id: BatchInfo(metadata={}, max_failures=None),
+        }
+        first = await storage.claim(_request(limited.id))
+        assert first is not None
+        done = await storage.finish(
+            first.lease, Outcome.succeeded("1"), then_claim=_request(limited.id)
+        )
+        assert done.claim is not None
+        other = await storage.claim(_request())  # of any batch: the plain one's
+        assert other is not None
+        for claim in (first, done.claim, other):
+            assert claim.batch in (None, seen[claim.lease.batch_id]), claim
 
     async def test_claim_takes_oldest_batch_first(self, storage: Storage) -> None:
         old = await _create(storage, 2)
