@@ -41,21 +41,6 @@ T = TypeVar("T")
 _LANES = 4
 #: A new batch of more items than this has them streamed in by COPY.
 _COPY_FROM = 100
-#: The columns a new item's row sets, in the order `AsyncpgDialect.insert_items` sends them.
-_COPIED = (
-    "batch_id",
-    "position",
-    "key",
-    "payload",
-    "state",
-    "active",
-    "claimable_at",
-    "cancel_requested",
-    "progress",
-    "attempt",
-    "created_at",
-    "updated_at",
-)
 
 
 class AsyncpgDialect(PostgresDialect):
@@ -179,6 +164,7 @@ class AsyncpgDialect(PostgresDialect):
         failure: Exception | None = None
         copied = False
         table = self.statements.tables.items.name
+        columns = self.statements.ITEM_COLUMNS  # each row below holds them in this order
         schema = self.schema
 
         async def copy(scope: anyio.CancelScope) -> None:
@@ -190,7 +176,7 @@ class AsyncpgDialect(PostgresDialect):
                         for offset, (key, payload) in enumerate(items[start : start + chunk_size])
                     ]
                     await raw.copy_records_to_table(
-                        table, records=rows, columns=_COPIED, schema_name=schema
+                        table, records=rows, columns=columns, schema_name=schema
                     )
                 copied = True
             except Exception as exc:
