@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from .._polling import PollingSubscription
 from ._connector import Lanes, Result
+from ._dialect import OnLanes
 from ._faults import DriverFault, is_broken_connection, is_driver_error
 from ._listen import WORK, Listener
 from ._postgres import PostgresDialect
@@ -43,7 +44,7 @@ _LANES = 4
 _COPY_FROM = 100
 
 
-class AsyncpgDialect(PostgresDialect):
+class AsyncpgDialect(OnLanes, PostgresDialect):
     """PostgreSQL on asyncpg: the finish-and-claim sent to the driver directly on a kept
     connection, items streamed in by binary ``COPY``, and ``LISTEN`` for `subscribe`."""
 
@@ -62,6 +63,7 @@ class AsyncpgDialect(PostgresDialect):
         super().__init__(connector, statements, prefix)
         # Of the pool, one connection for LISTEN and one for everything else stay free.
         self._lanes = Lanes(connector, cap=connector.lanes_cap(_LANES, beside=2))
+        self._readers = self._lanes
         self._listener = Listener(connector.connect, self.channel)
 
     # SQLAlchemy's execution path would cost more than the statement: on a lane, the
@@ -73,19 +75,8 @@ class AsyncpgDialect(PostgresDialect):
     #: Each statement in a transaction of its own (behind a transaction pooler).
     each_in_transaction = False
 
-    async def write(self, steps: Callable[[], Steps[T]]) -> T:
-        # A transaction of statements sent to asyncpg directly on a lane.
-        return await self._lanes.attempt(lambda lane: self._steps(lane, steps(), True))
-
-    async def write_alone(self, steps: Callable[[], Steps[T]]) -> T:
-        # One UPDATE ... RETURNING: atomic alone, one round trip.
-        return await self._lanes.attempt(lambda lane: self._steps(lane, steps(), False))
-
-    async def read(self, steps: Callable[[], Steps[T]]) -> T:
-        # Each statement in autocommit (a snapshot of its own), sent to asyncpg on a lane.
-        return await self._lanes.attempt(lambda lane: self._steps(lane, steps(), False))
-
-    async def _steps(self, lane: Lane, steps: Steps[T], transaction: bool) -> T:
+    async def _on_lane(self, lane: Lane, steps: Steps[T], transaction: bool) -> T:
+        # Sent to asyncpg directly; reads each in autocommit (a snapshot of its own).
         driver = lane.driver
         try:
             if transaction or self.each_in_transaction:

@@ -37,10 +37,10 @@ if TYPE_CHECKING:
         Subscription,
     )
     from .._bell import Flag
-    from ._connector import Connector
+    from ._connector import Connector, Lane, Lanes
     from ._statements import Params, PendingClaim, Statements, Steps
 
-__all__ = ["Dialect", "fitted"]
+__all__ = ["Dialect", "OnLanes", "fitted"]
 
 T = TypeVar("T")
 
@@ -260,6 +260,30 @@ class Dialect(FaultRules):
     def with_lease_flag(self, stmt: Any, items: Any, *, notify: bool) -> Any:
         """``stmt`` (an UPDATE of a leased item) returning the item's cancel flag."""
         return stmt.returning(items.c.cancel_requested)
+
+
+class OnLanes:
+    """A dialect's fast paths on connections kept out of the pool (`Lanes`): writes on
+    ``_lanes``, reads on ``_readers`` (the same lanes where readers need none of their
+    own). Listed before the dialect's class, it takes the place of its `Dialect.read`,
+    `Dialect.write` and `Dialect.write_alone`."""
+
+    _lanes: Lanes
+    _readers: Lanes
+
+    async def _on_lane(self, lane: Lane, steps: Steps[T], transaction: bool) -> T:
+        """Run ``steps`` on ``lane``: as one transaction, or each statement on its own."""
+        raise NotImplementedError
+
+    async def read(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._readers.attempt(lambda lane: self._on_lane(lane, steps(), False))
+
+    async def write(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._lanes.attempt(lambda lane: self._on_lane(lane, steps(), True))
+
+    async def write_alone(self, steps: Callable[[], Steps[T]]) -> T:
+        # One statement, atomic alone: no BEGIN and COMMIT around it.
+        return await self._lanes.attempt(lambda lane: self._on_lane(lane, steps(), False))
 
 
 def fitted(name: str, limit: int) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy.pool import StaticPool
 from ...exceptions import InvalidStorageURL
 from . import _aiosqlite_fast
 from ._connector import Lanes, Result
-from ._dialect import Dialect
+from ._dialect import Dialect, OnLanes
 from ._faults import DriverFault
 from ._filewatch import WORK_COUNT, FileWatch
 
@@ -166,7 +166,7 @@ class SQLiteDialect(Dialect):
             yield
 
 
-class SQLiteLanesDialect(SQLiteDialect):
+class SQLiteLanesDialect(OnLanes, SQLiteDialect):
     """SQLite with each hot-path transaction run whole in ONE call to aiosqlite's thread,
     on a connection kept out of the pool (`_aiosqlite_fast`)."""
 
@@ -176,17 +176,7 @@ class SQLiteLanesDialect(SQLiteDialect):
         # Readers do not wait for the writer (WAL): their own connections.
         self._readers = Lanes(connector, cap=connector.lanes_cap(2, beside=2))
 
-    async def read(self, steps: Callable[[], Steps[T]]) -> T:
-        return await self._readers.attempt(lambda lane: self._in_thread(lane, steps(), False))
-
-    async def write(self, steps: Callable[[], Steps[T]]) -> T:
-        return await self._lanes.attempt(lambda lane: self._in_thread(lane, steps(), True))
-
-    async def write_alone(self, steps: Callable[[], Steps[T]]) -> T:
-        # One UPDATE ... RETURNING: atomic alone, no BEGIN and COMMIT around it.
-        return await self._lanes.attempt(lambda lane: self._in_thread(lane, steps(), False))
-
-    async def _in_thread(self, lane: Lane, steps: Steps[T], transaction: bool) -> T:
+    async def _on_lane(self, lane: Lane, steps: Steps[T], transaction: bool) -> T:
         """Run ``steps`` (as one transaction, or each statement on its own) in ONE call to
         the SQLite driver's thread."""
         run = self._transaction if transaction else self._drive
