@@ -121,37 +121,36 @@ async def _drop(store: str, prefix: str) -> None:
     await drop_prefix("redis" if store == "redis" else "sql", URLS[store], prefix)
 
 
+def worker_process(
+    url: str, prefix: str, generator: str, *options: str, **environ: str
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a ``python -m batchkit worker`` on ``url`` under
+    ``prefix``, running ``generator`` (``module:function`` of this folder: start it with
+    this folder as its working directory), with ``options`` and the variables ``environ``."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **environ,
+    }
+    command = [
+        *(sys.executable, "-m", "batchkit", "worker", "--storage", url, "--prefix", prefix),
+        *("--generator", generator, *options, "--no-live"),
+    ]
+    return command, env
+
+
 def measure(store: str, workers: int, items: int, concurrency: int, sleep: float) -> Result:
     """One batch of ``items`` run by ``workers`` worker processes."""
     prefix = f"bs{secrets.token_hex(3)}" + ("" if store == "redis" else "_")
     batch_id = anyio.run(_submit, store, prefix, items)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "BATCHKIT_BENCH_SLEEP": repr(sleep),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "batchkit",
-        "worker",
-        "--storage",
+    command, env = worker_process(
         URLS[store],
-        "--prefix",
         prefix,
-        "--generator",
         "scale_out:generate",
-        "--batch",
-        batch_id,
-        "--exit-when-idle",
-        "--concurrency",
-        str(concurrency),
-        "--poll-interval",
-        "0.05",
-        "--log-level",
-        "WARNING",
-        "--no-live",
-    ]
+        *("--batch", batch_id, "--exit-when-idle", "--concurrency", str(concurrency)),
+        *("--poll-interval", "0.05", "--log-level", "WARNING"),
+        BATCHKIT_BENCH_SLEEP=repr(sleep),
+    )
     try:
         processes = [
             subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.DEVNULL)

@@ -40,6 +40,7 @@ import anyio
 import batchkit
 from _stores import fresh_store, open_store, unreachable
 from batchkit import BatchRunner, ItemState
+from scale_out import worker_process
 from wake import called_at
 
 __all__ = ["main"]
@@ -63,15 +64,9 @@ async def _one(store: str, url: str, prefix: str, n: int) -> tuple[float, float]
     async with open_store(store, url, prefix) as storage:
         runner = BatchRunner(storage, called_at)
         batch = await runner.submit([f"round-{n}"])
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-        }
-        command = [
-            *(sys.executable, "-m", "batchkit", "worker", "--storage", url, "--prefix", prefix),
-            *("--generator", "wake:called_at", "--exit-when-idle", "--log-level", "INFO"),
-            "--no-live",
-        ]
+        command, env = worker_process(
+            url, prefix, "wake:called_at", "--exit-when-idle", "--log-level", "INFO"
+        )
         began = time.time()
         started: float | None = None
         async with await anyio.open_process(

@@ -40,7 +40,7 @@ import anyio
 import batchkit
 from _stores import fresh_store, open_store, unreachable
 from batchkit import BatchRunner, ItemState, Worker
-from scale_out import URLS
+from scale_out import URLS, worker_process
 
 if TYPE_CHECKING:
     from batchkit import ItemContext
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["called_at", "main"]
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 async def called_at(ctx: ItemContext) -> float:
@@ -108,25 +107,7 @@ async def _in_process(store: str, url: str, prefix: str, rounds: int) -> list[fl
 
 
 async def _separate(store: str, url: str, prefix: str, rounds: int, idle: float) -> Result:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "batchkit",
-        "worker",
-        "--storage",
-        url,
-        "--prefix",
-        prefix,
-        "--generator",
-        "wake:called_at",
-        "--log-level",
-        "INFO",
-        "--no-live",
-    ]
+    command, env = worker_process(url, prefix, "wake:called_at", "--log-level", "INFO")
     async with open_store(store, url, prefix) as storage:
         await storage.list_batches(limit=1)  # the tables exist before the worker starts
         async with await anyio.open_process(
