@@ -13,7 +13,10 @@ on the batch (``--concurrency`` slots each, 1 by default), and waits for them to
 it. Throughput is the batch's size over the time from its first claim to its last item's
 end, both read from the store (`BatchStatus.started_at`, `finished_at`), so the workers'
 start-up does not count. The scaling ratio is the throughput of N workers over that of
-one: ideally N, while the store is not the bottleneck.
+one: ideally N, while the store is not the bottleneck. After a store's runs, its ceiling
+(what one connection does per second with nothing of batchkit in the way: pgbench,
+redis-benchmark or a bare driver loop, see ``_ceilings``) is measured, and each run's
+items per second are shown over it too; ``--no-ceilings`` leaves it out.
 
 The servers come from ``BATCHKIT_BENCH_POSTGRES_URL``, ``BATCHKIT_BENCH_MYSQL_URL`` and
 ``BATCHKIT_BENCH_REDIS_URL`` (by default the local test servers); one that is not reachable
@@ -39,6 +42,7 @@ from urllib.parse import urlsplit
 import anyio
 
 import batchkit
+from _ceilings import Ceiling, measure_ceiling
 from batchkit import BatchRunner, ItemState
 
 # The storage benchmark's clean-up: run as a script, its folder is importable.
@@ -167,22 +171,47 @@ def measure(store: str, workers: int, items: int, concurrency: int, sleep: float
     return Result(store, workers, items, seconds)
 
 
-def _table(results: list[Result], concurrency: int, sleep: float) -> str:
+def ceiling_of(store: str) -> Ceiling | None:
+    """``store``'s ceiling, measured under a fresh prefix (`None`, said on standard error,
+    when it cannot be measured)."""
+    prefix = f"bc{secrets.token_hex(3)}_"
+    print(f"{store}: measuring one connection's ceiling", file=sys.stderr, flush=True)
+    try:
+        return anyio.run(measure_ceiling, store, URLS[store], prefix)
+    except Exception as exc:  # a benchmark reports what it could not measure
+        print(f"{store}: ceiling not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def _table(
+    results: list[Result], concurrency: int, sleep: float, ceilings: dict[str, Ceiling | None]
+) -> str:
     lines = [
-        "| store | workers | items | seconds | items/s | items/s over 1 worker (ideal) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| store | workers | items | seconds | items/s | items/s over 1 worker (ideal) "
+        "| items/s over ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     base: dict[str, float] = {}
     for r in results:
         if r.workers == 1:
             base[r.store] = r.rate
         ratio = r.rate / base[r.store] if r.store in base else float("nan")
+        ceiling = ceilings.get(r.store)
+        over = "" if ceiling is None else f"{r.rate / ceiling.ops_per_s:.2f}"
         lines.append(
             f"| {r.store} | {r.workers} | {r.items:,} | {r.seconds:.1f} | {r.rate:,.0f} | "
-            f"{ratio:.2f} ({r.workers}) |"
+            f"{ratio:.2f} ({r.workers}) | {over} |"
         )
     cpus = os.cpu_count()
     lines.append("")
+    for store, ceiling in ceilings.items():
+        if ceiling is not None:
+            lines.append(
+                f"Ceiling, {store}: {ceiling.ops_per_s:,.0f} operations/s "
+                f"({ceiling.what}; {ceiling.server})."
+            )
+    if any(ceilings.values()):
+        lines.append("")
     lines.append(
         f"Each worker: `--concurrency {concurrency}`; the generator sleeps {sleep * 1000:g} ms. "
         f"batchkit {batchkit.__version__}, Python {platform.python_version()}, {cpus} CPU "
@@ -199,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep", type=float, default=0.005, help="generator seconds")
     parser.add_argument("--concurrency", type=int, default=1, help="slots per worker")
     parser.add_argument("--quick", action="store_true", help="4,000 items")
+    parser.add_argument("--no-ceilings", action="store_true", help="leave out each store's ceiling")
     args = parser.parse_args(argv)
     items = 4_000 if args.quick else args.items
     counts = [int(n) for n in args.workers.split(",")]
     results: list[Result] = []
+    ceilings: dict[str, Ceiling | None] = {}
     for store in args.stores.split(","):
         if store not in URLS:
             parser.error(f"unknown store {store!r}; known: {', '.join(URLS)}")
@@ -220,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             results.append(result)
-    print(_table(results, args.concurrency, args.sleep))
+        if not args.no_ceilings:
+            ceilings[store] = ceiling_of(store)
+    print(_table(results, args.concurrency, args.sleep, ceilings))
     return 0
 
 

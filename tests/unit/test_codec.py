@@ -90,6 +90,49 @@ def test_dumps_is_compact_and_keeps_unicode() -> None:
     assert dumps({"a": [1, 2], "b": "é"}) == '{"a":[1,2],"b":"é"}'
 
 
+@given(
+    json_st,
+    st.sampled_from([None, 0, 2]),
+    st.sampled_from(["", " ", "\n\t", "x", " 1", ",", "]", "}"]),
+    st.sampled_from(["", " ", "\r\n"]),
+)
+def test_loads_reads_any_text_as_the_json_module_does(
+    value: Any, indent: int | None, tail: str, head: str
+) -> None:
+    # Stored text is not always `dumps`'s: a store someone else wrote to may hold indented
+    # JSON, whitespace around it, or something after it. Either both read the same value
+    # or both refuse it.
+    text = head + json.dumps(value, indent=indent, ensure_ascii=False) + tail
+    try:
+        expected = json.loads(text)
+    except json.JSONDecodeError as exc:
+        refusal = (exc.msg, exc.pos)
+    else:
+        assert same(loads(text), expected)
+        return
+    with pytest.raises(json.JSONDecodeError) as refused:
+        loads(text)
+    assert (refused.value.msg, refused.value.pos) == refusal
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "Expecting value"),
+        (" ", "Expecting value"),
+        ("x", "Expecting value"),
+        ("{", "Expecting property name"),
+        ('"open', "Unterminated string"),
+        ("1 2", "Extra data"),
+        ('"a"x', "Extra data"),
+        ("[1,]", "Expecting value|Illegal trailing comma"),
+    ],
+)
+def test_loads_refuses_what_is_not_one_json_value(text: str, says: str) -> None:
+    with pytest.raises(json.JSONDecodeError, match=says):
+        loads(text)
+
+
 # -- refused, with the path of the culprit --------------------------------------------------
 
 

@@ -9,10 +9,14 @@ import json
 import subprocess
 import sys
 import types
+from typing import TYPE_CHECKING
 
 import pytest
 
 import batchkit
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # What we mean to export. A change here is a change of the public API: make it on purpose.
 EXPORTED = [
@@ -127,6 +131,36 @@ def test_import_loads_no_driver_and_no_test_tool() -> None:
     loaded = set(json.loads(done.stdout))
     assert "batchkit" in loaded
     assert loaded.isdisjoint(heavy), sorted(loaded & set(heavy))
+
+
+_DRIVERS = {"sqlalchemy", "redis", "asyncpg", "asyncmy", "aiosqlite", "pymysql", "psycopg"}
+
+
+@pytest.mark.parametrize(
+    ("url", "uses"),
+    [
+        ("sqlite+aiosqlite:///{tmp}/a.db", {"sqlalchemy", "aiosqlite"}),
+        ("postgresql+asyncpg://app@127.0.0.1:1/app", {"sqlalchemy", "asyncpg"}),
+        ("mysql+asyncmy://app@127.0.0.1:1/app", {"sqlalchemy", "asyncmy", "pymysql"}),
+        ("redis://127.0.0.1:1/0", {"redis"}),
+    ],
+)
+def test_a_storage_loads_its_own_driver_and_no_other(
+    url: str, uses: set[str], tmp_path: Path
+) -> None:
+    # A worker on Redis does not pay for SQLAlchemy's import, nor one on SQLite for
+    # asyncpg's: each storage object is built (not connected) in a fresh interpreter.
+    code = (
+        "import json, sys\n"
+        "import batchkit\n"
+        f"batchkit.open_storage({url.format(tmp=tmp_path)!r})\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(json.loads(done.stdout)) & _DRIVERS
+    assert loaded <= uses, sorted(loaded - uses)
 
 
 # -- the calls the design fixes -------------------------------------------------------------

@@ -76,6 +76,13 @@ local function opt(x)
   return false
 end
 
+-- A time (seconds) as whole microseconds, an integer in a reply: a time holds no finer
+-- part (see clock), and an integer costs less to write and to read than its text.
+local function micros(x)
+  if x then return math.floor(x * 1000000 + 0.5) end
+  return false
+end
+
 local function load(pos)
   local raw = redis.call('HGET', ITEMS, pos)
   if not raw then return nil end
@@ -256,19 +263,34 @@ local function claimed_by(token)
   return nil
 end
 
--- An item's fields for ITEM and ITEMS; the last is its lease's deadline while running
--- (its score in the running set, on the same clock as its times), false otherwise.
-local function item_reply(pos, rec)
+-- An item's 15 fields for ITEM and ITEMS (see `to_item`), given its packed record and its
+-- payload, added to the end of ``out``: a page is one flat array, not a table per item.
+-- Its times are whole microseconds; its progress 0, 1 or the text of a fraction.
+-- The last is its lease's deadline while running (its score in the running set, on the
+-- same clock as its times), false otherwise. No field is nil: a nil would end the array.
+local function item_fields(out, pos, rec, payload)
   local result = false
   if rec[STATE] == 'succeeded' then result = rec[RESULT] end
   local lease_end = false
   if rec[STATE] == 'running' then lease_end = redis.call('ZSCORE', RUNNING, pos) end
-  return {
-    rec[KEY], tonumber(pos), redis.call('HGET', PAYLOADS, pos), rec[STATE],
-    fmt(rec[PROGRESS]), rec[MESSAGE], rec[ATTEMPT], rec[ERROR], result,
-    fmt(rec[CREATED]), fmt(rec[UPDATED]), opt(rec[STARTED]), opt(rec[FINISHED]),
-    rec[HISTORY] or false, lease_end,
-  }
+  local n = #out
+  out[n + 1] = rec[KEY]
+  out[n + 2] = tonumber(pos)
+  out[n + 3] = payload or false
+  out[n + 4] = rec[STATE]
+  local progress = rec[PROGRESS]
+  if progress ~= 0 and progress ~= 1 then progress = fmt(progress) end
+  out[n + 5] = progress
+  out[n + 6] = rec[MESSAGE] or false
+  out[n + 7] = rec[ATTEMPT]
+  out[n + 8] = rec[ERROR] or false
+  out[n + 9] = result or false
+  out[n + 10] = micros(rec[CREATED])
+  out[n + 11] = micros(rec[UPDATED])
+  out[n + 12] = micros(rec[STARTED])
+  out[n + 13] = micros(rec[FINISHED])
+  out[n + 14] = rec[HISTORY] or false
+  out[n + 15] = lease_end or false
 end
 
 -- The item under a lease, if the lease is current: position and record, or nil.
@@ -355,20 +377,22 @@ return record()
 """
 )
 
-#: Read one item. ARGV: 3 key. Returns {found: 0 no batch, 1 no item, 2 item; item}
-#: (see item_reply).
+#: Read one item. ARGV: 3 key. Returns {found: 0 no batch, 1 no item, 2 item; then the
+#: item's fields} (see item_fields).
 ITEM = (
     _COMMON
     + r"""
 if redis.call('EXISTS', META) == 0 then return {0} end
 local pos = redis.call('HGET', KEYMAP, ARGV[3])
 if not pos then return {1} end
-return {2, item_reply(pos, load(pos))}
+local out = {2}
+item_fields(out, pos, load(pos), redis.call('HGET', PAYLOADS, pos))
+return out
 """
 )
 
 #: List items in position order. ARGV: 3 after (-1 for the start), 4 limit, 5.. states
-#: (none: every state). Returns {found (0/1), items...}.
+#: (none: every state). Returns {found (0/1), then each item's fields, one after the other}.
 ITEMS = (
     _COMMON
     + r"""
@@ -401,8 +425,17 @@ else
   table.sort(found)
   for i = 1, math.min(limit, #found) do positions[i] = found[i] end
 end
+-- The records and payloads of up to 500 positions in one call each (a call from a script
+-- costs more than the unpacking of what it reads).
 local out = {1}
-for _, p in ipairs(positions) do out[#out + 1] = item_reply(p, load(p)) end
+for first = 1, #positions, 500 do
+  local some = {unpack(positions, first, math.min(#positions, first + 499))}
+  local recs = redis.call('HMGET', ITEMS, unpack(some))
+  local payloads = redis.call('HMGET', PAYLOADS, unpack(some))
+  for i, p in ipairs(some) do
+    if recs[i] then item_fields(out, p, cmsgpack.unpack(recs[i]), payloads[i]) end
+  end
+end
 return out
 """
 )

@@ -12,7 +12,7 @@ from ...protocols import BatchRecord, ItemRecord
 if TYPE_CHECKING:
     from ...protocols import MetadataFilter
 
-__all__ = ["matches", "text", "to_item", "to_record", "ts"]
+__all__ = ["ITEM_FIELDS", "matches", "text", "to_item", "to_record", "ts"]
 
 #: Batches whose metadata one storage keeps decoded (metadata never changes).
 _METADATA_KEPT = 10_000
@@ -70,30 +70,57 @@ def to_record(flat: list[Any], metadata_cache: dict[str, dict[str, Any]]) -> Bat
     )
 
 
+#: How many fields the ITEM and ITEMS scripts answer for an item (see ``item_fields``).
+ITEM_FIELDS = 15
+
+
 def to_item(batch_id: str, reply: list[Any]) -> ItemRecord:
-    """An item's record from the fields the ITEM and ITEMS scripts answer, in their order."""
-    (key, position, payload, state, progress, message, attempt, error, result) = reply[:9]
-    # lease_end: the lease's deadline while running (its score in the running set, on
-    # the server's clock like the other times), None otherwise.
-    created, updated, started, finished, history, lease_end = reply[9:15]
+    """An item's record from the `ITEM_FIELDS` fields the ITEM and ITEMS scripts answer
+    for it, in their order."""
+    # A listing reads a thousand of these a page: every field decoded in one pass (a Lua
+    # false is no value, whichever protocol brings it), the record built by position, a
+    # state found by its value.
+    fields: list[Any] = [
+        v.decode("utf-8") if type(v) is bytes else None if v is False else v for v in reply
+    ]
+    (key, position, payload, state, progress, message, attempt, error, result) = fields[:9]
+    # The times are whole microseconds on the server's clock; lease_end, the lease's
+    # deadline while running (its score in the running set, seconds as text), None
+    # otherwise.
+    created, updated, started, finished, history, lease_end = fields[9:15]
     return ItemRecord(
-        batch_id=batch_id,
-        key=text(key),
-        position=int(position),
-        payload=text(payload),
-        state=ItemState(text(state)),
-        progress=float(text(progress)),
-        message=None if message is None else text(message),
-        attempt=int(attempt),
-        error=None if error is None else text(error),
-        history=None if history is None else text(history),
-        result=None if result is None else text(result),
-        created_at=ts(created),  # type: ignore[arg-type]
-        updated_at=ts(updated),  # type: ignore[arg-type]
-        started_at=ts(started),
-        lease_expires_at=ts(lease_end),
-        finished_at=ts(finished),
+        batch_id,
+        key,
+        int(position),
+        payload,
+        _STATES[state],
+        # Every item of a batch was created at the batch's time: made once a listing.
+        _created.get(created) or _created_at(created),
+        _time(updated / _MICROS, UTC),
+        float(progress),
+        message,
+        int(attempt),
+        error,
+        history,
+        result,
+        None if started is None else _time(started / _MICROS, UTC),
+        None if lease_end is None else _time(float(lease_end), UTC),
+        None if finished is None else _time(finished / _MICROS, UTC),
     )
+
+
+_STATES = {state.value: state for state in ItemState}
+_time = datetime.fromtimestamp
+_MICROS = 1_000_000
+#: The creation time last read, as the server wrote it and as a datetime (one entry).
+_created: dict[int, datetime] = {}
+
+
+def _created_at(value: int) -> datetime:
+    made = _time(value / _MICROS, UTC)
+    _created.clear()
+    _created[value] = made
+    return made
 
 
 def matches(metadata: dict[str, Any], wanted: MetadataFilter) -> bool:

@@ -39,7 +39,7 @@ from .._base import validate_prefix as _validate_prefix
 from .._doubt import ClaimsInDoubt
 from . import _cluster, _lua
 from ._index import PAGE, IndexedBatches
-from ._records import matches, text, to_item, to_record
+from ._records import ITEM_FIELDS, matches, text, to_item, to_record
 from ._subscription import subscribe, work_flag
 from ._wire import Lanes, bulk, classify, client_secrets, evalsha
 
@@ -388,7 +388,7 @@ class RedisStorage(IndexedBatches, AsyncContext):
             raise BatchNotFound(batch_id)
         if reply[0] == 1:
             raise ItemNotFound(batch_id, key)
-        return to_item(batch_id, reply[1])
+        return to_item(batch_id, reply[1:])
 
     async def list_items(
         self,
@@ -416,7 +416,10 @@ class RedisStorage(IndexedBatches, AsyncContext):
         )
         if reply[0] == 0:
             raise BatchNotFound(batch_id)
-        return [to_item(batch_id, item) for item in reply[1:]]
+        return [
+            to_item(batch_id, reply[at : at + ITEM_FIELDS])
+            for at in range(1, len(reply), ITEM_FIELDS)
+        ]
 
     async def list_batches(
         self,

@@ -8,6 +8,8 @@ nothing else of its own: each dialect overrides what it does differently.
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
@@ -159,8 +161,13 @@ class Dialect(FaultRules):
     async def exec(self, conn: AsyncConnection, stmt: Any, params: Params) -> Result:
         """Execute one statement of a transaction (once per row of a list of rows)."""
         result = await conn.execute(stmt, params)
-        rows = result.all() if result.returns_rows else []
-        return Result(list(rows), result.rowcount)
+        if not result.returns_rows:
+            return Result([], result.rowcount)
+        # Rows as named tuples, as the driver-direct dialects give them: a SQLAlchemy row
+        # reads a column by name in about half a microsecond, a named tuple in a tenth
+        # (a listing reads sixteen columns of a thousand rows a page).
+        row_type = _row_type(tuple(result.keys()))
+        return Result([row_type(*row) for row in result.all()], result.rowcount)
 
     def copies_items(self, total: int, chunk_size: int) -> bool:
         """Whether a new batch of ``total`` items has them streamed in (`insert_items`)
@@ -293,3 +300,9 @@ def fitted(name: str, limit: int) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:16]
     return f"{name[: limit - 17]}_{digest}"
+
+
+@functools.lru_cache(maxsize=256)
+def _row_type(names: tuple[str, ...]) -> Any:
+    """The named tuple of rows with these columns (one per shape of result)."""
+    return collections.namedtuple("Row", names, rename=True)

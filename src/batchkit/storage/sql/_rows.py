@@ -105,27 +105,65 @@ def to_record(row: Any) -> BatchRecord:
     )
 
 
+#: The columns an item's read selects, in this order: what `to_item` reads.
+RECORD_COLUMNS = (
+    "batch_id",
+    "key",
+    "position",
+    "payload",
+    "state",
+    "created_at",
+    "updated_at",
+    "progress",
+    "message",
+    "attempt",
+    "error",
+    "history",
+    "result",
+    "started_at",
+    "claimable_at",
+    "finished_at",
+)
+
+
 def to_item(row: Any) -> ItemRecord:
-    """An item's row as an `ItemRecord`, its texts as stored: a row of SQLAlchemy's or of
-    a driver's, read by column name."""
-    state = row.state
-    claimable_at = row.claimable_at
-    started_at = row.started_at
-    finished_at = row.finished_at
+    """An item's row, its `RECORD_COLUMNS` in their order (a row of SQLAlchemy's or of a
+    driver's), as an `ItemRecord`, its texts as stored."""
+    # Unpacked by position: a listing reads a thousand of these a page.
+    (
+        batch_id,
+        key,
+        position,
+        payload,
+        state,
+        created_at,
+        updated_at,
+        progress,
+        message,
+        attempt,
+        error,
+        history,
+        result,
+        started_at,
+        claimable_at,
+        finished_at,
+    ) = row
     return ItemRecord(
-        row.batch_id,
-        _exact(row.key),
-        row.position,
-        row.payload,
+        batch_id,
+        key if type(key) is str else _exact(key),
+        position,
+        payload,
         _STATES[state],
-        _fromtimestamp(row.created_at, UTC),
-        _fromtimestamp(row.updated_at, UTC),
-        row.progress,
-        row.message,
-        row.attempt,
-        row.error,
-        row.history,
-        row.result,
+        # Every item of a batch was created at the batch's time: a listing's pages make it
+        # once (a datetime costs about half a microsecond to make).
+        _created.get(created_at) or _created_at(created_at),
+        _fromtimestamp(updated_at, UTC),
+        progress,
+        message,
+        attempt,
+        error,
+        history,
+        result,
         None if started_at is None else _fromtimestamp(started_at, UTC),
         # The lease's deadline while running; while queued the column holds the retry
         # time, which is not a lease.
@@ -136,6 +174,15 @@ def to_item(row: Any) -> ItemRecord:
 
 _STATES = {state.value: state for state in ItemState}
 _fromtimestamp = datetime.fromtimestamp
+#: The creation time last read, as stored and as a datetime (one entry).
+_created: dict[float, datetime] = {}
+
+
+def _created_at(value: float) -> datetime:
+    made = _fromtimestamp(value, UTC)
+    _created.clear()
+    _created[value] = made
+    return made
 
 
 def _exact(value: Any) -> Any:

@@ -15,7 +15,7 @@ from sqlalchemy import Text, and_, bindparam, case, func, literal, select
 from ...ids import new_token
 from ...models import ItemState
 from ._connector import Result
-from ._rows import batch_row, item_rows, tag, tag_rows
+from ._rows import RECORD_COLUMNS, batch_row, item_rows, tag, tag_rows
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -238,10 +238,14 @@ class Statements:
         i = self.tables.items
         return self._connector.stmt(
             "item_by_key",
-            lambda: select(i).where(
+            lambda: select(*self._record_columns()).where(
                 i.c.batch_id == bindparam("b_id"), i.c.key == bindparam("b_key")
             ),
         )
+
+    def _record_columns(self) -> list[Any]:
+        """The items' columns an item's read selects (`RECORD_COLUMNS`, in order)."""
+        return [self.tables.items.c[name] for name in RECORD_COLUMNS]
 
     def items_query(
         self,
@@ -267,7 +271,7 @@ class Statements:
 
     def _items_page(self, by_state: bool, after: bool) -> Any:
         i = self.tables.items
-        query = select(i).where(i.c.batch_id == bindparam("b_id"))
+        query = select(*self._record_columns()).where(i.c.batch_id == bindparam("b_id"))
         if by_state:
             query = query.where(i.c.state.in_(bindparam("b_states", expanding=True)))
         if after:

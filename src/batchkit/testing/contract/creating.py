@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 from ...codec import dumps
@@ -195,6 +197,38 @@ class CreatingContract:
         assert [r.state for r in listed] == [_S, _F, _R, _Q]
         assert listed == [await storage.get_item(record.id, r.key) for r in listed]
         assert await storage.list_items(record.id, states=[_F]) == [listed[1]]
+
+    async def test_a_listing_reads_times_and_progress_as_written(self, storage: Storage) -> None:
+        # Each batch's items carry their own creation time, whichever batch was read
+        # before; a fraction of progress comes back exactly; times are aware UTC.
+        first = await _create(storage, 3)
+        await anyio.sleep(0.01)
+        second = await _create(storage, 2)
+        running = await _claim(storage, first.id)
+        await storage.record_progress(running.lease, 1 / 3, "a third")
+        done = await _claim(storage, first.id)
+        await storage.finish(done.lease, Outcome.succeeded("1"))
+        for _ in range(2):
+            earlier = await storage.list_items(first.id)
+            later = await storage.list_items(second.id)
+            assert max(i.created_at for i in earlier) < min(i.created_at for i in later)
+            for item in earlier + later:
+                for at in (item.created_at, item.updated_at, item.started_at, item.finished_at):
+                    assert at is None or at.utcoffset() == timedelta(0), (item.key, at)
+                assert item.updated_at >= item.created_at
+        listed = await storage.list_items(first.id)
+        assert [(i.state, i.progress, i.message) for i in listed] == [
+            (_R, 1 / 3, "a third"),
+            (_S, 1.0, None),
+            (_Q, 0.0, None),
+        ]
+        assert listed[0].started_at is not None and listed[0].finished_at is None
+        assert listed[0].lease_expires_at is not None
+        assert listed[0].lease_expires_at > listed[0].started_at
+        assert listed[1].finished_at is not None
+        assert listed[1].started_at is not None
+        assert listed[1].started_at <= listed[1].finished_at
+        assert (listed[2].started_at, listed[2].finished_at) == (None, None)
 
     # -- listing ---------------------------------------------------------------------------
 
