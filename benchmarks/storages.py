@@ -161,8 +161,9 @@ class _Counter:
     SQLite: every statement SQLite runs, from SQLite's own trace (``BEGIN IMMEDIATE`` and
     ``COMMIT`` included), whichever way it was sent. PostgreSQL and MySQL/MariaDB: each
     statement sent through SQLAlchemy (the ``BEGIN`` and ``COMMIT`` a driver sends by
-    itself are not counted) and, on PostgreSQL, each one the storage sends to asyncpg
-    directly (seen by wrapping asyncpg's ``Connection.fetchrow`` while counting).
+    itself are not counted) and each one the storage sends to the driver directly: to
+    asyncpg (seen by wrapping asyncpg's ``Connection.fetchrow`` while counting) or to
+    asyncmy (the storage's ``_mysql._execute``).
     """
 
     def __init__(self, storage: Any) -> None:
@@ -202,6 +203,24 @@ class _Counter:
 
             def restore() -> None:
                 asyncpg.Connection.fetchrow = fetchrow  # type: ignore[method-assign]
+
+        mysql = sys.modules.get("batchkit.storage.sql._mysql")
+        if self._dialect in ("mysql", "mariadb") and hasattr(mysql, "_execute"):
+            # The statements the storage sends to asyncmy directly, past SQLAlchemy.
+            execute, executemany = mysql._execute, mysql._executemany  # type: ignore[union-attr]
+
+            async def sent(*args: Any) -> None:
+                self._on_statement()
+                await execute(*args)
+
+            async def sent_many(*args: Any) -> None:
+                self._on_statement()
+                await executemany(*args)
+
+            mysql._execute, mysql._executemany = sent, sent_many  # type: ignore[union-attr]
+
+            def restore() -> None:
+                mysql._execute, mysql._executemany = execute, executemany  # type: ignore[union-attr]
 
         self.active = True
         try:

@@ -35,7 +35,7 @@ from batchkit.exceptions import (
 )
 from batchkit.protocols import BatchInfo, ClaimRequest, Outcome
 from batchkit.status import item_from_record, recount, status_from_record
-from batchkit.storage.sql import SCHEMA_VERSION, SQLStorage, _aiosqlite_fast, metadata_for
+from batchkit.storage.sql import SCHEMA_VERSION, SQLStorage, _aiosqlite_fast, _mysql, metadata_for
 from batchkit.storage.sql._faults import (
     broken_driver_connection,
     is_broken_connection,
@@ -188,6 +188,26 @@ async def counting(storage: SQLStorage, *, calls: bool = False) -> AsyncIterator
                 yield statements
         finally:
             _aiosqlite_fast.run_in_thread = run_in_thread  # type: ignore[assignment]
+        return
+
+    if storage.engine.dialect.driver == "asyncmy":
+        # What the storage sends to asyncmy itself, past SQLAlchemy (its lanes' calls).
+        execute, executemany = _mysql._execute, _mysql._executemany
+
+        async def sent(cursor: Any, sql: str, args: Any) -> None:
+            record(sql)
+            await execute(cursor, sql, args)
+
+        async def sent_many(cursor: Any, sql: str, rows: Any) -> None:
+            record(sql)
+            await executemany(cursor, sql, rows)
+
+        _mysql._execute, _mysql._executemany = sent, sent_many  # type: ignore[assignment]
+        try:
+            async with _sent_by_sqlalchemy(sync_engine, record):
+                yield statements
+        finally:
+            _mysql._execute, _mysql._executemany = execute, executemany  # type: ignore[assignment]
         return
 
     async with _sent_by_sqlalchemy(sync_engine, record):

@@ -264,11 +264,8 @@ class AsyncpgDialect(OnLanes, PostgresDialect):
                 task_status.started()
             await anyio.sleep(poll_interval)
 
-    async def release(self) -> None:
-        await self._lanes.drop()
-
     async def close(self) -> None:
-        await self._lanes.close()
+        await super().close()
         await self._listener.close()
 
 

@@ -292,6 +292,16 @@ class OnLanes:
         # One statement, atomic alone: no BEGIN and COMMIT around it.
         return await self._lanes.attempt(lambda lane: self._on_lane(lane, steps(), False))
 
+    async def release(self) -> None:
+        await self._lanes.drop()
+        if self._readers is not self._lanes:
+            await self._readers.drop()
+
+    async def close(self) -> None:
+        await self._lanes.close()
+        if self._readers is not self._lanes:
+            await self._readers.close()
+
 
 def fitted(name: str, limit: int) -> str:
     """``name``, or, past ``limit`` characters, its start and a digest of the whole: a name

@@ -219,14 +219,6 @@ class SQLiteLanesDialect(OnLanes, SQLiteDialect):
         except StopIteration as stop:
             return cast("T", stop.value)
 
-    async def release(self) -> None:
-        await self._lanes.drop()
-        await self._readers.drop()
-
-    async def close(self) -> None:
-        await self._lanes.close()
-        await self._readers.close()
-
 
 def _file_of(engine: AsyncEngine) -> str | None:
     """The database file of ``engine``, or `None` (in memory, or named by a URI)."""

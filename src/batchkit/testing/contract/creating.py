@@ -222,7 +222,8 @@ class CreatingContract:
             (_S, 1.0, None),
             (_Q, 0.0, None),
         ]
-        assert listed[0].started_at is not None and listed[0].finished_at is None
+        assert listed[0].started_at is not None
+        assert listed[0].finished_at is None
         assert listed[0].lease_expires_at is not None
         assert listed[0].lease_expires_at > listed[0].started_at
         assert listed[1].finished_at is not None
