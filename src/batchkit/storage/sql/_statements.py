@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.sql.elements import ColumnElement
 
-    from ...protocols import ClaimRequest, Lease, MetadataFilter, NewBatch
+    from ...protocols import ClaimRequest, Lease, MetadataFilter, NewBatch, Outcome
     from ._connector import Connector
     from .schema import Tables
 
@@ -30,6 +30,7 @@ __all__ = [
     "ACTIVE",
     "COUNTER",
     "SENT_ANYWHERE",
+    "Owed",
     "Params",
     "PendingClaim",
     "Shape",
@@ -53,6 +54,18 @@ S, F, C = ItemState.SUCCEEDED.value, ItemState.FAILED.value, ItemState.CANCELLED
 #: The batch's counter column of each item state.
 COUNTER = {Q: "n_queued", R: "n_running", S: "n_succeeded", F: "n_failed", C: "n_cancelled"}
 ACTIVE = {Q, R}
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """A finish's move in its batch's counters (running to ``state``, a final state), left
+    for what follows it in the same transaction: a claim in the same batch writes both in
+    one UPDATE of the batch's row (`Statements.claimed`); otherwise it is written at the
+    end (`Statements.settle`)."""
+
+    batch_id: str
+    state: str
+    now: float
 
 
 #: `PendingClaim.sent_in` of a claim sent before its batch was known (a claim in one
@@ -452,6 +465,38 @@ class Statements:
         finished = count if (old in ACTIVE and new not in ACTIVE) else 0
         yield stmt, {"c_id": batch_id, "c_count": count, "c_finished": finished, "c_now": now}
 
+    def settle(self, owed: list[Owed]) -> Steps[None]:
+        """Write the finishes' counter moves still owed (`Owed`)."""
+        while owed:
+            move = owed.pop()
+            yield from self.bump(move.batch_id, R, move.state, move.now)
+
+    def claimed(self, batch_id: str, now: float, owed: list[Owed]) -> Steps[None]:
+        """Move a claimed item from queued to running in its batch's counters, with the
+        owed finish of the same batch in the same UPDATE (one statement, not two)."""
+        move = next((m for m in owed if m.batch_id == batch_id), None)
+        if move is None:
+            yield from self.bump(batch_id, Q, R, now, started=True)
+            return
+        owed.remove(move)
+        loud = self._shape().loud(batch_id, now)
+        stmt = self._connector.stmt(
+            ("bump_claimed", move.state, loud), lambda: self._build_claimed(move.state, loud)
+        )
+        yield stmt, {"c_id": batch_id, "c_now": now}
+
+    def _build_claimed(self, state: str, loud: bool) -> Any:
+        # One item leaves running for ``state`` (it finishes: the batch's end is looked
+        # for), one enters it from queued: running is unchanged.
+        b = self.tables.batches
+        now: Any = bindparam("c_now")
+        one = literal(1)
+        values = self.counter_values(
+            [(Q, "-", one), (state, "+", one)], finishing=one, now=now, started=True
+        )
+        stmt = b.update().where(b.c.id == bindparam("c_id")).ordered_values(*values)
+        return self._shape().with_notify(stmt, b.c.id, only_if=None if loud else self.ended(now))
+
     def _build_bump(self, old: str, new: str, started: bool, loud: bool) -> Any:
         b = self.tables.batches
         count: Any = bindparam("c_count")
@@ -616,6 +661,12 @@ class Statements:
             else:
                 values["error"] = error
         return i.update().where(self.leased()).values(**values)
+
+    def landed(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
+        """Whether an earlier try of this finish committed (its reply lost with the
+        connection): the item ended as asked, in the leased attempt, and nobody holds it."""
+        row = (yield self.ended_as(), {"b_id": lease.batch_id, "b_key": lease.key}).first()
+        return row is not None and outcome.landed(lease, row.state, row.attempt)
 
     def ended_as(self) -> Any:
         """The state and attempt of the item (``b_id``, ``b_key``) if nobody holds it."""

@@ -51,7 +51,7 @@ from ._mysql import MySQLDialect
 from ._options import driver_options, schema_of, split_url_options
 from ._rows import new_record, to_item, to_record
 from ._sqlite import SQLiteDialect
-from ._statements import SENT_ANYWHERE, C, PendingClaim, Q, R, Statements, Steps
+from ._statements import SENT_ANYWHERE, C, Owed, PendingClaim, Q, R, Statements, Steps
 from .schema import Tables, build_tables, stamp_or_check, validate_prefix
 
 if TYPE_CHECKING:
@@ -491,7 +491,7 @@ class SQLStorage(AsyncContext):
                 if claim is not None:
                     return claim
                 pending.sent_in = None  # answered: nothing claimed, nothing in doubt
-            return await self._write(lambda: self._claim(request, pending))
+            return await self._write(lambda: self._claim(request, pending, []))
 
     def _in_doubt(self, request: ClaimRequest) -> PendingClaim | None:
         """A claim in doubt (see `ClaimsInDoubt`) that ``request`` may take over."""
@@ -509,7 +509,9 @@ class SQLStorage(AsyncContext):
                 self._doubtful.remember(pending.sent_in, pending)
             raise
 
-    def _claim(self, request: ClaimRequest, pending: PendingClaim) -> Steps[Claim | None]:
+    def _claim(
+        self, request: ClaimRequest, pending: PendingClaim, owed: list[Owed]
+    ) -> Steps[Claim | None]:
         if request.batch_ids is not None and not request.batch_ids:
             return None
         sql = self._sql
@@ -557,7 +559,7 @@ class SQLStorage(AsyncContext):
                 },
             )
             if row.state == Q:
-                yield from sql.bump(batch_id, Q, R, now, started=True)
+                yield from sql.claimed(batch_id, now, owed)
             else:
                 yield from sql.touch(batch_id, now)
             return Claim(
@@ -617,12 +619,14 @@ class SQLStorage(AsyncContext):
 
             def steps() -> Steps[FinishResult]:
                 again, pending.finishing = pending.finishing, True
-                accepted = yield from self._finish(lease, outcome)
+                owed: list[Owed] = []  # the finish's counters, moved with the claim's
+                accepted = yield from self._finish(lease, outcome, owed)
                 if not accepted and again:
-                    accepted = yield from self._ended_as(lease, outcome)
+                    accepted = yield from self._sql.landed(lease, outcome)
                 claim = None
                 if then_claim is not None:
-                    claim = yield from self._claim(then_claim, pending)
+                    claim = yield from self._claim(then_claim, pending, owed)
+                yield from self._sql.settle(owed)
                 return FinishResult(accepted=accepted, claim=claim)
 
             result = await self._write(steps)
@@ -630,14 +634,7 @@ class SQLStorage(AsyncContext):
             self._bell.ring()  # handed back: an idle worker of this process may take it
         return result
 
-    def _ended_as(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
-        """Whether an earlier try of this finish committed (its reply lost with the
-        connection): the item ended as asked, in the leased attempt, and nobody holds it."""
-        query = self._sql.ended_as()
-        row = (yield query, {"b_id": lease.batch_id, "b_key": lease.key}).first()
-        return row is not None and outcome.landed(lease, row.state, row.attempt)
-
-    def _finish(self, lease: Lease, outcome: Outcome) -> Steps[bool]:
+    def _finish(self, lease: Lease, outcome: Outcome, owed: list[Owed]) -> Steps[bool]:
         sql = self._sql
         now = self._now()
         state = outcome.state.value
@@ -659,7 +656,10 @@ class SQLStorage(AsyncContext):
         done = yield sql.finish(state), params
         if done.rowcount != 1:
             return False
-        yield from sql.bump(lease.batch_id, R, state, now)
+        if state == Q:
+            yield from sql.bump(lease.batch_id, R, state, now)
+        else:
+            owed.append(Owed(lease.batch_id, state, now))  # written by the caller: see `Owed`
         notice = self._dialect.work_notice()
         if state == Q and notice is not None:
             yield notice, {}

@@ -248,6 +248,39 @@ class FinishingContract:
         assert (result.accepted, result.claim) == (True, None)
         assert await _state(storage, other.id, "item-0") == _Q
 
+    async def test_a_finish_that_claims_keeps_every_batch_exact(self, storage: Storage) -> None:
+        # A storage may move the finish's counters and the claim's together: whether the
+        # claim lands in the same batch, in another, or nowhere (the batch's end), both
+        # batches' counters equal a recount, and each ends when its last item does.
+        first = await _create(storage, 2)
+        second = await _create(storage, 2)
+        claim = await _claim(storage, first.id)
+        steps = [
+            (Outcome.succeeded("1"), _request(second.id), second.id),  # into another batch
+            (Outcome.failed(_error()), _request(second.id), second.id),  # the same batch
+            (Outcome.cancelled(), _request(second.id), None),  # nothing left: its end
+        ]
+        for outcome, then_claim, lands_in in steps:
+            result = await storage.finish(claim.lease, outcome, then_claim=then_claim)
+            assert result.accepted
+            assert (None if result.claim is None else result.claim.lease.batch_id) == lands_in
+            for record in (first, second):
+                await _assert_consistent(storage, record.id)
+            if result.claim is not None:
+                claim = result.claim
+        ended = await storage.get_batch(second.id)
+        assert counts_of(ended)[_F] == counts_of(ended)[_C] == 1
+        assert ended.started_at is not None
+        assert ended.finished_at is not None
+        last = await _claim(storage, first.id)
+        result = await storage.finish(
+            last.lease, Outcome.succeeded("2"), then_claim=_request(first.id)
+        )
+        assert (result.accepted, result.claim) == (True, None)
+        done = await _assert_consistent(storage, first.id)
+        assert counts_of(done)[_S] == 2
+        assert done.finished_at is not None
+
     async def test_refused_finish_still_claims_the_next(self, storage: Storage) -> None:
         record = await _create(storage, 2)
         old = await _claim(storage, record.id, lease_seconds=0)
