@@ -185,13 +185,11 @@ async def _executemany(cursor: Any, sql: str, rows: list[list[Any]]) -> None:
     await cursor.executemany(sql, rows)
 
 
-def _texts(row: tuple[Any, ...]) -> tuple[Any, ...]:
+def _texts(row: tuple[Any, ...]) -> list[Any]:
     """A row as SQLAlchemy would read it: an exact string's UTF-8 bytes (a ``VARBINARY``
-    column, see `ExactString`) as text."""
-    return tuple(
-        bytes(value).decode("utf-8") if isinstance(value, bytes | bytearray) else value
-        for value in row
-    )
+    column, see `ExactString`) as text. (A list, built in one pass: a listing reads a
+    thousand rows of sixteen columns a page.)"""
+    return [value.decode("utf-8") if type(value) is bytes else value for value in row]
 
 
 def _code(exc: BaseException | None) -> int | None:
