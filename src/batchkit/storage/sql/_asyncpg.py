@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from ...protocols import NewBatch, Subscription
     from .._bell import Flag
-    from ._connector import Connector, Lane
+    from ._connector import Connector, Lane, Sent
     from ._dialect import Dialect
     from ._statements import Statements, Steps
 
@@ -91,24 +91,16 @@ class AsyncpgDialect(OnLanes, PostgresDialect):
             raise
 
     async def _drive_driver(self, driver: Any, steps: Steps[T]) -> T:
-        plan = self.connector.plan
-        try:
-            stmt, params = next(steps)
-            while True:
-                if isinstance(params, list):  # the same statement for each of these rows
-                    sql = plan(stmt, params[0])[0]
-                    await driver.executemany(sql, [plan(stmt, row)[1] for row in params])
-                    stmt, params = steps.send(Result([], len(params)))
-                    continue
-                sql, args, row_type = plan(stmt, params)
-                if row_type is None:
-                    result = Result([], _rowcount(await driver.execute(sql, *args)))
-                else:
-                    records = await driver.fetch(sql, *args)
-                    result = Result([row_type(*record) for record in records], len(records))
-                stmt, params = steps.send(result)
-        except StopIteration as stop:
-            return cast("T", stop.value)
+        async def run(sent: Sent) -> Result:
+            if sent.many is not None:
+                await driver.executemany(sent.sql, sent.many)
+                return Result([], len(sent.many))
+            if sent.row_type is None:
+                return Result([], _rowcount(await driver.execute(sent.sql, *sent.args)))
+            records = await driver.fetch(sent.sql, *sent.args)
+            return Result([sent.row_type(*record) for record in records], len(records))
+
+        return await self.connector.drive(steps, run)
 
     async def _one(self, via: Any, stmt: Any, params: dict[str, Any]) -> Any:
         return await self._driver_call(via, stmt, params, "fetchrow")

@@ -13,7 +13,7 @@ import time
 from collections import namedtuple
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar, cast
 
 import anyio
 from sqlalchemy import event
@@ -27,7 +27,9 @@ from .._base import chained, fault_of
 from ._faults import DriverFault, broken_driver_connection, is_driver_error
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Hashable, Mapping
+
+    from ._statements import Steps
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -40,6 +42,7 @@ __all__ = [
     "Lanes",
     "Plan",
     "Result",
+    "Sent",
 ]
 
 logger = logging.getLogger("batchkit.storage.sql")
@@ -437,6 +440,42 @@ class Connector:
             arguments = [values[name] for name in compiled.positiontup]
         return compiled.string, arguments, plan.row_type
 
+    async def drive(self, steps: Steps[T], run: Callable[[Sent], Awaitable[Result]]) -> T:
+        """Run ``steps`` straight on a driver: ``run`` sends each statement as planned
+        (`Sent`) and answers its `Result`."""
+        work = self._planned(steps)
+        try:
+            sent = next(work)
+            while True:
+                sent = work.send(await run(sent))
+        except StopIteration as stop:
+            return cast("T", stop.value)
+
+    def drive_here(self, steps: Steps[T], run: Callable[[Sent], Result]) -> T:
+        """`drive`, for a driver that answers at once (SQLite's, in its own thread)."""
+        work = self._planned(steps)
+        try:
+            sent = next(work)
+            while True:
+                sent = work.send(run(sent))
+        except StopIteration as stop:
+            return cast("T", stop.value)
+
+    def _planned(self, steps: Steps[T]) -> Generator[Sent, Result, T]:
+        """``steps`` with each statement planned for the driver (`plan`)."""
+        plan = self.plan
+        try:
+            stmt, params = next(steps)
+            while True:
+                if isinstance(params, list):  # the same statement for each of these rows
+                    sql = plan(stmt, params[0])[0]
+                    sent = Sent(sql, [], None, [plan(stmt, row)[1] for row in params])
+                else:
+                    sent = Sent(*plan(stmt, params), None)
+                stmt, params = steps.send((yield sent))
+        except StopIteration as stop:
+            return cast("T", stop.value)
+
     # -- one try of a transaction ----------------------------------------------------------
 
     async def attempt(
@@ -536,6 +575,19 @@ def _default(slot: tuple[str, str, bool, Any], params: dict[str, Any]) -> Any:
     if required:
         raise _Required
     return value
+
+
+class Sent(NamedTuple):
+    """One statement of a step as a driver runs it (see `Connector.drive`)."""
+
+    sql: str
+    #: Its arguments, in order.
+    args: list[Any]
+    #: What each row it returns is made into; `None`: it returns none (its row count is
+    #: its answer).
+    row_type: Any
+    #: The arguments of each row of an ``executemany`` (then ``args`` is empty), or `None`.
+    many: list[list[Any]] | None
 
 
 class Result:

@@ -4,7 +4,7 @@ sent to asyncmy directly on kept connections."""
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy import text
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from ._connector import Connector, Lane
+    from ._connector import Connector, Lane, Sent
     from ._statements import Statements, Steps
 
 __all__ = ["AsyncmyDialect", "MySQLDialect"]
@@ -134,26 +134,18 @@ class AsyncmyDialect(OnLanes, MySQLDialect):
             raise
 
     async def _drive_driver(self, driver: Any, steps: Steps[T]) -> T:
-        plan = self.connector.plan
-        try:
-            stmt, params = next(steps)
-            while True:
-                async with driver.cursor() as cursor:
-                    if isinstance(params, list):  # the same statement for each of these rows
-                        sql = plan(stmt, params[0])[0]
-                        await _executemany(cursor, sql, [plan(stmt, row)[1] for row in params])
-                        result = Result([], len(params))
-                    else:
-                        sql, args, row_type = plan(stmt, params)
-                        await _execute(cursor, sql, args)
-                        if row_type is None:
-                            result = Result([], cursor.rowcount)
-                        else:
-                            rows = await cursor.fetchall()
-                            result = Result([row_type(*_texts(row)) for row in rows], len(rows))
-                stmt, params = steps.send(result)
-        except StopIteration as stop:
-            return cast("T", stop.value)
+        async def run(sent: Sent) -> Result:
+            async with driver.cursor() as cursor:
+                if sent.many is not None:
+                    await _executemany(cursor, sent.sql, sent.many)
+                    return Result([], len(sent.many))
+                await _execute(cursor, sent.sql, sent.args)
+                if sent.row_type is None:
+                    return Result([], cursor.rowcount)
+                rows = await cursor.fetchall()
+                return Result([sent.row_type(*_texts(row)) for row in rows], len(rows))
+
+        return await self.connector.drive(steps, run)
 
 
 async def _abandon(lane: Lane, exc: BaseException) -> None:

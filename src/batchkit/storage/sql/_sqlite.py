@@ -6,7 +6,7 @@ import logging
 import os
 import sqlite3
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy import Integer, String, event
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from .._bell import Flag
-    from ._connector import Connector, Lane
+    from ._connector import Connector, Lane, Sent
     from ._statements import Params, Statements, Steps
 
 __all__ = ["SQLiteDialect", "SQLiteLanesDialect"]
@@ -198,26 +198,20 @@ class SQLiteLanesDialect(OnLanes, SQLiteDialect):
         return value
 
     def _drive(self, db: sqlite3.Connection, steps: Steps[T]) -> T:
-        plan = self.connector.plan
-        try:
-            stmt, params = next(steps)
-            while True:
-                if isinstance(params, list):  # the same statement for each of these rows
-                    sql = plan(stmt, params[0])[0]
-                    db.executemany(sql, [plan(stmt, row)[1] for row in params]).close()
-                    stmt, params = steps.send(Result([], len(params)))
-                    continue
-                sql, args, row_type = plan(stmt, params)
-                cursor = db.execute(sql, args)
-                if row_type is None:
-                    result = Result([], cursor.rowcount)
-                else:
-                    rows = [row_type(*row) for row in cursor.fetchall()]
-                    result = Result(rows, len(rows))
+        def run(sent: Sent) -> Result:
+            if sent.many is not None:
+                db.executemany(sent.sql, sent.many).close()
+                return Result([], len(sent.many))
+            cursor = db.execute(sent.sql, sent.args)
+            try:
+                if sent.row_type is None:
+                    return Result([], cursor.rowcount)
+                rows = [sent.row_type(*row) for row in cursor.fetchall()]
+                return Result(rows, len(rows))
+            finally:
                 cursor.close()
-                stmt, params = steps.send(result)
-        except StopIteration as stop:
-            return cast("T", stop.value)
+
+        return self.connector.drive_here(steps, run)
 
 
 def _file_of(engine: AsyncEngine) -> str | None:
