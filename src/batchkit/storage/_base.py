@@ -40,12 +40,32 @@ __all__ = [
     "backoff",
     "chained",
     "fault_of",
+    "last_one",
     "refuse_synchronous_driver",
     "retrying",
     "validate_prefix",
 ]
 
 T = TypeVar("T")
+K = TypeVar("K")
+
+
+def last_one(convert: Callable[[K], T]) -> tuple[dict[K, T], Callable[[K], T]]:
+    """A memory of the last value converted: the dictionary to look in first (inline,
+    ``seen.get(value) or made(value)``, where a call would cost more than the lookup), and
+    the function that converts a value not there and keeps it in place of the last. A
+    listing reads every item of a batch with the batch's creation time: it makes one
+    `datetime`, not one an item."""
+    seen: dict[K, T] = {}
+
+    def made(value: K) -> T:
+        result = convert(value)
+        seen.clear()
+        seen[value] = result
+        return result
+
+    return seen, made
+
 
 # -- the async context manager ---------------------------------------------------------------
 

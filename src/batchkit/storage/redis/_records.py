@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ...codec import loads, same_json
 from ...models import ItemState
 from ...protocols import BatchRecord, ItemRecord
+from .._base import last_one
 
 if TYPE_CHECKING:
     from ...protocols import MetadataFilter
@@ -96,31 +97,30 @@ def to_item(batch_id: str, reply: list[Any]) -> ItemRecord:
         _STATES[state],
         # Every item of a batch was created at the batch's time: made once a listing.
         _created.get(created) or _created_at(created),
-        _time(updated / _MICROS, UTC),
+        _utc(updated),
         float(progress),
         message,
         int(attempt),
         error,
         history,
         result,
-        None if started is None else _time(started / _MICROS, UTC),
+        None if started is None else _utc(started),
         None if lease_end is None else _time(float(lease_end), UTC),
-        None if finished is None else _time(finished / _MICROS, UTC),
+        None if finished is None else _utc(finished),
     )
 
 
 _STATES = {state.value: state for state in ItemState}
 _time = datetime.fromtimestamp
 _MICROS = 1_000_000
-#: The creation time last read, as the server wrote it and as a datetime (one entry).
-_created: dict[int, datetime] = {}
 
 
-def _created_at(value: int) -> datetime:
-    made = _time(value / _MICROS, UTC)
-    _created.clear()
-    _created[value] = made
-    return made
+def _utc(micros: int) -> datetime:
+    return _time(micros / _MICROS, UTC)
+
+
+#: The creation time last read, as the server wrote it and as a datetime.
+_created, _created_at = last_one(_utc)
 
 
 def matches(metadata: dict[str, Any], wanted: MetadataFilter) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from ...codec import dumps, is_unicode, loads
 from ...models import ItemState
 from ...protocols import BatchRecord, ItemRecord, NewBatch
+from .._base import last_one
 
 __all__ = [
     "SCALARS",
@@ -95,7 +96,7 @@ def to_record(row: Any) -> BatchRecord:
         updated_at=ts(row.updated_at),  # type: ignore[arg-type]
         metadata=loads(row.metadata),  # type: ignore[arg-type]
         parent_id=row.parent_id,
-        idempotency_key=_exact(row.idempotency_key),
+        idempotency_key=row.idempotency_key,
         running_progress=float(row.running_progress or 0.0),
         started_at=ts(row.started_at),
         finished_at=ts(row.finished_at),
@@ -150,47 +151,38 @@ def to_item(row: Any) -> ItemRecord:
     ) = row
     return ItemRecord(
         batch_id,
-        key if type(key) is str else _exact(key),
+        key,
         position,
         payload,
         _STATES[state],
         # Every item of a batch was created at the batch's time: a listing's pages make it
         # once (a datetime costs about half a microsecond to make).
         _created.get(created_at) or _created_at(created_at),
-        _fromtimestamp(updated_at, UTC),
+        _utc(updated_at),
         progress,
         message,
         attempt,
         error,
         history,
         result,
-        None if started_at is None else _fromtimestamp(started_at, UTC),
+        None if started_at is None else _utc(started_at),
         # The lease's deadline while running; while queued the column holds the retry
         # time, which is not a lease.
-        _fromtimestamp(claimable_at, UTC) if state == _R else None,
-        None if finished_at is None else _fromtimestamp(finished_at, UTC),
+        _utc(claimable_at) if state == _R else None,
+        None if finished_at is None else _utc(finished_at),
     )
 
 
 _STATES = {state.value: state for state in ItemState}
 _fromtimestamp = datetime.fromtimestamp
-#: The creation time last read, as stored and as a datetime (one entry).
-_created: dict[float, datetime] = {}
 
 
-def _created_at(value: float) -> datetime:
-    made = _fromtimestamp(value, UTC)
-    _created.clear()
-    _created[value] = made
-    return made
+def _utc(value: float) -> datetime:
+    return _fromtimestamp(value, UTC)
 
 
-def _exact(value: Any) -> Any:
-    """An `ExactString` column's value: UTF-8 bytes as the driver gives them back on
-    MySQL/MariaDB, read without SQLAlchemy's result processing, as text."""
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8")
-    return value
+#: The creation time last read, as stored and as a datetime.
+_created, _created_at = last_one(_utc)
 
 
 # -- a new batch's rows, and its record --------------------------------------------------
