@@ -31,6 +31,8 @@ __all__ = [
     "FinishResult",
     "FinishedBatch",
     "Generator",
+    "GroupCommitter",
+    "GroupResult",
     "ItemRecord",
     "Lease",
     "LeaseStatus",
@@ -270,6 +272,16 @@ class FinishResult:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupResult:
+    """The answer to `GroupCommitter.finish_group`."""
+
+    #: One per outcome given, in its order: whether it was written (its lease was current).
+    accepted: list[bool]
+    #: The items claimed, lowest position first (fewer than asked when fewer are claimable).
+    claims: list[Claim]
+
+
+@dataclass(frozen=True, slots=True)
 class FinishedBatch:
     """A finished batch whose completion hook is due, claimed under ``token``."""
 
@@ -305,6 +317,39 @@ class WorkAnnouncer(Protocol):
         reason (a lost connection, a change that was not work): the waiter claims, and
         waits again. Items that become claimable by time alone (a retry's delay over, a
         lease lapsed) are not announced; the waiter's own timeout finds them.
+        """
+        ...
+
+
+@runtime_checkable
+class GroupCommitter(Protocol):
+    """A storage that ends several attempts of one batch and claims its next items in one
+    step, so that a runner of quick items pays one commit for several of them.
+
+    Every adapter of batchkit is one. A runner on a storage that is not writes each
+    outcome alone (`Storage.finish`).
+    """
+
+    async def finish_group(
+        self,
+        batch_id: str,
+        succeeded: Sequence[tuple[Lease, Outcome]],
+        *,
+        claim: int,
+        lease_seconds: float,
+    ) -> GroupResult:
+        """End each leased attempt as its `Outcome.succeeded`, then claim up to ``claim``
+        items of the batch, all in one atomic step.
+
+        Each outcome is fenced by its lease as `Storage.finish` fences it; a refused one
+        changes nothing and the others are written all the same. The claims are those
+        ``claim`` calls of `Storage.claim` for this batch alone would make, one after the
+        other, under ``lease_seconds``. A batch that is gone refuses every outcome and has
+        nothing to claim.
+
+        Raises:
+            ValueError: an outcome is not a success, a lease is of another batch, or
+                ``claim`` is negative.
         """
         ...
 

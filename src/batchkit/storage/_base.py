@@ -7,6 +7,7 @@
   another's in the same database (`KEY_PREFIX` for Redis, `TABLE_PREFIX` for SQL).
 * `refuse_synchronous_driver`: a URL naming a synchronous driver, refused with the
   async spelling to use instead.
+* `check_group`: the arguments of `GroupCommitter.finish_group`, checked alike.
 
 Nothing here imports a driver: the adapters say, through a `Fault`, what their drivers'
 errors mean.
@@ -25,8 +26,10 @@ from ..exceptions import InvalidStorageURL, StorageError
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
     from types import TracebackType
+
+    from ..protocols import Lease, Outcome
 
 __all__ = [
     "BACKOFF_FIRST",
@@ -39,6 +42,7 @@ __all__ = [
     "PrefixRule",
     "backoff",
     "chained",
+    "check_group",
     "fault_of",
     "last_one",
     "refuse_synchronous_driver",
@@ -257,3 +261,16 @@ def refuse_synchronous_driver(
             f"{scheme}:// names a synchronous driver; batchkit is async: use "
             f"{redact(f'{fixed}://{rest}')}"
         )
+
+
+def check_group(batch_id: str, succeeded: Sequence[tuple[Lease, Outcome]], claim: int) -> None:
+    """Refuse what `GroupCommitter.finish_group` does not take, before anything is written."""
+    if type(claim) is not int or claim < 0:
+        raise ValueError(f"claim must be an int of 0 or more, got {claim!r}")
+    for lease, outcome in succeeded:
+        if lease.batch_id != batch_id:
+            raise ValueError(
+                f"a lease of batch {lease.batch_id!r} in a group of batch {batch_id!r}"
+            )
+        if outcome.state.value != "succeeded" or outcome.result is None:
+            raise ValueError(f"a group takes successes only, got {outcome.state.value!r}")

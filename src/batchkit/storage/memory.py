@@ -23,6 +23,7 @@ from ..protocols import (
     ClaimRequest,
     FinishedBatch,
     FinishResult,
+    GroupResult,
     ItemRecord,
     Lease,
     LeaseStatus,
@@ -32,11 +33,11 @@ from ..protocols import (
     Subscription,
 )
 from ..status import empty_counts
-from ._base import AsyncContext
+from ._base import AsyncContext, check_group
 from ._bell import Bell
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection
+    from collections.abc import AsyncIterator, Callable, Collection, Sequence
 
 __all__ = ["MemoryStorage"]
 
@@ -311,6 +312,32 @@ class MemoryStorage(AsyncContext):
                 self._end_attempt(row, item, outcome, now)
             claim = self._claim(then_claim, now) if then_claim is not None else None
             return FinishResult(accepted=accepted, claim=claim)
+
+    async def finish_group(
+        self,
+        batch_id: str,
+        succeeded: Sequence[tuple[Lease, Outcome]],
+        *,
+        claim: int,
+        lease_seconds: float,
+    ) -> GroupResult:
+        """End several attempts and claim the batch's next items (see
+        `GroupCommitter.finish_group`)."""
+        check_group(batch_id, succeeded, claim)
+        await anyio.lowlevel.checkpoint()
+        async with self._lock:
+            now = self._clock()
+            accepted = []
+            for lease, outcome in succeeded:
+                found = self._leased(lease)
+                if found is not None:
+                    self._end_attempt(*found, outcome, now)
+                accepted.append(found is not None)
+            request = ClaimRequest(lease_seconds, batch_ids=(batch_id,))
+            claims: list[Claim] = []
+            while len(claims) < claim and (one := self._claim(request, now)) is not None:
+                claims.append(one)
+            return GroupResult(accepted=accepted, claims=claims)
 
     async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""

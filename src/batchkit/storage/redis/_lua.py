@@ -34,6 +34,7 @@ __all__ = [
     "COMMIT",
     "EXTEND",
     "FINISH",
+    "FINISH_GROUP",
     "HOOK_ACK",
     "HOOK_CLAIM",
     "ITEM",
@@ -525,6 +526,75 @@ return claim
 """
 )
 
+#: End several leased attempts of the batch as succeeded, then claim up to n items of it
+#: (group commit). ARGV: 3 lease seconds of the claims, 4 their token (one for the group:
+#: each claim's lease is its key and the token), 5 n, 6 '1' when the call is tried again,
+#: 7.. four per success: key, token, result, history ('' to keep it).
+#: Returns {finished now (1/0), the last claim's code (see claim_here), one entry per
+#: success: 1 or 0, or, tried again and held by nobody, {its state, its attempt} (see
+#: FINISH); then five fields per claim: key, position, payload, attempt, history}.
+FINISH_GROUP = (
+    _COMMON
+    + r"""
+local t = clock()
+local token = ARGV[4]
+local out = {0, 0}
+local done = 0
+for i = 7, #ARGV, 4 do
+  local pos, rec = leased(ARGV[i], ARGV[i + 1])
+  if pos then
+    rec[RESULT] = ARGV[i + 2]
+    if ARGV[i + 3] ~= '' then rec[HISTORY] = ARGV[i + 3] end
+    rec[PROGRESS] = 1
+    rec[ERROR] = false
+    end_item(pos, rec, 'succeeded', t)
+    done = done + 1
+    out[#out + 1] = 1
+  elseif ARGV[6] == '1' then
+    local p = redis.call('HGET', KEYMAP, ARGV[i])
+    local r = p and load(p)
+    out[#out + 1] = (r and not r[TOKEN]) and {r[STATE], r[ATTEMPT]} or 0
+  else
+    out[#out + 1] = 0
+  end
+end
+if done > 0 then
+  bump('running', 'succeeded', done, t)
+  publish()
+end
+local held = {}
+if ARGV[6] == '1' then
+  -- An earlier try ran (its reply lost): its claims are the items holding the token.
+  for _, pos in ipairs(redis.call('ZRANGE', RUNNING, 0, -1)) do
+    local rec = load(pos)
+    if rec and rec[TOKEN] == token then held[#held + 1] = tonumber(pos) end
+  end
+  table.sort(held)
+end
+if #held > 0 then
+  for _, pos in ipairs(held) do
+    local rec = load(pos)
+    local n = #out
+    out[n + 1], out[n + 2] = rec[KEY], pos
+    out[n + 3] = redis.call('HGET', PAYLOADS, pos)
+    out[n + 4], out[n + 5] = rec[ATTEMPT], rec[HISTORY] or false
+  end
+else
+  local lease = tonumber(ARGV[3])
+  for _ = 1, tonumber(ARGV[5]) do
+    local claim = claim_here(lease, token, t)
+    out[2] = claim[1]
+    if claim[1] ~= 1 then break end
+    local n = #out
+    for f = 2, 6 do out[n + f - 1] = claim[f] end
+  end
+end
+flush()
+out[1] = finished_now and 1 or 0
+return out
+"""
+)
+
 #: Heartbeat or progress of a running item. ARGV: 3 key, 4 token, 5 lease seconds
 #: ('' to keep the deadline), 6 progress ('' for a heartbeat), 7 message, 8 '1' when
 #: there is a message. Returns {held (1/0), cancel requested (1/0)}.
@@ -625,6 +695,7 @@ SCRIPTS = {
     "ITEMS": ITEMS,
     "CLAIM": CLAIM,
     "FINISH": FINISH,
+    "FINISH_GROUP": FINISH_GROUP,
     "EXTEND": EXTEND,
     "CANCEL": CANCEL,
     "HOOK_CLAIM": HOOK_CLAIM,

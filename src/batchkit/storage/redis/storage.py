@@ -27,6 +27,7 @@ from ...protocols import (
     ClaimRequest,
     FinishedBatch,
     FinishResult,
+    GroupResult,
     Lease,
     LeaseStatus,
     MetadataFilter,
@@ -34,7 +35,7 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
-from .._base import KEY_PREFIX, AsyncContext, retrying
+from .._base import KEY_PREFIX, AsyncContext, check_group, retrying
 from .._base import validate_prefix as _validate_prefix
 from .._doubt import ClaimsInDoubt
 from . import _cluster, _lua
@@ -44,7 +45,7 @@ from ._subscription import subscribe, work_flag
 from ._wire import Lanes, bulk, classify, client_secrets, evalsha
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 
     from ...protocols import ItemRecord
 
@@ -628,6 +629,52 @@ class RedisStorage(IndexedBatches, AsyncContext):
         if then_claim is not None and not same_batch:
             claim = await self.claim(then_claim)
         return FinishResult(accepted=accepted, claim=claim)
+
+    async def finish_group(
+        self,
+        batch_id: str,
+        succeeded: Sequence[tuple[Lease, Outcome]],
+        *,
+        claim: int,
+        lease_seconds: float,
+    ) -> GroupResult:
+        """End several attempts and claim the batch's next items: ONE script (see
+        `GroupCommitter.finish_group`)."""
+        check_group(batch_id, succeeded, claim)
+        if not is_batch_id(batch_id) or not (succeeded or claim):
+            return GroupResult(accepted=[False] * len(succeeded), claims=[])
+        token = new_token()
+        args = [repr(float(lease_seconds)), token, str(claim)]
+        for lease, outcome in succeeded:
+            args += (lease.key, lease.token, outcome.result or "", outcome.history or "")
+        tries = 0
+
+        def call() -> Awaitable[Any]:
+            nonlocal tries
+            again, tries = "1" if tries else "", tries + 1
+            return self._hot("FINISH_GROUP", batch_id, *args[:3], again, *args[3:])
+
+        reply = await self._call(call)
+        finished, code = reply[0], reply[1]
+        accepted = []
+        for (lease, outcome), found in zip(succeeded, reply[2:], strict=False):
+            if isinstance(found, list):  # tried again: did an earlier try land?
+                accepted.append(outcome.landed(lease, text(found[0]), int(found[1])))
+            else:
+                accepted.append(bool(found))
+        if finished or code == 3:
+            await self._call(lambda: self._finished(batch_id))
+        fields = reply[2 + len(succeeded) :]
+        claims = [
+            Claim(
+                lease=Lease(batch_id, text(key), token, int(attempt)),
+                position=int(position),
+                payload=loads(text(payload)),
+                history=None if history is None else text(history),
+            )
+            for key, position, payload, attempt, history in zip(*[iter(fields)] * 5, strict=True)
+        ]
+        return GroupResult(accepted=accepted, claims=claims)
 
     async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""

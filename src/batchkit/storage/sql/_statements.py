@@ -412,6 +412,50 @@ class Statements:
             ),
         )
 
+    # -- group commit (`_group`) -----------------------------------------------------------
+
+    def group_claim_select(self, n: int) -> Any:
+        """The SELECT of batch ``b_id``'s next ``n`` claimable items at ``b_now`` (those
+        of a batch whose cancel was requested are left to `SQLStorage.claim`)."""
+        i = self.tables.items
+        return self._connector.stmt(
+            ("group_claim", n),
+            lambda: self.claim_select("one").where(~i.c.cancel_requested).limit(n),
+        )
+
+    def group_claim_update(self) -> Any:
+        """The UPDATE claiming batch ``b_id``'s items at ``b_positions``, each in its next
+        attempt, all under the token ``b_token``."""
+        i = self.tables.items
+        return self._connector.stmt(
+            "group_claim_update",
+            lambda: (
+                i.update()
+                .where(
+                    i.c.batch_id == bindparam("b_id"),
+                    i.c.position.in_(bindparam("b_positions", expanding=True)),
+                )
+                .values(**self.claim_values(i.c.attempt + 1))
+            ),
+        )
+
+    def group_counters(self, batch_id: str, now: float, *, claimed: bool) -> Any:
+        """The UPDATE of batch ``c_id``'s counters after a group: ``c_done`` items from
+        running to succeeded, ``c_started`` from queued to running, at ``c_now``."""
+        loud = self._shape().loud(batch_id, now)
+
+        def build() -> Any:
+            b = self.tables.batches
+            done: Any = bindparam("c_done")
+            started: Any = bindparam("c_started")
+            at: Any = bindparam("c_now")
+            moves = [(Q, "-", started), (R, "-", done), (R, "+", started), (S, "+", done)]
+            values = self.counter_values(moves, finishing=done, now=at, started=claimed)
+            stmt = b.update().where(b.c.id == bindparam("c_id")).ordered_values(*values)
+            return self._shape().with_notify(stmt, b.c.id, only_if=None if loud else self.ended(at))
+
+        return self._connector.stmt(("group_counters", claimed, loud), build)
+
     # -- items ending, counters ------------------------------------------------------------
 
     @staticmethod

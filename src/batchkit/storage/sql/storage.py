@@ -33,6 +33,7 @@ from ...protocols import (
     ClaimRequest,
     FinishedBatch,
     FinishResult,
+    GroupResult,
     Lease,
     LeaseStatus,
     MetadataFilter,
@@ -40,13 +41,14 @@ from ...protocols import (
     Outcome,
     Subscription,
 )
-from .._base import AsyncContext, Fault, refuse_synchronous_driver, retrying
+from .._base import AsyncContext, Fault, check_group, refuse_synchronous_driver, retrying
 from .._bell import Bell, bell
 from .._doubt import ClaimsInDoubt
 from ._asyncpg import AsyncpgDialect
 from ._connector import ConnectionSettings, Connector
 from ._dialect import Dialect
 from ._faults import DriverFault, is_driver_error, is_duplicate
+from ._group import group_steps
 from ._mysql import MySQLDialect
 from ._options import driver_options, schema_of, split_url_options
 from ._rows import new_record, to_item, to_record
@@ -55,7 +57,14 @@ from ._statements import SENT_ANYWHERE, C, Owed, PendingClaim, Q, R, Statements,
 from .schema import Tables, build_tables, stamp_or_check, validate_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Iterator,
+        Sequence,
+    )
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -664,6 +673,35 @@ class SQLStorage(AsyncContext):
         if state == Q and notice is not None:
             yield notice, {}
         return True
+
+    async def finish_group(
+        self,
+        batch_id: str,
+        succeeded: Sequence[tuple[Lease, Outcome]],
+        *,
+        claim: int,
+        lease_seconds: float,
+    ) -> GroupResult:
+        """End several attempts and claim the batch's next items in one transaction (see
+        `GroupCommitter.finish_group` and `_group`)."""
+        check_group(batch_id, succeeded, claim)
+        token, tries = new_token(), 0
+
+        def steps() -> Steps[GroupResult]:
+            nonlocal tries
+            tries += 1
+            return group_steps(
+                self._sql,
+                batch_id,
+                succeeded,
+                claim=claim,
+                lease_seconds=lease_seconds,
+                token=token,
+                now=self._now(),
+                again=tries > 1,
+            )
+
+        return await self._write(steps)
 
     async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""

@@ -16,7 +16,7 @@ extended with ``lease_seconds=0`` (an item is claimable when its deadline is not
 the store's now), and a retry that waits an hour is not claimable during a test.
 
 The tests live in one mixin per topic (``creating``, ``claiming``, ``finishing``,
-``history``, ``cancelling``, ``hooks``, ``notify`` (and new work), ``retention``, ``concurrency``,
+``grouping``, ``history``, ``cancelling``, ``hooks``, ``notify`` (and new work), ``retention``, ``concurrency``,
 ``limits``);
 `StorageContract` combines them with the ``storage`` fixture they all use.
 """
@@ -34,6 +34,7 @@ from .claiming import ClaimingContract
 from .concurrency import ConcurrencyContract
 from .creating import CreatingContract
 from .finishing import FinishingContract
+from .grouping import GroupContract
 from .history import HistoryContract
 from .hooks import HooksContract
 from .limits import LimitsContract
@@ -54,6 +55,7 @@ class StorageContract(
     CreatingContract,
     ClaimingContract,
     FinishingContract,
+    GroupContract,
     HistoryContract,
     CancellingContract,
     HooksContract,
@@ -67,7 +69,8 @@ class StorageContract(
 
     Subclasses provide the ``storage_factory`` fixture. Set ``notifies_changes = False``
     on an adapter that only polls, so that the prompt-wake test is skipped, and
-    ``announces_work = False`` on one that is not a `batchkit.protocols.WorkAnnouncer`.
+    ``announces_work = False`` on one that is not a `batchkit.protocols.WorkAnnouncer`,
+    and ``commits_groups = False`` on one that is not a `batchkit.protocols.GroupCommitter`.
     """
 
     pytestmark = pytest.mark.anyio
