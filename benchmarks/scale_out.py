@@ -143,6 +143,10 @@ def worker_process(
     return command, env
 
 
+#: Options given to every worker (``--group-commit``); none: the library's defaults.
+WORKER_OPTIONS: list[str] = []
+
+
 def measure(store: str, workers: int, items: int, concurrency: int, sleep: float) -> Result:
     """One batch of ``items`` run by ``workers`` worker processes."""
     prefix = f"bs{secrets.token_hex(3)}" + ("" if store == "redis" else "_")
@@ -153,6 +157,7 @@ def measure(store: str, workers: int, items: int, concurrency: int, sleep: float
         "scale_out:generate",
         *("--batch", batch_id, "--exit-when-idle", "--concurrency", str(concurrency)),
         *("--poll-interval", "0.05", "--log-level", "WARNING"),
+        *WORKER_OPTIONS,
         BATCHKIT_BENCH_SLEEP=repr(sleep),
     )
     try:
@@ -229,7 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1, help="slots per worker")
     parser.add_argument("--quick", action="store_true", help="4,000 items")
     parser.add_argument("--no-ceilings", action="store_true", help="leave out each store's ceiling")
+    parser.add_argument(
+        "--group-commit",
+        metavar="SECONDS",
+        help="the workers' --group-commit (0: each outcome alone); their default if not given",
+    )
     args = parser.parse_args(argv)
+    if args.group_commit is not None:
+        WORKER_OPTIONS.extend(["--group-commit", args.group_commit])
     items = 4_000 if args.quick else args.items
     counts = [int(n) for n in args.workers.split(",")]
     results: list[Result] = []

@@ -91,6 +91,9 @@ TARGET_REDIS_SUBMIT_S = 2.0
 TARGET_REDIS_ITEMS_PER_SECOND = 4_000
 TARGET_REDIS_STATUS_MS = 2.0
 
+#: Options of the measured runner (``--group-commit``); none: the library's defaults.
+RUNNER_OPTIONS: dict[str, Any] = {}
+
 SERVERS = {
     "postgres": os.environ.get(
         "BATCHKIT_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -327,7 +330,7 @@ async def measure_dialect(
         async with storage:
             result.server = await _server_version(storage)
             log(f"{dialect}: {result.server}, tables {prefix}*")
-            runner = BatchRunner(storage, noop)
+            runner = BatchRunner(storage, noop, **RUNNER_OPTIONS)
             counter = None if dialect == "redis" else _Counter(storage)
 
             big, result.submit_s = await _submit_logged(runner, SUBMIT_ITEMS, "submit timing")
@@ -743,8 +746,18 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument(
         "--no-ceilings", action="store_true", help="skip the ceilings and the ratios to them"
     )
+    parser.add_argument(
+        "--group-commit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the runner's group_commit (0: each outcome alone); the library's default if "
+        "not given",
+    )
     parser.add_argument("--rss-child", nargs=5, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
+    if args.group_commit is not None:
+        RUNNER_OPTIONS["group_commit"] = args.group_commit
 
     if args.rss_child is not None:
         dialect, url, prefix, batch_id, seconds = args.rss_child

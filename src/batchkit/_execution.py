@@ -22,6 +22,7 @@ import anyio.lowlevel
 from ._calling import Ended, call_generator, is_async_callable
 from ._errors import STOPPING, cut
 from ._failure_limit import enforce_max_failures
+from ._grouping import Group
 from ._itemlog import items_logger, log_item
 from ._keeper import Keeper, KeeperSettings
 from ._secrets import redact
@@ -29,7 +30,16 @@ from .context import ItemContext, _Reporter
 from .exceptions import StorageError
 from .history import History
 from .models import ItemError, ItemState, Limits
-from .protocols import BatchInfo, Claim, ClaimRequest, FinishResult, Lease, Outcome, Storage
+from .protocols import (
+    BatchInfo,
+    Claim,
+    ClaimRequest,
+    FinishResult,
+    GroupCommitter,
+    Lease,
+    Outcome,
+    Storage,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -63,6 +73,9 @@ class Executor:
         patient: when the store cannot take an item's outcome past its own retries, keep
             the outcome and write it once the store answers again (a worker outliving an
             outage), instead of raising `StorageError` (a run, whose caller decides).
+        group_commit: seconds an item's success may wait to be written with the next ones,
+            and the items claimed ahead to start (see `_grouping`); 0 writes each outcome
+            alone, as does a storage that is not a `GroupCommitter`.
     """
 
     def __init__(
@@ -80,8 +93,10 @@ class Executor:
         name: str | None = None,
         on_event: Callable[[str, Lease], None] | None = None,
         patient: bool = False,
+        group_commit: float = 0.0,
     ) -> None:
         self.storage = storage
+        self.group_commit = group_commit if isinstance(storage, GroupCommitter) else 0.0
         self.patient = patient
         self.generator = generator
         self.generator_is_async = is_async_callable(generator)
@@ -120,6 +135,9 @@ class Executor:
     async def slot(self) -> AsyncIterator[Keeper]:
         """A slot that runs one item at a time: its keeper task runs while it is open."""
         keeper = Keeper(self.storage, self.keeper_settings)
+        group = keeper.group = Group(self.group_commit) if self.group_commit else None
+        if group is not None:
+            keeper.flush_group = lambda: self._flush(group, keep_ahead=False)
         self._keepers.add(keeper)
         try:
             async with anyio.create_task_group() as tg:
@@ -130,6 +148,10 @@ class Executor:
                     tg.cancel_scope.cancel()
         finally:
             self._keepers.discard(keeper)
+            if group is not None and group.pending():
+                # What the slot owes, written; what it claimed ahead, handed back.
+                with anyio.CancelScope(shield=True):
+                    await self._flush(group, keep_ahead=False)
 
     async def run_slot(self, request: ClaimRequest, claim: Claim | None = None) -> int:
         """Claim and run items until none is claimable; return how many ran.
@@ -177,6 +199,8 @@ class Executor:
             self.on_event("started", lease)
         retry = self.retry
         stopping: BaseException | None = None
+        group = keeper.group
+        elapsed = 0.0
         if retry is not None and history.failures >= retry.max_attempts:
             # The attempts lost with their runners used the item's whole budget: an item
             # that kills every worker running it must not be run again.
@@ -186,11 +210,14 @@ class Executor:
             if logging_items:
                 self._log(logging.INFO, "started", lease)
             ended = await self._execute(claim, keeper, history)
+            elapsed = time.monotonic() - started
+            if group is not None:
+                group.note(elapsed)
             if callable(then_claim):
                 then_claim = then_claim()
             if ended is None:  # lease lost: another runner owns the item now
                 self._event("refused", lease)
-                return None if then_claim is None else await self.storage.claim(then_claim)
+                return await self._next(group, then_claim)
             outcome, exc = ended
             if isinstance(exc, STOPPING):
                 stopping, then_claim = exc, None
@@ -205,11 +232,26 @@ class Executor:
                 outcome = self._decide(outcome, exc, history, lost)
         if callable(then_claim):
             then_claim = then_claim()
+        if group is not None and _joins(group, lease, outcome, stopping, then_claim):
+            assert then_claim is not None
+            return await self._grouped(group, lease, outcome, elapsed, then_claim)
         limit: int | None = None
         if outcome.state is ItemState.FAILED:
             limit = (await self.batch_info(lease.batch_id)).max_failures
             if limit is not None:
                 await self._limit_failures(lease, limit, failing=True)
+        ahead: Claim | None = None
+        if group is not None and group.pending():
+            # Written before this outcome. The items claimed ahead run next, unless this
+            # slot stops, or the batch is cancelled (or may be: a failure limit).
+            keep = (
+                then_claim is not None
+                and limit is None
+                and outcome.state is not ItemState.CANCELLED
+            )
+            await self._flush(group, keep_ahead=keep)
+            if group.ahead:
+                ahead, then_claim = group.ahead.popleft(), None
         try:
             result = await self._write(lease, outcome, then_claim)
         except BaseException:
@@ -239,7 +281,79 @@ class Executor:
             if self.on_stopping is not None:
                 self.on_stopping()
             return None
-        return result.claim
+        return result.claim if ahead is None else ahead
+
+    # -- group commit (`_grouping`) --------------------------------------------------------
+
+    async def _grouped(
+        self, group: Group, lease: Lease, outcome: Outcome, elapsed: float, request: ClaimRequest
+    ) -> Claim | None:
+        """Owe a success; write what is owed when it must be, with the next claims."""
+        now = anyio.current_time()
+        group.owe(lease, outcome, elapsed, now)
+        if group.ahead and not group.full(now):
+            return group.ahead.popleft()
+        claim = 0 if group.ahead else group.size()
+        group.ahead.extend(await self._commit(group, lease.batch_id, claim, request.lease_seconds))
+        return group.ahead.popleft() if group.ahead else None
+
+    async def _commit(
+        self, group: Group, batch_id: str, claim: int, lease_seconds: float
+    ) -> list[Claim]:
+        """Write the successes owed (`GroupCommitter.finish_group`) and claim ``claim``."""
+        owed = group.take_owed()
+        storage = self.storage
+        assert isinstance(storage, GroupCommitter)  # see group_commit
+        try:
+            done = await storage.finish_group(
+                batch_id,
+                [(lease, outcome) for lease, outcome, _ in owed],
+                claim=claim,
+                lease_seconds=lease_seconds,
+            )
+        except BaseException as exc:
+            if self.patient and isinstance(exc, StorageError | OSError) and not _refused(exc):
+                for lease, outcome, elapsed in owed:  # each outlives the outage alone
+                    result = await self._write(lease, outcome, None)
+                    if not result.accepted and await self._landed(lease, outcome):
+                        result = FinishResult(accepted=True)  # the group's write landed
+                    self._wrote(lease, outcome, elapsed, result)
+                return []
+            # As a write of one outcome: written again each alone, shielded (see `work`).
+            with anyio.CancelScope(shield=True):
+                for lease, outcome, _ in owed:
+                    await self.storage.finish(lease, outcome)
+            raise
+        for (lease, outcome, elapsed), accepted in zip(owed, done.accepted, strict=True):
+            self._wrote(lease, outcome, elapsed, FinishResult(accepted=accepted))
+        return done.claims
+
+    async def _flush(self, group: Group, *, keep_ahead: bool) -> None:
+        """Write the successes owed; hand the items claimed ahead back unless kept.
+
+        Shielded: a slot stopping (cancelled) must not leave them owed or held."""
+        ahead = [] if keep_ahead else group.take_ahead()
+        with anyio.CancelScope(shield=True):
+            if group.owed:
+                await self._commit(group, group.owed[0][0].batch_id, 0, self.lease_seconds)
+            for claim in ahead:
+                await self.hand_back(claim)
+
+    async def _next(self, group: Group | None, then_claim: ClaimRequest | None) -> Claim | None:
+        """The next claim after an attempt whose outcome was not this runner's to write."""
+        if group is not None and group.pending():
+            if then_claim is not None and group.ahead:
+                return group.ahead.popleft()
+            await self._flush(group, keep_ahead=False)
+        return None if then_claim is None else await self.storage.claim(then_claim)
+
+    def _wrote(self, lease: Lease, outcome: Outcome, elapsed: float, result: FinishResult) -> None:
+        """Log a written success, or its refusal."""
+        if not result.accepted:
+            self._log(logging.WARNING, "refused", lease)
+            self._event("refused", lease)
+        elif self.on_event is not None or items_logger.isEnabledFor(logging.INFO):
+            self._ended(lease, outcome, elapsed)
 
     async def _write(
         self, lease: Lease, outcome: Outcome, then_claim: ClaimRequest | None
@@ -476,6 +590,8 @@ class ExecutorOptions(Protocol):
     def progress_interval(self) -> float: ...
     @property
     def retry(self) -> RetryPolicy | None: ...
+    @property
+    def group_commit(self) -> float: ...
 
 
 def build_executor(
@@ -503,6 +619,27 @@ def build_executor(
         name=name,
         on_event=on_event,
         patient=patient,
+        group_commit=options.group_commit,
+    )
+
+
+def _joins(
+    group: Group,
+    lease: Lease,
+    outcome: Outcome,
+    stopping: BaseException | None,
+    then_claim: ClaimRequest | None,
+) -> bool:
+    """Whether an outcome joins its slot's group: a success, the slot going on with the
+    same batch, and items quick enough to group (or a group already open)."""
+    return (
+        outcome.state is ItemState.SUCCEEDED
+        and stopping is None
+        and then_claim is not None
+        and then_claim.batch_ids == (lease.batch_id,)
+        and not then_claim.metadata
+        and (group.size() > 1 or group.pending())
+        and (not group.owed or group.owed[0][0].batch_id == lease.batch_id)
     )
 
 

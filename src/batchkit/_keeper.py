@@ -14,6 +14,9 @@ import anyio.lowlevel
 from .exceptions import StorageError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ._grouping import Group
     from .context import _Reporter
     from .protocols import Lease, LeaseStatus, Storage
 
@@ -57,6 +60,10 @@ class Keeper:
         #: The item this slot ran last, and when it ended (what a blocked loop reports).
         self.recent: Lease | None = None
         self.recent_end = -math.inf
+        #: The slot's group commit, if it groups: written by ``flush_group`` when the item
+        #: running now keeps what it owes waiting past the group's window.
+        self.group: Group | None = None
+        self.flush_group: Callable[[], Awaitable[None]] | None = None
 
     def begin(self, lease: Lease, reporter: _Reporter, scope: anyio.CancelScope) -> None:
         self.lease, self.reporter, self.scope = lease, reporter, scope
@@ -86,10 +93,18 @@ class Keeper:
                 await anyio.lowlevel.checkpoint()
                 continue
             last_write = -math.inf
-            next_beat = anyio.current_time() + settings.heartbeat_interval
+            begun = anyio.current_time()
+            next_beat = begun + settings.heartbeat_interval
+            group = self.group
             while self.lease is lease:
                 now = anyio.current_time()
                 due = next_beat
+                if group is not None and group.pending():
+                    group_due = min(group.since, begun) + group.window
+                    if now >= group_due:
+                        await self._flush_group(lease)
+                        continue
+                    due = min(due, group_due)
                 if reporter.pending is not None:
                     due = min(due, last_write + settings.progress_interval)
                 elif not settings.generator_is_async:
@@ -149,3 +164,17 @@ class Keeper:
                     break
             if self.lease is lease:  # stopped this item; wait for the next one
                 self._idle = anyio.Event()
+
+    async def _flush_group(self, lease: Lease) -> None:
+        """Write what the slot owes, and hand back what it claimed ahead (shielded)."""
+        assert self.flush_group is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.flush_group()
+        except (StorageError, OSError) as exc:
+            # Their items run again once their leases lapse, as after a crash.
+            logger.warning(
+                "could not write the outcomes of a group: %s",
+                exc,
+                extra={"batch_id": lease.batch_id, "key": lease.key},
+            )

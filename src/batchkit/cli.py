@@ -149,6 +149,15 @@ def build_parser(prog: str = "python -m batchkit") -> argparse.ArgumentParser:
         help="fail an attempt that runs longer than this (default: no limit)",
     )
     how.add_argument(
+        "--group-commit",
+        metavar="SECONDS",
+        type=seconds(zero=True),
+        default=0.005,
+        help="when items are quick, write several successes and claim the next items in "
+        "one step; a success waits at most this long to be written (default: 0.005; 0 "
+        "writes each alone)",
+    )
+    how.add_argument(
         "--max-attempts",
         metavar="N",
         type=positive_int,
@@ -313,6 +322,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
                 item_timeout=args.item_timeout,
                 grace_period=args.grace,
                 poll_interval=args.poll_interval,
+                group_commit=args.group_commit,
                 on_batch_finished=hook,
                 exit_when_idle=args.exit_when_idle,
                 name=args.name,

@@ -344,8 +344,9 @@ class GroupCommitter(Protocol):
         Each outcome is fenced by its lease as `Storage.finish` fences it; a refused one
         changes nothing and the others are written all the same. The claims are those
         ``claim`` calls of `Storage.claim` for this batch alone would make, one after the
-        other, under ``lease_seconds``. A batch that is gone refuses every outcome and has
-        nothing to claim.
+        other, under ``lease_seconds``, each of a different item (a lease that lapses at
+        once does not make an item of the group claimable again within it). A batch that
+        is gone refuses every outcome and has nothing to claim.
 
         Raises:
             ValueError: an outcome is not a success, a lease is of another batch, or

@@ -269,16 +269,25 @@ def _check_accounting(status: BatchStatus, items: list[Item]) -> None:
 RUN_100_CEILING = {"sqlite": 609, "postgres": 105, "mysql": 404}
 
 
-async def test_statements_per_item_are_pinned(db: Database) -> None:
+#: The same run with group commit (the default): up to 16 successes and the next claims in
+#: one transaction; on PostgreSQL one statement (the first item and the last group aside).
+#: Measured: SQLite 146, PostgreSQL 11, MariaDB 128; the margin is for a slower machine,
+#: where an item takes longer and a group holds fewer.
+RUN_100_GROUPED_CEILING = {"sqlite": 250, "postgres": 30, "mysql": 220}
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "grouped"])
+async def test_statements_per_item_are_pinned(db: Database, grouped: bool) -> None:
     async with db.storage() as storage:
-        runner = BatchRunner(storage, _noop)
+        runner = BatchRunner(storage, _noop, group_commit=0.005 if grouped else 0)
         batch = await runner.submit([f"item-{n}" for n in range(100)])
         async with counting(storage) as statements:
             final = await runner.run(batch.id)
         assert final.state is BatchState.COMPLETED
         assert final.counts[ItemState.SUCCEEDED] == 100
         kinds = Counter(s.split()[0].upper() for s in statements)
-        assert len(statements) <= RUN_100_CEILING[db.name], kinds
+        ceiling = (RUN_100_GROUPED_CEILING if grouped else RUN_100_CEILING)[db.name]
+        assert len(statements) <= ceiling, kinds
 
 
 async def test_a_run_that_fails_nothing_rolls_nothing_back(
@@ -316,12 +325,14 @@ async def test_a_run_that_fails_nothing_rolls_nothing_back(
     assert rollbacks >= 1
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "grouped"])
 async def test_sqlite_runs_each_transaction_in_one_call_to_its_thread(
-    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch, grouped: bool
 ) -> None:
     """aiosqlite runs everything in a thread of its own; each call there costs a thread
     switch both ways, more than SQLite's own work on a small transaction. The runner's
-    steady state (finish an item, claim the next) is ONE such call."""
+    steady state (finish an item, claim the next) is ONE such call; grouped, one call
+    writes up to 16 items."""
     import aiosqlite
 
     calls = 0
@@ -333,7 +344,7 @@ async def test_sqlite_runs_each_transaction_in_one_call_to_its_thread(
         return await execute(self, fn, *args, **kwargs)
 
     async with sqlite_db.storage() as storage:
-        runner = BatchRunner(storage, _noop)
+        runner = BatchRunner(storage, _noop, group_commit=0.005 if grouped else 0)
         monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
         used = []
         for size in (10, 100, 300):  # the first one opens the connections
@@ -344,8 +355,11 @@ async def test_sqlite_runs_each_transaction_in_one_call_to_its_thread(
             used.append(calls)
         monkeypatch.undo()
     # The reads around a run (the batch's metadata, its final status) cost the same
-    # whatever the size; each further item costs exactly one call.
-    assert used[2] - used[1] == 200, used
+    # whatever the size; each further item costs exactly one call, or a group's share.
+    if grouped:
+        assert used[2] - used[1] <= 200 // 8, used
+    else:
+        assert used[2] - used[1] == 200, used
 
 
 #: Statements of one progress write, BEGIN and COMMIT aside: PostgreSQL and SQLite update

@@ -634,7 +634,8 @@ async def test_cancelling_run_releases_the_item_and_a_second_run_finishes() -> N
             await anyio.sleep_forever()
         return ctx.key
 
-    runner = BatchRunner(storage, gen, progress_interval=0.01)
+    # Each outcome alone: "c" is not claimed ahead (see test_grouped_runs for that).
+    runner = BatchRunner(storage, gen, progress_interval=0.01, group_commit=0)
     batch = await runner.submit(["a", "b", "c"])
     outcome: list[str] = []
 
@@ -689,7 +690,7 @@ async def test_cancelling_run_while_it_records_an_outcome_keeps_the_outcome() ->
         await anyio.lowlevel.checkpoint()
         return ctx.key
 
-    runner = BatchRunner(storage, gen)
+    runner = BatchRunner(storage, gen, group_commit=0)  # the write of one outcome
     batch = await runner.submit(["a", "b"])
 
     async with anyio.create_task_group() as tg:

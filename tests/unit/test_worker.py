@@ -356,14 +356,19 @@ async def test_a_heartbeat_that_fails_for_a_while_does_not_stop_the_item(
     assert any("could not renew a lease" in r.getMessage() for r in caplog.records)
 
 
+async def _none() -> None:
+    return None
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "grouped"])
 @pytest.mark.parametrize("lands", [False, True], ids=["write-failed", "reply-lost"])
 async def test_an_outcome_the_store_cannot_take_for_a_while_is_kept_and_written(
-    caplog: pytest.LogCaptureFixture, lands: bool
+    caplog: pytest.LogCaptureFixture, lands: bool, grouped: bool
 ) -> None:
     """The store is down past its own retries as items end: the worker keeps each outcome
     and writes it once the store answers, instead of dropping the work and running the
     item again after its lease lapses. A try whose write landed but whose reply was lost
-    counts as written."""
+    counts as written. Grouped: the group's write fails first, then each outcome's."""
     storage = CountingStorage()
     failures = 6
     runs: Counter[str] = Counter()
@@ -376,29 +381,44 @@ async def test_an_outcome_the_store_cannot_take_for_a_while_is_kept_and_written(
                 await storage.inner.finish(lease, outcome)  # written; the answer is lost
             raise StorageError("Error 111 connecting to 127.0.0.1:6379")
 
+    async def group_down(batch_id: str, succeeded: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            if lands:
+                await storage.inner.finish_group(batch_id, succeeded, **kwargs)
+            raise StorageError("Error 111 connecting to 127.0.0.1:6379")
+
     async def count(ctx: ItemContext) -> str:
         runs[ctx.key] += 1
         return ctx.key
 
-    batch = await _submitter(storage).submit(["a", "b"])
-    storage.before["finish"] = down
+    keys = ["a", "b", "c"] if grouped else ["a", "b"]
+    batch = await _submitter(storage).submit(keys)
+    if grouped:
+        storage.before["finish_group"] = group_down
+        storage.before["finish"] = lambda *a, **k: down(*a, **k) if failures < 6 else _none()
+    else:
+        storage.before["finish"] = down
     worker = Worker(
         storage,  # type: ignore[arg-type]
         count,
         lease_seconds=0.3,  # tries again every 0.033 s
         batch_ids=[batch.id],
         exit_when_idle=True,
+        group_commit=0.005 if grouped else 0,
     )
     with anyio.fail_after(10):
         stats = await worker.run()
     assert failures == 0, "the storage never failed: the test proved nothing"
-    assert runs == {"a": 1, "b": 1}, "an item ran again"
-    assert (stats.succeeded, stats.storage_errors) == (2, 0)
+    assert runs == dict.fromkeys(keys, 1), "an item ran again"
+    assert (stats.succeeded, stats.storage_errors) == (len(keys), 0)
     items = await all_items(_submitter(storage.inner), batch.id)
-    assert [(i.state, i.attempt, i.result) for i in items] == [
-        (ItemState.SUCCEEDED, 1, "a"),
-        (ItemState.SUCCEEDED, 1, "b"),
-    ]
+    assert [(i.state, i.result) for i in items] == [(ItemState.SUCCEEDED, key) for key in keys]
+    if not (grouped and lands):
+        assert all(i.attempt == 1 for i in items)
+    # (A group whose reply was lost had claimed the next items: they waited for their
+    # leases to lapse, and ran once, in their second attempt.)
     assert any("could not write its outcome" in r.getMessage() for r in caplog.records)
 
 

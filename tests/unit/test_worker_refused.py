@@ -81,7 +81,26 @@ async def test_a_worker_does_not_wait_out_a_lasting_refusal_of_an_outcome() -> N
         raise _refusal()
 
     storage.before["finish"] = refuse
-    worker = Worker(storage, _noop, poll_interval=0.02, exit_when_idle=True)  # type: ignore[arg-type]
+    worker = Worker(storage, _noop, poll_interval=0.02, exit_when_idle=True, group_commit=0)  # type: ignore[arg-type]
     with anyio.fail_after(5), pytest.raises(StorageError, match="WRONGTYPE"):
         await worker.run()
     assert (await storage.get_batch(batch.id)).counts[ItemState.RUNNING] == 1
+
+
+async def test_a_worker_does_not_wait_out_a_lasting_refusal_of_a_group() -> None:
+    # The same refusal of a group's write: each outcome is written alone once (the work
+    # is done), the refusal stops the worker, and nothing stays held.
+    storage = CountingStorage()
+    batch = await BatchRunner(storage, _noop).submit(["a", "b", "c", "d"])
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise _refusal()
+
+    storage.before["finish_group"] = refuse
+    worker = Worker(storage, _noop, poll_interval=0.02, exit_when_idle=True)  # type: ignore[arg-type]
+    with anyio.fail_after(5), pytest.raises(StorageError, match="WRONGTYPE"):
+        await worker.run()
+    assert storage.calls["finish_group"] >= 1
+    counts = (await storage.get_batch(batch.id)).counts
+    assert counts[ItemState.RUNNING] == 0, counts
+    assert counts[ItemState.SUCCEEDED] + counts[ItemState.QUEUED] == 4

@@ -333,10 +333,16 @@ class MemoryStorage(AsyncContext):
                 if found is not None:
                     self._end_attempt(*found, outcome, now)
                 accepted.append(found is not None)
-            request = ClaimRequest(lease_seconds, batch_ids=(batch_id,))
+            # Claimed for ever first, so that a lease that lapses at once does not make
+            # an item of this group claimable again by the next claim of the group.
+            request = ClaimRequest(math.inf, batch_ids=(batch_id,))
             claims: list[Claim] = []
             while len(claims) < claim and (one := self._claim(request, now)) is not None:
                 claims.append(one)
+            if claims:
+                items = self._batches[batch_id].items
+                for one in claims:
+                    items[one.position].deadline = now + lease_seconds
             return GroupResult(accepted=accepted, claims=claims)
 
     async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:

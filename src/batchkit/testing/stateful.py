@@ -29,7 +29,7 @@ from ..codec import dumps, loads
 from ..history import History, errors_of
 from ..ids import new_batch_id
 from ..models import TERMINAL_ITEM_STATES, ItemError, ItemState
-from ..protocols import ClaimRequest, NewBatch, NewItem, Outcome
+from ..protocols import ClaimRequest, GroupCommitter, NewBatch, NewItem, Outcome
 from ..status import derive_state, item_from_record, recount, status_from_record
 from ._shared import LONG, all_items, counts_of
 
@@ -399,6 +399,64 @@ class StorageStateMachine(RuleBasedStateMachine):
             self._check_claim(request, answer.claim)
         else:
             assert answer.claim is None
+
+    @precondition(lambda self: isinstance(self.storage, GroupCommitter) and bool(self.batches))
+    @rule(
+        data=st.data(),
+        results=st.lists(_JSON, max_size=4),
+        claim=st.integers(0, 3),
+        lease_seconds=_LEASES,
+        with_history=st.booleans(),
+    )
+    def finish_group(
+        self,
+        data: st.DataObject,
+        results: list[Any],
+        claim: int,
+        lease_seconds: float,
+        with_history: bool,
+    ) -> None:
+        """End some current attempts of one batch as succeeded (maybe with a stale lease
+        among them), then claim up to ``claim`` of its items, in one step."""
+        batch_id = data.draw(st.sampled_from(sorted(self.batches)), label="batch")
+        current = [lease for lease in self._current() if lease.batch_id == batch_id]
+        stale = [lease for lease in self._stale() if lease.batch_id == batch_id]
+        leases = data.draw(
+            st.lists(st.sampled_from(current + stale), unique=True, max_size=len(results))
+            if current or stale
+            else st.just([]),
+            label="leases",
+        )
+        outcomes = [
+            _outcome("succeeded", lease, result, 0.0, False, with_history)
+            for lease, result in zip(leases, results, strict=False)
+        ]
+        storage: Any = self.storage
+        done = self._portal.call(
+            lambda: storage.finish_group(
+                batch_id,
+                list(zip(leases, outcomes, strict=False)),
+                claim=claim,
+                lease_seconds=lease_seconds,
+            )
+        )
+        batch = self.batches[batch_id]
+        for lease, outcome, accepted in zip(leases, outcomes, done.accepted, strict=True):
+            assert accepted == self._is_current(lease), (lease, accepted)
+            if accepted:
+                self._end(batch, batch.item(lease.key), outcome)
+        assert len(done.claims) <= claim
+        request = ClaimRequest(lease_seconds=lease_seconds, batch_ids=(batch_id,))
+        held = []
+        for n in range(claim):
+            self._check_claim(request, done.claims[n] if n < len(done.claims) else None)
+            if n >= len(done.claims):
+                break
+            # Within the group, an item claimed is not claimable again, lapsed or not.
+            held.append(batch.item(done.claims[n].lease.key))
+            held[-1].expired = False
+        for item in held:
+            item.expired = lease_seconds <= 0
 
     @precondition(lambda self: bool(self._stale()))
     @rule(

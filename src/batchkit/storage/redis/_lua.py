@@ -580,13 +580,26 @@ if #held > 0 then
     out[n + 4], out[n + 5] = rec[ATTEMPT], rec[HISTORY] or false
   end
 else
+  -- A lease that lapses at once would make an item of this group claimable again by the
+  -- group's next claim: such claims hold for an hour until the group has claimed.
   local lease = tonumber(ARGV[3])
+  local first = lease > 0 and lease or 3600
+  local claimed = {}
   for _ = 1, tonumber(ARGV[5]) do
-    local claim = claim_here(lease, token, t)
+    local claim = claim_here(first, token, t)
     out[2] = claim[1]
     if claim[1] ~= 1 then break end
     local n = #out
     for f = 2, 6 do out[n + f - 1] = claim[f] end
+    claimed[#claimed + 1] = claim[3]
+  end
+  if first ~= lease then
+    for _, pos in ipairs(claimed) do
+      local rec = load(pos)
+      rec[DEADLINE] = t + lease
+      save(pos, rec)
+      redis.call('ZADD', RUNNING, fmt(t + lease), pos)
+    end
   end
 end
 flush()

@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ...codec import loads, same_json
 from ...models import ItemState
-from ...protocols import BatchRecord, ItemRecord
+from ...protocols import BatchRecord, Claim, GroupResult, ItemRecord, Lease
 from .._base import last_one
 
 if TYPE_CHECKING:
-    from ...protocols import MetadataFilter
+    from collections.abc import Sequence
 
-__all__ = ["ITEM_FIELDS", "matches", "text", "to_item", "to_record", "ts"]
+    from ...protocols import MetadataFilter, Outcome
+
+__all__ = ["ITEM_FIELDS", "matches", "text", "to_group", "to_item", "to_record", "ts"]
 
 #: Batches whose metadata one storage keeps decoded (metadata never changes).
 _METADATA_KEPT = 10_000
@@ -113,6 +115,29 @@ def to_item(batch_id: str, reply: list[Any]) -> ItemRecord:
 _STATES = {state.value: state for state in ItemState}
 _time = datetime.fromtimestamp
 _MICROS = 1_000_000
+
+
+def to_group(
+    batch_id: str, token: str, succeeded: Sequence[tuple[Lease, Outcome]], reply: list[Any]
+) -> GroupResult:
+    """FINISH_GROUP's reply: whether each success was written, then the claims it made."""
+    accepted = []
+    for (lease, outcome), found in zip(succeeded, reply[2:], strict=False):
+        if isinstance(found, list):  # tried again: did an earlier try land?
+            accepted.append(outcome.landed(lease, text(found[0]), int(found[1])))
+        else:
+            accepted.append(bool(found))
+    fields = reply[2 + len(succeeded) :]
+    claims = [
+        Claim(
+            lease=Lease(batch_id, text(key), token, int(attempt)),
+            position=int(position),
+            payload=loads(text(payload)),
+            history=None if history is None else text(history),
+        )
+        for key, position, payload, attempt, history in zip(*[iter(fields)] * 5, strict=True)
+    ]
+    return GroupResult(accepted=accepted, claims=claims)
 
 
 def _utc(micros: int) -> datetime:

@@ -40,7 +40,7 @@ from .._base import validate_prefix as _validate_prefix
 from .._doubt import ClaimsInDoubt
 from . import _cluster, _lua
 from ._index import PAGE, IndexedBatches
-from ._records import ITEM_FIELDS, matches, text, to_item, to_record
+from ._records import ITEM_FIELDS, matches, text, to_group, to_item, to_record
 from ._subscription import subscribe, work_flag
 from ._wire import Lanes, bulk, classify, client_secrets, evalsha
 
@@ -655,26 +655,9 @@ class RedisStorage(IndexedBatches, AsyncContext):
             return self._hot("FINISH_GROUP", batch_id, *args[:3], again, *args[3:])
 
         reply = await self._call(call)
-        finished, code = reply[0], reply[1]
-        accepted = []
-        for (lease, outcome), found in zip(succeeded, reply[2:], strict=False):
-            if isinstance(found, list):  # tried again: did an earlier try land?
-                accepted.append(outcome.landed(lease, text(found[0]), int(found[1])))
-            else:
-                accepted.append(bool(found))
-        if finished or code == 3:
+        if reply[0] or reply[1] == 3:  # finished now, or found finished
             await self._call(lambda: self._finished(batch_id))
-        fields = reply[2 + len(succeeded) :]
-        claims = [
-            Claim(
-                lease=Lease(batch_id, text(key), token, int(attempt)),
-                position=int(position),
-                payload=loads(text(payload)),
-                history=None if history is None else text(history),
-            )
-            for key, position, payload, attempt, history in zip(*[iter(fields)] * 5, strict=True)
-        ]
-        return GroupResult(accepted=accepted, claims=claims)
+        return to_group(batch_id, token, succeeded, reply)
 
     async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""

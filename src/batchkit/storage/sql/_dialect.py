@@ -23,7 +23,7 @@ from ._connector import Result
 from ._faults import FaultRules
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         Claim,
         ClaimRequest,
         FinishResult,
+        GroupResult,
         Lease,
         NewBatch,
         Outcome,
@@ -196,6 +197,18 @@ class Dialect(FaultRules):
     ) -> Callable[[], Awaitable[FinishResult]] | None:
         """One try of a finish with its next claim in a way of this dialect's own, or
         `None`: the storage's steps do it (`SQLStorage.finish`)."""
+        return None
+
+    def group_at_once(
+        self,
+        batch_id: str,
+        succeeded: Sequence[tuple[Lease, Outcome]],
+        claim: int,
+        lease_seconds: float,
+        token: str,
+    ) -> Callable[[], Awaitable[GroupResult]] | None:
+        """The first try of a group (`SQLStorage.finish_group`) in one statement of this
+        dialect's own, or `None`: the storage's steps do it (and every try made again)."""
         return None
 
     def claim_at_once(

@@ -13,6 +13,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
+    exists,
     false,
     func,
     literal,
@@ -30,7 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ...codec import loads
 from ...exceptions import InvalidStorageURL, StorageError
-from ...protocols import BatchInfo, Claim, FinishResult, Lease
+from ...protocols import BatchInfo, Claim, FinishResult, GroupResult, Lease
 from ._dialect import Dialect, fitted
 from ._faults import sqlstate
 from ._listen import QUIET_FOR, WORK
@@ -39,7 +41,7 @@ from ._rows import batch_row, tag_rows
 from ._statements import SENT_ANYWHERE, C, F, Q, R, S
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -356,6 +358,163 @@ class PostgresDialect(Dialect):
         return lambda: self._attempt(
             lambda via: self._finish_and_claim(via, lease, outcome, request, sent)
         )
+
+    # -- a group in one statement ------------------------------------------------------------
+
+    def group_at_once(
+        self,
+        batch_id: str,
+        succeeded: Sequence[tuple[Lease, Outcome]],
+        claim: int,
+        lease_seconds: float,
+        token: str,
+    ) -> Callable[[], Awaitable[GroupResult]] | None:
+        return lambda: self._attempt(
+            lambda via: self._group(via, batch_id, succeeded, claim, lease_seconds, token)
+        )
+
+    async def _group(
+        self,
+        via: Any,
+        batch_id: str,
+        succeeded: Sequence[tuple[Lease, Outcome]],
+        claim: int,
+        lease_seconds: float,
+        token: str,
+    ) -> GroupResult:
+        # ONE statement (one round trip, one commit) for the whole group: the successes
+        # arrive as arrays, one element per item.
+        now = self.connector.now()
+        loud = self.loud(batch_id, now)
+        stmt = self.connector.stmt(
+            ("pg_group", claim, loud), lambda: self._build_group(claim, loud)
+        )
+        params = {
+            "b_id": batch_id,
+            "b_now": now,
+            "b_token": token,
+            "b_deadline": now + lease_seconds,
+            "g_keys": [lease.key for lease, _ in succeeded],
+            "g_tokens": [lease.token for lease, _ in succeeded],
+            "g_results": [outcome.result for _, outcome in succeeded],
+            "g_histories": [outcome.history for _, outcome in succeeded],
+        }
+        rows = await self._all(via, stmt, params)
+        done = set(zip(rows[0][0] or (), rows[0][1] or (), strict=True)) if rows else set()
+        claims = [
+            Claim(
+                lease=Lease(batch_id, key, token, attempt),
+                position=position,
+                payload=loads(payload),
+                history=history,
+            )
+            for _, _, key, payload, attempt, position, history, _ in rows
+            if key is not None
+        ]
+        claims.sort(key=lambda c: c.position)
+        accepted = [(lease.key, lease.token) in done for lease, _ in succeeded]
+        return GroupResult(accepted=accepted, claims=claims)
+
+    def _build_group(self, n: int, loud: bool) -> Any:
+        """The group statement: the successes' UPDATE (from the arrays), the claims' SELECT
+        and SET, the counters' SET, each a data-modifying CTE of one statement (as `_build`)."""
+        sql = self.statements
+        i, b = sql.tables.items, sql.tables.batches
+        texts = ARRAY(Text)
+        arrays = [
+            cast(bindparam(f"g_{name}"), texts)
+            for name in ("keys", "tokens", "results", "histories")
+        ]
+        given = (
+            func.unnest(*arrays)
+            .table_valued("key", "token", "result", "history")
+            .render_derived(name="g")
+        )
+        v = select(given.c.key, given.c.token, given.c.result, given.c.history).cte("v")
+        now: Any = bindparam("b_now")
+        finished = (
+            i.update()
+            .where(
+                i.c.batch_id == bindparam("b_id"),
+                i.c.key == v.c.key,
+                i.c.token == v.c.token,
+                i.c.state == R,
+            )
+            .values(
+                state=S,
+                active=0,
+                claimable_at=None,
+                token=None,
+                finished_at=now,
+                updated_at=now,
+                history=func.coalesce(v.c.history, i.c.history),
+                result=v.c.result,
+                progress=1.0,
+                error=None,
+            )
+            .returning(i.c.key, v.c.token.label("given"))  # (the item's token is cleared)
+            .cte("f")
+        )
+        claimable = (
+            sql.claim_select("one")
+            .with_only_columns(i.c.batch_id, i.c.position, i.c.state)
+            .where(
+                ~i.c.cancel_requested,
+                # The items this statement finishes (every CTE sees the table before it);
+                # an item given under a stale lease is claimable as ever.
+                ~exists().where(v.c.key == i.c.key, v.c.token == i.c.token),
+            )
+            .limit(n)
+            .cte("c")
+        )
+        claimed = (
+            i.update()
+            .where(i.c.batch_id == claimable.c.batch_id, i.c.position == claimable.c.position)
+            .values(**sql.claim_values(i.c.attempt + 1))
+            .returning(
+                i.c.key,
+                i.c.payload,
+                i.c.attempt,
+                i.c.position,
+                i.c.history,
+                claimable.c.state.label("old_state"),
+            )
+            .cte("u")
+        )
+
+        def count(cte: Any, *where: Any) -> Any:
+            return select(func.count()).select_from(cte).where(*where).scalar_subquery()
+
+        done, started, claims = (
+            count(finished),
+            count(claimed, claimed.c.old_state == Q),
+            count(claimed),
+        )
+        values = sql.counter_values(
+            [(Q, "-", started), (R, "-", done), (R, "+", started), (S, "+", done)],
+            finishing=done,
+            now=now,
+            started=claims > 0,
+        )
+        counters = self.with_notify(
+            b.update()
+            .where(b.c.id == bindparam("b_id"), or_(done > 0, claims > 0))
+            .ordered_values(*values),
+            b.c.id,
+            only_if=None if loud else sql.ended(now),
+        ).cte("b")
+        keys = select(func.array_agg(finished.c.key)).scalar_subquery()
+        tokens = select(func.array_agg(finished.c.given)).scalar_subquery()
+        return select(
+            keys.label("done"),
+            tokens.label("done_tokens"),
+            claimed.c.key,
+            claimed.c.payload,
+            claimed.c.attempt,
+            claimed.c.position,
+            claimed.c.history,
+            select(func.count()).select_from(counters).scalar_subquery(),
+        ).select_from(select(literal(1).label("one")).subquery().outerjoin(claimed, true()))
 
     # -- a claim in one statement ------------------------------------------------------------
 

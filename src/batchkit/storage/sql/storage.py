@@ -19,7 +19,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from ..._secrets import redact, unparsable
-from ...codec import loads
 from ...exceptions import (
     BatchNotFound,
     InvalidStorageURL,
@@ -45,6 +44,7 @@ from .._base import AsyncContext, Fault, check_group, refuse_synchronous_driver,
 from .._bell import Bell, bell
 from .._doubt import ClaimsInDoubt
 from ._asyncpg import AsyncpgDialect
+from ._claim import claim_steps
 from ._connector import ConnectionSettings, Connector
 from ._dialect import Dialect
 from ._faults import DriverFault, is_driver_error, is_duplicate
@@ -521,63 +521,7 @@ class SQLStorage(AsyncContext):
     def _claim(
         self, request: ClaimRequest, pending: PendingClaim, owed: list[Owed]
     ) -> Steps[Claim | None]:
-        if request.batch_ids is not None and not request.batch_ids:
-            return None
-        sql = self._sql
-        if pending.sent_in is not None:
-            # An earlier try of this claim sent its UPDATE and then lost the connection: if
-            # it committed, the item is this claim's, not a stray running until its lease
-            # lapses (one lease of delay, and an attempt counted for nothing). It is the
-            # batch's running item holding the claim's token.
-            batch_id = pending.sent_in
-            found = sql.claim_found()
-            row = (yield (found, {"b_id": batch_id, "b_token": pending.token})).first()
-            if row is not None:
-                return Claim(
-                    lease=Lease(batch_id, row.key, pending.token, row.attempt),
-                    position=row.position,
-                    payload=loads(row.payload),
-                    history=row.history,
-                )
-            pending.sent_in = None
-        query, params = sql.claim_query(request)
-        update = sql.claim_update()
-        for _ in range(64):
-            now = self._now()
-            row = (yield query, {**params, "b_now": now}).first()
-            if row is None:
-                return None
-            batch_id, position = row.batch_id, row.position
-            if row.cancel_requested:
-                # A crashed runner's item in a cancelled batch: it ends cancelled.
-                yield sql.terminal_at(C), {"b_id": batch_id, "b_pos": position, "b_now": now}
-                yield from sql.bump(batch_id, R, C, now)
-                continue
-            token = pending.token
-            attempt = row.attempt + 1
-            pending.sent_in = batch_id
-            yield (
-                update,
-                {
-                    "b_id": batch_id,
-                    "b_pos": position,
-                    "b_attempt": attempt,
-                    "b_token": token,
-                    "b_deadline": now + request.lease_seconds,
-                    "b_now": now,
-                },
-            )
-            if row.state == Q:
-                yield from sql.claimed(batch_id, now, owed)
-            else:
-                yield from sql.touch(batch_id, now)
-            return Claim(
-                lease=Lease(batch_id, row.key, token, attempt),
-                position=position,
-                payload=loads(row.payload),
-                history=row.history,
-            )
-        return None
+        return claim_steps(self._sql, self._now, request, pending, owed)
 
     async def heartbeat(self, lease: Lease, *, lease_seconds: float) -> LeaseStatus:
         """Extend a current lease (see `Storage.heartbeat`)."""
@@ -685,11 +629,12 @@ class SQLStorage(AsyncContext):
         """End several attempts and claim the batch's next items in one transaction (see
         `GroupCommitter.finish_group` and `_group`)."""
         check_group(batch_id, succeeded, claim)
+        if not self._opened:
+            await self.open()
         token, tries = new_token(), 0
+        at_once = self._dialect.group_at_once(batch_id, succeeded, claim, lease_seconds, token)
 
         def steps() -> Steps[GroupResult]:
-            nonlocal tries
-            tries += 1
             return group_steps(
                 self._sql,
                 batch_id,
@@ -701,7 +646,14 @@ class SQLStorage(AsyncContext):
                 again=tries > 1,
             )
 
-        return await self._write(steps)
+        async def attempt() -> GroupResult:
+            nonlocal tries
+            tries += 1
+            if tries == 1 and at_once is not None:
+                return await at_once()
+            return await self._dialect.write(steps)
+
+        return await self._retrying(attempt, write=True)
 
     async def cancel_batch(self, batch_id: str, *, reason: str | None = None) -> BatchRecord:
         """Request a batch's cancel (see `Storage.cancel_batch`)."""
