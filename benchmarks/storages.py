@@ -165,7 +165,8 @@ class _Counter:
     ``COMMIT`` included), whichever way it was sent. PostgreSQL and MySQL/MariaDB: each
     statement sent through SQLAlchemy (the ``BEGIN`` and ``COMMIT`` a driver sends by
     itself are not counted) and each one the storage sends to the driver directly: to
-    asyncpg (seen by wrapping asyncpg's ``Connection.fetchrow`` while counting) or to
+    asyncpg (seen by wrapping asyncpg's ``Connection.fetchrow`` and ``fetch`` while
+    counting) or to
     asyncmy (the storage's ``_mysql._execute``).
     """
 
@@ -196,16 +197,22 @@ class _Counter:
         if self._dialect == "postgresql":
             import asyncpg
 
-            fetchrow = asyncpg.Connection.fetchrow
+            fetchrow, fetch = asyncpg.Connection.fetchrow, asyncpg.Connection.fetch
 
             async def counted(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
                 self._on_statement()
                 return await fetchrow(conn, query, *args, **kwargs)
 
+            async def counted_all(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+                self._on_statement()
+                return await fetch(conn, query, *args, **kwargs)
+
             asyncpg.Connection.fetchrow = counted  # type: ignore[method-assign]
+            asyncpg.Connection.fetch = counted_all  # type: ignore[method-assign]
 
             def restore() -> None:
                 asyncpg.Connection.fetchrow = fetchrow  # type: ignore[method-assign]
+                asyncpg.Connection.fetch = fetch  # type: ignore[method-assign]
 
         mysql = sys.modules.get("batchkit.storage.sql._mysql")
         if self._dialect in ("mysql", "mariadb") and hasattr(mysql, "_execute"):

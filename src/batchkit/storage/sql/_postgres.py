@@ -441,16 +441,7 @@ class PostgresDialect(Dialect):
                 i.c.state == R,
             )
             .values(
-                state=S,
-                active=0,
-                claimable_at=None,
-                token=None,
-                finished_at=now,
-                updated_at=now,
-                history=func.coalesce(v.c.history, i.c.history),
-                result=v.c.result,
-                progress=1.0,
-                error=None,
+                **sql.succeeded_values(now, v.c.result, func.coalesce(v.c.history, i.c.history))
             )
             .returning(i.c.key, v.c.token.label("given"))  # (the item's token is cleared)
             .cte("f")

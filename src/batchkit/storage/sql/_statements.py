@@ -414,6 +414,63 @@ class Statements:
 
     # -- group commit (`_group`) -----------------------------------------------------------
 
+    def group_held(self) -> Any:
+        """The SELECT (locking them) of batch ``b_id``'s running items among ``g_keys``:
+        their tokens tell which leases of a group are current."""
+        i = self.tables.items
+        return self._connector.stmt(
+            "group_held",
+            lambda: (
+                select(i.c.key, i.c.token)
+                .where(
+                    i.c.batch_id == bindparam("b_id"),
+                    i.c.state == R,
+                    i.c.key.in_(bindparam("g_keys", expanding=True)),
+                )
+                .with_for_update()
+            ),
+        )
+
+    def group_finish(self, n: int) -> Any:
+        """The UPDATE ending ``n`` running items of batch ``b_id`` as succeeded at ``f_now``:
+        item ``j`` is key ``g_k<j>``, with result ``g_r<j>`` and history ``g_h<j>`` (`None`
+        keeps it). Their leases were found current by `group_held`, in this transaction."""
+
+        def build() -> Any:
+            i = self.tables.items
+            keys: list[Any] = [bindparam(f"g_k{j}") for j in range(n)]
+
+            def per_item(name: str) -> Any:
+                whens = [
+                    (i.c.key == keys[j], bindparam(f"g_{name}{j}", type_=Text)) for j in range(n)
+                ]
+                return case(*whens)
+
+            history = func.coalesce(per_item("h"), i.c.history)
+            return (
+                i.update()
+                .where(i.c.batch_id == bindparam("b_id"), i.c.state == R, i.c.key.in_(keys))
+                .values(**self.succeeded_values(bindparam("f_now"), per_item("r"), history))
+            )
+
+        return self._connector.stmt(("group_finish", n), build)
+
+    @staticmethod
+    def succeeded_values(now: Any, result: Any, history: Any) -> dict[str, Any]:
+        """What a group's success sets on its item (`group_finish`, and PostgreSQL's)."""
+        return {
+            "state": S,
+            "active": 0,
+            "claimable_at": None,
+            "token": None,
+            "finished_at": now,
+            "updated_at": now,
+            "result": result,
+            "history": history,
+            "progress": 1.0,
+            "error": None,
+        }
+
     def group_claim_select(self, n: int) -> Any:
         """The SELECT of batch ``b_id``'s next ``n`` claimable items at ``b_now`` (those
         of a batch whose cancel was requested are left to `SQLStorage.claim`)."""
