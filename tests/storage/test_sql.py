@@ -971,7 +971,9 @@ async def _check_shared_run(
     assert [item.key for item in items] == keys
     for item in items:
         assert item.state is ItemState.SUCCEEDED
-        assert item.attempt == 1
+        # Ran once (above); an attempt more for each time a runner claimed it ahead and
+        # handed it back unrun when an item before it ran past the group's window.
+        assert item.attempt >= 1
         assert item.result == {"pid": runs[item.key][0][0]}
     status = await BatchRunner(storage, _noop).status(batch_id)
     assert status.state is BatchState.COMPLETED
