@@ -1,6 +1,6 @@
 """Real worker processes on real stores, hurt on purpose: nothing may be lost.
 
-* SIGKILL: a worker is killed at random moments 20 times and started again (10 times with
+* SIGKILL: a worker is killed at random moments 20 times and started again (5 times with
   quick items, written in groups).
 * Connection drop: the store's server drops every connection while a worker runs.
 * Race: four workers on one 5,000-item batch.
@@ -75,7 +75,7 @@ def _hooks_of(workers: Workers, batch: Batch) -> list[str]:
         pytest.param(KILLS, 500, 0.1, id="20-kills"),
         # Items of 1 ms: each slot writes several successes at once and claims ahead (group
         # commit), so that a kill finds outcomes owed and items held unstarted.
-        pytest.param(10, 20_000, 0.001, id="10-kills-grouped"),
+        pytest.param(5, 10_000, 0.001, id="5-kills-grouped"),
         pytest.param(
             200,
             10_000,
