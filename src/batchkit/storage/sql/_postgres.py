@@ -415,6 +415,34 @@ class PostgresDialect(Dialect):
         accepted = [(lease.key, lease.token) in done for lease, _ in succeeded]
         return GroupResult(accepted=accepted, claims=claims)
 
+    def _claimed(self, passing_over: Any, n: int) -> Any:
+        """The CTEs claiming batch ``b_id``'s next ``n`` claimable items but those
+        ``passing_over`` excludes (and those of a cancelled batch): the SELECT, and the SET
+        returning each item's columns and its state before (``old_state``)."""
+        sql = self.statements
+        i = sql.tables.items
+        claimable = (
+            sql.claim_select("one")
+            .with_only_columns(i.c.batch_id, i.c.position, i.c.state)
+            .where(~i.c.cancel_requested, passing_over)
+            .limit(n)
+            .cte("c")
+        )
+        return (
+            i.update()
+            .where(i.c.batch_id == claimable.c.batch_id, i.c.position == claimable.c.position)
+            .values(**sql.claim_values(i.c.attempt + 1))
+            .returning(
+                i.c.key,
+                i.c.payload,
+                i.c.attempt,
+                i.c.position,
+                i.c.history,
+                claimable.c.state.label("old_state"),
+            )
+            .cte("u")
+        )
+
     def _build_group(self, n: int, loud: bool) -> Any:
         """The group statement: the successes' UPDATE (from the arrays), the claims' SELECT
         and SET, the counters' SET, each a data-modifying CTE of one statement (as `_build`)."""
@@ -446,40 +474,15 @@ class PostgresDialect(Dialect):
             .returning(i.c.key, v.c.token.label("given"))  # (the item's token is cleared)
             .cte("f")
         )
-        claimable = (
-            sql.claim_select("one")
-            .with_only_columns(i.c.batch_id, i.c.position, i.c.state)
-            .where(
-                ~i.c.cancel_requested,
-                # The items this statement finishes (every CTE sees the table before it);
-                # an item given under a stale lease is claimable as ever.
-                ~exists().where(v.c.key == i.c.key, v.c.token == i.c.token),
-            )
-            .limit(n)
-            .cte("c")
-        )
-        claimed = (
-            i.update()
-            .where(i.c.batch_id == claimable.c.batch_id, i.c.position == claimable.c.position)
-            .values(**sql.claim_values(i.c.attempt + 1))
-            .returning(
-                i.c.key,
-                i.c.payload,
-                i.c.attempt,
-                i.c.position,
-                i.c.history,
-                claimable.c.state.label("old_state"),
-            )
-            .cte("u")
-        )
-
-        def count(cte: Any, *where: Any) -> Any:
-            return select(func.count()).select_from(cte).where(*where).scalar_subquery()
+        # Passed over: the items this statement finishes (every CTE sees the table before
+        # it); an item given under a stale lease is claimable as ever.
+        finishing = exists().where(v.c.key == i.c.key, v.c.token == i.c.token)
+        claimed = self._claimed(~finishing, n)
 
         done, started, claims = (
-            count(finished),
-            count(claimed, claimed.c.old_state == Q),
-            count(claimed),
+            _count(finished),
+            _count(claimed, claimed.c.old_state == Q),
+            _count(claimed),
         )
         values = sql.counter_values(
             [(Q, "-", started), (R, "-", done), (R, "+", started), (S, "+", done)],
@@ -676,34 +679,12 @@ class PostgresDialect(Dialect):
         sql = self.statements
         i, b = sql.tables.items, sql.tables.batches
         finished = sql.finish_update(state).returning(i.c.batch_id).cte("f")
-        claimable = (
-            sql.claim_select("one")
-            .with_only_columns(i.c.batch_id, i.c.position, i.c.state)
-            .where(~i.c.cancel_requested, i.c.key != bindparam("l_key"))
-            .cte("c")
-        )
-        claimed = (
-            i.update()
-            .where(i.c.batch_id == claimable.c.batch_id, i.c.position == claimable.c.position)
-            .values(**sql.claim_values(i.c.attempt + 1))
-            .returning(
-                i.c.key,
-                i.c.payload,
-                i.c.attempt,
-                i.c.position,
-                i.c.history,
-                claimable.c.state.label("old_state"),
-            )
-            .cte("u")
-        )
-
-        def count(cte: Any, *where: Any) -> Any:
-            return select(func.count()).select_from(cte).where(*where).scalar_subquery()
+        claimed = self._claimed(i.c.key != bindparam("l_key"), 1)
 
         n = select(
-            count(finished).label("done"),
-            count(claimed, claimed.c.old_state == Q).label("started"),
-            count(claimed).label("claimed"),
+            _count(finished).label("done"),
+            _count(claimed, claimed.c.old_state == Q).label("started"),
+            _count(claimed).label("claimed"),
         ).cte("n")
         # n's one row is read through subqueries: an UPDATE ... FROM n would be a join
         # without a condition, which SQLAlchemy warns of.
@@ -767,6 +748,11 @@ class PostgresDialect(Dialect):
                 history=history,
             ),
         )
+
+
+def _count(cte: Any, *where: Any) -> Any:
+    """The number of rows of ``cte`` (meeting ``where``), as a scalar subquery."""
+    return select(func.count()).select_from(cte).where(*where).scalar_subquery()
 
 
 def _claim_of(row: Any, token: str) -> Claim:
