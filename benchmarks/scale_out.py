@@ -5,6 +5,7 @@ Usage::
     python benchmarks/scale_out.py                      # PostgreSQL and Redis
     python benchmarks/scale_out.py --stores postgres,mysql,redis --items 20000
     python benchmarks/scale_out.py --quick              # 4,000 items
+    python benchmarks/scale_out.py --split              # and the items in one batch a worker
 
 For each store and each number of workers it submits one batch of ``--items`` items
 (20,000 by default) whose generator sleeps ``--sleep`` seconds (5 ms: work that waits, as
@@ -16,7 +17,10 @@ start-up does not count. The scaling ratio is the throughput of N workers over t
 one: ideally N, while the store is not the bottleneck. After a store's runs, its ceiling
 (what one connection does per second with nothing of batchkit in the way: pgbench,
 redis-benchmark or a bare driver loop, see ``_ceilings``) is measured, and each run's
-items per second are shown over it too; ``--no-ceilings`` leaves it out.
+items per second are shown over it too; ``--no-ceilings`` leaves it out. ``--split``
+runs each number of workers N above one a second time, on the same items split into N
+batches (each worker has the run of them all, so no two share a batch's rows by design),
+and shows the one batch's throughput over that.
 
 The servers come from ``BATCHKIT_BENCH_POSTGRES_URL``, ``BATCHKIT_BENCH_MYSQL_URL`` and
 ``BATCHKIT_BENCH_REDIS_URL`` (by default the local test servers); one that is not reachable
@@ -77,6 +81,7 @@ class Result:
     workers: int
     items: int
     seconds: float
+    batches: int = 1
 
     @property
     def rate(self) -> float:
@@ -106,19 +111,32 @@ async def _nothing(ctx: object) -> None:
     return None
 
 
-async def _submit(store: str, prefix: str, items: int) -> str:
+async def _submit(store: str, prefix: str, items: int, batches: int) -> list[str]:
+    """Submit ``items`` items, split into ``batches`` batches; their ids."""
+    ids = []
     async with _storage(store, prefix) as storage:
-        batch = await BatchRunner(storage, _nothing).submit([f"item-{n}" for n in range(items)])
-        return batch.id
+        runner = BatchRunner(storage, _nothing)
+        for part in range(batches):
+            keys = [f"item-{n}" for n in range(part, items, batches)]
+            ids.append((await runner.submit(keys)).id)
+    return ids
 
 
-async def _elapsed(store: str, prefix: str, batch_id: str) -> tuple[float, dict[str, int]]:
+async def _elapsed(store: str, prefix: str, batch_ids: list[str]) -> tuple[float, dict[str, int]]:
+    """From the first claim of any of the batches to the last item's end; their counts."""
     async with _storage(store, prefix) as storage:
-        status = await BatchRunner(storage, _nothing).status(batch_id)
-    assert status.started_at is not None, status
-    assert status.finished_at is not None, status
-    counts = {state.value: n for state, n in status.counts.items() if n}
-    return (status.finished_at - status.started_at).total_seconds(), counts
+        runner = BatchRunner(storage, _nothing)
+        statuses = [await runner.status(batch_id) for batch_id in batch_ids]
+    counts: dict[str, int] = {}
+    for status in statuses:
+        assert status.started_at is not None, status
+        assert status.finished_at is not None, status
+        for state, n in status.counts.items():
+            if n:
+                counts[state.value] = counts.get(state.value, 0) + n
+    first = min(s.started_at for s in statuses if s.started_at is not None)
+    last = max(s.finished_at for s in statuses if s.finished_at is not None)
+    return (last - first).total_seconds(), counts
 
 
 async def _drop(store: str, prefix: str) -> None:
@@ -147,15 +165,18 @@ def worker_process(
 WORKER_OPTIONS: list[str] = []
 
 
-def measure(store: str, workers: int, items: int, concurrency: int, sleep: float) -> Result:
-    """One batch of ``items`` run by ``workers`` worker processes."""
+def measure(
+    store: str, workers: int, items: int, concurrency: int, sleep: float, batches: int = 1
+) -> Result:
+    """``items`` items in ``batches`` batches, run by ``workers`` worker processes."""
     prefix = f"bs{secrets.token_hex(3)}" + ("" if store == "redis" else "_")
-    batch_id = anyio.run(_submit, store, prefix, items)
+    batch_ids = anyio.run(_submit, store, prefix, items, batches)
     command, env = worker_process(
         URLS[store],
         prefix,
         "scale_out:generate",
-        *("--batch", batch_id, "--exit-when-idle", "--concurrency", str(concurrency)),
+        *(option for batch_id in batch_ids for option in ("--batch", batch_id)),
+        *("--exit-when-idle", "--concurrency", str(concurrency)),
         *("--poll-interval", "0.05", "--log-level", "WARNING"),
         *WORKER_OPTIONS,
         BATCHKIT_BENCH_SLEEP=repr(sleep),
@@ -168,12 +189,12 @@ def measure(store: str, workers: int, items: int, concurrency: int, sleep: float
         codes = [p.wait(timeout=3_600) for p in processes]
         if codes != [0] * workers:
             raise SystemExit(f"a worker failed: exit codes {codes}")
-        seconds, counts = anyio.run(_elapsed, store, prefix, batch_id)
+        seconds, counts = anyio.run(_elapsed, store, prefix, batch_ids)
         if counts != {ItemState.SUCCEEDED.value: items}:
-            raise SystemExit(f"the batch did not complete: {counts}")
+            raise SystemExit(f"the batches did not complete: {counts}")
     finally:
         anyio.run(_drop, store, prefix)
-    return Result(store, workers, items, seconds)
+    return Result(store, workers, items, seconds, batches)
 
 
 def ceiling_of(store: str) -> Ceiling | None:
@@ -192,20 +213,23 @@ def _table(
     results: list[Result], concurrency: int, sleep: float, ceilings: dict[str, Ceiling | None]
 ) -> str:
     lines = [
-        "| store | workers | items | seconds | items/s | items/s over 1 worker (ideal) "
-        "| items/s over ceiling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| store | workers | batches | items | seconds | items/s | items/s over 1 worker "
+        "(ideal) | one batch over split | items/s over ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     base: dict[str, float] = {}
+    split = {(r.store, r.workers): r.rate for r in results if r.batches > 1}
     for r in results:
-        if r.workers == 1:
+        if r.workers == 1 and r.batches == 1:
             base[r.store] = r.rate
         ratio = r.rate / base[r.store] if r.store in base else float("nan")
         ceiling = ceilings.get(r.store)
         over = "" if ceiling is None else f"{r.rate / ceiling.ops_per_s:.2f}"
+        apart = split.get((r.store, r.workers)) if r.batches == 1 else None
+        against = "" if apart is None else f"{r.rate / apart:.2f}"
         lines.append(
-            f"| {r.store} | {r.workers} | {r.items:,} | {r.seconds:.1f} | {r.rate:,.0f} | "
-            f"{ratio:.2f} ({r.workers}) | {over} |"
+            f"| {r.store} | {r.workers} | {r.batches} | {r.items:,} | {r.seconds:.1f} | "
+            f"{r.rate:,.0f} | {ratio:.2f} ({r.workers}) | {against} | {over} |"
         )
     cpus = os.cpu_count()
     lines.append("")
@@ -235,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4,000 items")
     parser.add_argument("--no-ceilings", action="store_true", help="leave out each store's ceiling")
     parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also run N workers on the same items split into N batches",
+    )
+    parser.add_argument(
         "--group-commit",
         metavar="SECONDS",
         help="the workers' --group-commit (0: each outcome alone); their default if not given",
@@ -252,12 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         if not _reachable(URLS[store]):
             print(f"{store}: not reachable at {URLS[store]}, skipped", file=sys.stderr)
             continue
-        for workers in counts:
+        runs = [(n, 1) for n in counts]
+        if args.split:
+            runs += [(n, n) for n in counts if n > 1]
+        for workers, batches in runs:
             started = time.monotonic()
-            result = measure(store, workers, items, args.concurrency, args.sleep)
+            result = measure(store, workers, items, args.concurrency, args.sleep, batches)
             took = time.monotonic() - started
             print(
-                f"{store}, {workers} worker(s): {result.rate:,.0f} items/s "
+                f"{store}, {workers} worker(s), {batches} batch(es): {result.rate:,.0f} items/s "
                 f"({result.seconds:.1f} s; {took:.0f} s with start-up and set-up)",
                 file=sys.stderr,
                 flush=True,

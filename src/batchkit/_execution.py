@@ -22,7 +22,7 @@ import anyio.lowlevel
 from ._calling import Ended, call_generator, is_async_callable
 from ._errors import STOPPING, cut
 from ._failure_limit import enforce_max_failures
-from ._grouping import Group
+from ._grouping import LEADING, TAKEN, WAITING, WRITTEN, Group, Joining, Joint
 from ._itemlog import items_logger, log_item
 from ._keeper import Keeper, KeeperSettings
 from ._secrets import redact
@@ -126,6 +126,8 @@ class Executor:
         self.stopping: BaseException | None = None
         self.on_stopping: Callable[[], None] | None = None
         self._keepers: set[Keeper] = set()
+        #: Per batch, the successes its slots are writing together (see `Joint`).
+        self._joints: dict[str, Joint] = {}
 
     def running(self) -> list[Lease]:
         """The leases of the items this executor is running now."""
@@ -253,7 +255,11 @@ class Executor:
             if group.ahead:
                 ahead, then_claim = group.ahead.popleft(), None
         try:
-            result = await self._write(lease, outcome, then_claim)
+            if self.group_commit and _shares(lease, outcome, stopping, then_claim):
+                assert then_claim is not None
+                result = await self._joined(lease, outcome, then_claim)
+            else:
+                result = await self._write(lease, outcome, then_claim)
         except BaseException:
             # The work is done: a cancellation arriving mid-write must not lose its
             # outcome (the item would stay running until its lease lapsed). Write it
@@ -338,6 +344,104 @@ class Executor:
                 await self._commit(group, group.owed[0][0].batch_id, 0, self.lease_seconds)
             for claim in ahead:
                 await self.hand_back(claim)
+
+    async def _joined(self, lease: Lease, outcome: Outcome, request: ClaimRequest) -> FinishResult:
+        """Write a success and claim the slot's next item, in its batch's `Joint`: alone
+        when no write of the batch is in flight, else with the others that wait for it."""
+        batch_id = lease.batch_id
+        joint = self._joints.get(batch_id)
+        if joint is None:
+            joint = self._joints[batch_id] = Joint()
+        if not joint.busy:
+            joint.busy = True
+            try:
+                return await self._write(lease, outcome, request)
+            finally:
+                self._pass_on(joint, batch_id)
+        me = Joining(lease, outcome, request)
+        joint.queue.append(me)
+        try:
+            await me.woken.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._leave(joint, me)
+            raise
+        if me.state == LEADING:
+            await self._lead(joint, batch_id)
+        if me.result is not None:
+            return me.result
+        # The joint step failed: each of its successes is written alone (fenced: one the
+        # step did write is refused, then recognised).
+        result = await self._write(lease, outcome, request)
+        if not result.accepted and await self._landed(lease, outcome):
+            result = FinishResult(accepted=True, claim=result.claim)
+        return result
+
+    async def _lead(self, joint: Joint, batch_id: str) -> None:
+        """Write every success waiting in ``joint`` in one step, claiming one item for each.
+
+        Shielded: the slots whose successes it carries wait for it."""
+        members, joint.queue = joint.queue, []
+        for member in members:
+            member.state = TAKEN
+        storage = self.storage
+        assert isinstance(storage, GroupCommitter)  # see group_commit
+        try:
+            with anyio.CancelScope(shield=True):
+                try:
+                    if len(members) == 1:
+                        one = members[0]
+                        one.result = await storage.finish(
+                            one.lease, one.outcome, then_claim=one.request
+                        )
+                    else:
+                        done = await storage.finish_group(
+                            batch_id,
+                            [(m.lease, m.outcome) for m in members],
+                            claim=len(members),
+                            lease_seconds=members[0].request.lease_seconds,
+                        )
+                        claims = iter(done.claims)
+                        for member, accepted in zip(members, done.accepted, strict=True):
+                            member.result = FinishResult(accepted, next(claims, None))
+                except Exception as exc:  # each member writes its success alone
+                    self._log(
+                        logging.WARNING,
+                        "outcome_pending",
+                        members[0].lease,
+                        says=f"could not write {len(members)} successes together, writing "
+                        f"each alone: {redact(str(exc))}",
+                    )
+        finally:
+            self._pass_on(joint, batch_id)
+            for member in members:
+                member.state = WRITTEN
+                member.woken.set()
+
+    def _pass_on(self, joint: Joint, batch_id: str) -> None:
+        """A step of ``joint`` ended: the first success waiting leads the next."""
+        if joint.queue:
+            first = joint.queue[0]
+            first.state = LEADING
+            first.woken.set()
+        else:
+            joint.busy = False
+            if self._joints.get(batch_id) is joint:
+                del self._joints[batch_id]
+
+    async def _leave(self, joint: Joint, me: Joining) -> None:
+        """A slot waiting in ``joint`` is cancelled: its success is left to be written alone
+        (`work`), or, when a step already carries it, that step ends first and the item it
+        claimed for the slot goes back."""
+        if me.state == WAITING:
+            joint.queue.remove(me)
+            return
+        if me.state == LEADING:
+            await self._lead(joint, me.lease.batch_id)
+        elif me.state == TAKEN:
+            await me.woken.wait()
+        if me.result is not None and me.result.claim is not None:
+            await self.hand_back(me.result.claim)
 
     async def _next(self, group: Group | None, then_claim: ClaimRequest | None) -> Claim | None:
         """The next claim after an attempt whose outcome was not this runner's to write."""
@@ -640,6 +744,23 @@ def _joins(
         and not then_claim.metadata
         and (group.size() > 1 or group.pending())
         and (not group.owed or group.owed[0][0].batch_id == lease.batch_id)
+    )
+
+
+def _shares(
+    lease: Lease,
+    outcome: Outcome,
+    stopping: BaseException | None,
+    then_claim: ClaimRequest | None,
+) -> bool:
+    """Whether a success is written in its batch's `Joint`: the slot goes on with the
+    same batch (the step claims its next item there)."""
+    return (
+        outcome.state is ItemState.SUCCEEDED
+        and stopping is None
+        and then_claim is not None
+        and then_claim.batch_ids == (lease.batch_id,)
+        and not then_claim.metadata
     )
 
 

@@ -14,10 +14,12 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .protocols import Claim, Lease, Outcome
+import anyio
 
-__all__ = ["MAX_GROUP", "Group"]
+if TYPE_CHECKING:
+    from .protocols import Claim, ClaimRequest, FinishResult, Lease, Outcome
+
+__all__ = ["LEADING", "MAX_GROUP", "TAKEN", "WAITING", "WRITTEN", "Group", "Joining", "Joint"]
 
 #: At most this many items in one group (outcomes written, or items claimed ahead).
 MAX_GROUP = 16
@@ -75,3 +77,43 @@ class Group:
         ahead = list(self.ahead)
         self.ahead.clear()
         return ahead
+
+
+#: The states of a `Joining`: waiting for the write in flight, told to write the next
+#: joint step (the one in flight ended), taken into a step in flight, written.
+WAITING, LEADING, TAKEN, WRITTEN = range(4)
+
+
+class Joining:
+    """One slot's success, with its next claim, on its way into a `Joint`'s next step."""
+
+    __slots__ = ("error", "lease", "outcome", "request", "result", "state", "woken")
+
+    def __init__(self, lease: Lease, outcome: Outcome, request: ClaimRequest) -> None:
+        self.lease = lease
+        self.outcome = outcome
+        self.request = request
+        self.state = WAITING
+        #: Set once: when the slot must lead the next step, or when its success is written.
+        self.woken = anyio.Event()
+        self.result: FinishResult | None = None
+        self.error: BaseException | None = None
+
+
+class Joint:
+    """Successes of one batch that the slots of one executor write one step at a time.
+
+    The first success writes itself (with its next claim, as a success alone is written);
+    those that end while it is in flight wait, and go together in the next step
+    (`GroupCommitter.finish_group`, claiming one item for each). Nothing waits for a
+    window: a success waits for one step in flight at most, and the more slots end
+    together (a store slow to answer), the more items one commit carries.
+    """
+
+    __slots__ = ("busy", "queue")
+
+    def __init__(self) -> None:
+        #: Whether a step is in flight (or its successor is about to start).
+        self.busy = False
+        #: The successes waiting for the next step, in the order they ended.
+        self.queue: list[Joining] = []

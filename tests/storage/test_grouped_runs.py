@@ -11,7 +11,9 @@ import anyio
 import pytest
 
 from batchkit import BatchRunner, ItemSpec, ItemState, Worker
+from batchkit.exceptions import StorageError
 from batchkit.protocols import GroupCommitter
+from batchkit.status import recount
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -188,6 +190,125 @@ async def test_a_stopped_worker_writes_what_it_owes_and_hands_back_the_rest(
     assert states[ItemState.RUNNING] == 0, states
     assert {i.key for i in items if i.state is ItemState.SUCCEEDED} == set(returned)
     assert states[ItemState.SUCCEEDED] + states[ItemState.QUEUED] == 400
+
+
+def _slowed(storage: Storage, seconds: float) -> None:
+    """Make each write of one outcome take ``seconds`` more, as a busy store's do: slots
+    whose items end while one is in flight then wait for it, and share the next."""
+    real = storage.finish
+
+    async def slow(lease: Any, outcome: Any, **kw: Any) -> Any:
+        await anyio.sleep(seconds)
+        return await real(lease, outcome, **kw)
+
+    storage.finish = slow  # type: ignore[method-assign]
+
+
+async def _check_complete(runner: BatchRunner, batch_id: str, size: int) -> None:
+    status = await runner.status(batch_id)
+    items = await runner.items(batch_id, limit=1000)
+    assert status.counts == recount(item.state for item in items)
+    assert status.counts[ItemState.SUCCEEDED] == size, status.counts
+    assert [item.result for item in items] == [item.key for item in items]
+
+
+async def test_slots_whose_items_end_together_share_their_writes(storage: Storage) -> None:
+    """Items too slow to group within a slot (5 ms against a 2 ms window) still share
+    commits: those that end while a write is in flight go together in the next one."""
+    seen = _count_groups(storage)
+    _slowed(storage, 0.01)
+    started: Counter[str] = Counter()
+
+    async def generate(ctx: ItemContext) -> str:
+        started[ctx.key] += 1
+        await anyio.sleep(0.005)
+        return ctx.key
+
+    runner = BatchRunner(storage, generate, concurrency=8, group_commit=0.002)
+    batch = await runner.submit([ItemSpec(key=f"k{n:03}") for n in range(200)])
+    await runner.run(batch.id)
+    await _check_complete(runner, batch.id, 200)
+    assert set(started.values()) == {1}
+    assert all(item.attempt == 1 for item in await runner.items(batch.id, limit=1000))
+    # Most successes went several to a write.
+    assert seen["outcomes"] >= 100, seen
+    assert seen["outcomes"] >= 2 * seen["calls"], seen
+
+
+async def test_a_run_cancelled_while_successes_wait_together_loses_none(
+    storage: Storage,
+) -> None:
+    """Cancelled with one shared write in flight and more successes waiting for the next:
+    every success is written, every item claimed for a slot goes back, none runs twice."""
+    assert isinstance(storage, GroupCommitter)
+    returned: list[str] = []
+    in_flight = anyio.Event()
+    real_group = storage.finish_group
+
+    async def slow_group(batch_id: str, succeeded: Any, **kw: Any) -> Any:
+        in_flight.set()
+        await anyio.sleep(0.05)
+        return await real_group(batch_id, succeeded, **kw)
+
+    storage.finish_group = slow_group  # type: ignore[method-assign]
+    _slowed(storage, 0.02)
+
+    async def generate(ctx: ItemContext) -> str:
+        await anyio.sleep(0.002)
+        returned.append(ctx.key)
+        return ctx.key
+
+    runner = BatchRunner(storage, generate, concurrency=8, group_commit=0.001)
+    batch = await runner.submit([ItemSpec(key=f"k{n:03}") for n in range(100)])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run, batch.id)
+        await in_flight.wait()
+        await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    items = await runner.items(batch.id, limit=1000)
+    assert {i.key for i in items if i.state is ItemState.SUCCEEDED} == set(returned)
+    assert {i.state for i in items if i.key not in returned} == {ItemState.QUEUED}
+    await runner.run(batch.id)
+    await _check_complete(runner, batch.id, 100)
+    assert sorted(returned) == [f"k{n:03}" for n in range(100)]  # each ran once
+
+
+@pytest.mark.parametrize("lost_reply", [False, True], ids=["failed", "reply-lost"])
+async def test_a_shared_write_that_fails_writes_each_success_alone(
+    storage: Storage, lost_reply: bool
+) -> None:
+    """A shared write that fails (or whose reply is lost after it landed): each of its
+    successes is written again alone; one it did write is recognised, not run again."""
+    assert isinstance(storage, GroupCommitter)
+    real_group = storage.finish_group
+    failed = 0
+
+    async def failing(batch_id: str, succeeded: Any, **kw: Any) -> Any:
+        nonlocal failed
+        if failed < 3:
+            failed += 1
+            if lost_reply:
+                await real_group(batch_id, succeeded, **kw)
+            raise StorageError("the store went away")
+        return await real_group(batch_id, succeeded, **kw)
+
+    storage.finish_group = failing  # type: ignore[method-assign]
+    _slowed(storage, 0.01)
+    started: Counter[str] = Counter()
+
+    async def generate(ctx: ItemContext) -> str:
+        started[ctx.key] += 1
+        await anyio.sleep(0.005)
+        return ctx.key
+
+    # A lost reply's claims are nobody's: they run once their one-second leases lapse.
+    runner = BatchRunner(storage, generate, concurrency=8, group_commit=0.002, lease_seconds=1)
+    batch = await runner.submit([ItemSpec(key=f"k{n:03}") for n in range(100)])
+    with anyio.fail_after(30):
+        await runner.run(batch.id)
+    assert failed == 3
+    await _check_complete(runner, batch.id, 100)
+    assert set(started.values()) == {1}
 
 
 @pytest.mark.parametrize("bad", [-0.001, float("inf"), float("nan"), True, "5ms"])

@@ -422,6 +422,68 @@ async def test_an_outcome_the_store_cannot_take_for_a_while_is_kept_and_written(
     assert any("could not write its outcome" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("lands", [False, True], ids=["write-failed", "reply-lost"])
+async def test_successes_sharing_a_write_outlive_an_outage(
+    caplog: pytest.LogCaptureFixture, lands: bool
+) -> None:
+    """Slots whose items end while a write is in flight share the next one; the store is
+    down for that shared write and for the writes after it, past its own retries. Each
+    success is written alone once the store answers; a shared write that landed though
+    its reply was lost counts as written; no item runs again."""
+    storage = CountingStorage()
+    first = True
+    outage = 4
+    shared: list[int] = []
+    runs: Counter[str] = Counter()
+
+    async def finish(lease: Lease, outcome: Outcome, **kwargs: Any) -> None:
+        nonlocal first, outage
+        if first:  # the first write is slow: the other slots' successes wait for it
+            first = False
+            await anyio.sleep(0.1)
+        elif shared and outage:
+            outage -= 1
+            raise StorageError("Error 111 connecting to 127.0.0.1:6379")
+
+    async def finish_group(batch_id: str, succeeded: Any, **kwargs: Any) -> None:
+        shared.append(len(succeeded))
+        if len(shared) == 1:
+            if lands:
+                await storage.inner.finish_group(batch_id, succeeded, **kwargs)
+            raise StorageError("Error 111 connecting to 127.0.0.1:6379")
+
+    async def generate(ctx: ItemContext) -> str:
+        runs[ctx.key] += 1
+        await anyio.sleep(0.01)
+        return ctx.key
+
+    keys = [f"k{n}" for n in range(12)]
+    batch = await _submitter(storage).submit(keys)
+    storage.before["finish"] = finish
+    storage.before["finish_group"] = finish_group
+    worker = Worker(
+        storage,  # type: ignore[arg-type]
+        generate,
+        concurrency=4,
+        lease_seconds=0.6 if lands else 30,  # a lost reply's claims wait out their leases
+        batch_ids=[batch.id],
+        exit_when_idle=True,
+        group_commit=0.002,
+    )
+    with anyio.fail_after(10):
+        stats = await worker.run()
+    assert shared, "no write was shared"
+    assert shared[0] >= 2, shared
+    assert outage == 0, "the store never went down: the test proved nothing"
+    assert runs == dict.fromkeys(keys, 1), "an item ran again"
+    assert (stats.succeeded, stats.storage_errors) == (len(keys), 0)
+    items = await all_items(_submitter(storage.inner), batch.id)
+    assert [(i.state, i.result) for i in items] == [(ItemState.SUCCEEDED, key) for key in keys]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("could not write" in m and "together" in m for m in messages)
+    assert any("could not write its outcome" in m for m in messages)
+
+
 async def test_retries_happen_on_a_worker_too(storage: MemoryStorage) -> None:
     async def flaky(ctx: ItemContext) -> int:
         if ctx.attempt < 2:

@@ -1,7 +1,7 @@
 """Real worker processes on real stores, hurt on purpose: nothing may be lost.
 
 * SIGKILL: a worker is killed at random moments 20 times and started again (5 times with
-  quick items, written in groups).
+  quick items, written in groups; 3 times with 5 ms items, whose slots share writes).
 * Connection drop: the store's server drops every connection while a worker runs.
 * Race: four workers on one 5,000-item batch.
 * The worker that finished a batch dies before its completion hook has run.
@@ -76,6 +76,9 @@ def _hooks_of(workers: Workers, batch: Batch) -> list[str]:
         # Items of 1 ms: each slot writes several successes at once and claims ahead (group
         # commit), so that a kill finds outcomes owed and items held unstarted.
         pytest.param(5, 10_000, 0.001, id="5-kills-grouped"),
+        # Items of 5 ms on 4 slots: successes that end while a write is in flight share
+        # the next one, so that a kill finds several slots waiting on one write.
+        pytest.param(3, 2_000, 0.005, id="3-kills-shared"),
         pytest.param(
             200,
             10_000,
