@@ -110,10 +110,12 @@ web: $(UV_STAMP)
 	$(SYNC) --inexact --extra sql --extra examples
 	PORT=$(PORT) $(PY) -m examples.fastapi_app
 
-## The studio's pages at a phone's and a desktop's width, in Chromium, into docs/images.
+## The studio's pages at a phone's and a desktop's width, and the dashboard's, in Chromium,
+## into docs/images.
 screenshots: dev-env
 	BATCHKIT_SCREENSHOTS=docs $(PY) -m pytest -p no:cacheprovider -q -n $(TEST_PROCESSES) \
-		tests/examples/fastapi_app/test_browser.py tests/examples/fastapi_app/test_browser_pages.py
+		tests/examples/fastapi_app/test_browser.py tests/examples/fastapi_app/test_browser_pages.py \
+		tests/dashboard/test_browser.py
 
 bench: dev-env
 	$(PY) benchmarks/runner_overhead.py

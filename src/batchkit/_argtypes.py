@@ -91,6 +91,24 @@ def where(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` (``[::1]:9100`` for an IPv6 host): where to listen; the host is
+    127.0.0.1 when not given."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65_535 or (sep and not host):
+        raise argparse.ArgumentTypeError(
+            f"expected [HOST:]PORT (9100, or 0.0.0.0:9100 for every interface), got {text!r}"
+        )
+    return host, number
+
+
 def target(text: str) -> str:
     module, sep, attr = text.partition(":")
     if not sep or not module or not attr:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from ._batch_info import BatchInfoCache
+    from .metrics import Metrics
     from .protocols import Generator, SyncGenerator
     from .retry import RetryPolicy
 
@@ -76,6 +77,7 @@ class Executor:
         group_commit: seconds an item's success may wait to be written with the next ones,
             and the items claimed ahead to start (see `_grouping`); 0 writes each outcome
             alone, as does a storage that is not a `GroupCommitter`.
+        metrics: told of each item's events and of the store's failures outlived.
     """
 
     def __init__(
@@ -94,8 +96,10 @@ class Executor:
         on_event: Callable[[str, Lease], None] | None = None,
         patient: bool = False,
         group_commit: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.storage = storage
+        self.metrics = metrics
         self.group_commit = group_commit if isinstance(storage, GroupCommitter) else 0.0
         self.patient = patient
         self.generator = generator
@@ -199,6 +203,8 @@ class Executor:
                 history = self._note_lost(lease, history, lost)
         if self.on_event is not None:
             self.on_event("started", lease)
+        if self.metrics is not None:
+            self.metrics.item("started")
         retry = self.retry
         stopping: BaseException | None = None
         group = keeper.group
@@ -276,6 +282,7 @@ class Executor:
             if (
                 logging_items
                 or self.on_event is not None
+                or self.metrics is not None
                 or outcome.state is not ItemState.SUCCEEDED
             ):
                 self._ended(lease, outcome, time.monotonic() - started)
@@ -319,6 +326,8 @@ class Executor:
             )
         except BaseException as exc:
             if self.patient and isinstance(exc, StorageError | OSError) and not _refused(exc):
+                if self.metrics is not None:
+                    self.metrics.storage_error(exc)
                 for lease, outcome, elapsed in owed:  # each outlives the outage alone
                     result = await self._write(lease, outcome, None)
                     if not result.accepted and await self._landed(lease, outcome):
@@ -405,6 +414,8 @@ class Executor:
                         for member, accepted in zip(members, done.accepted, strict=True):
                             member.result = FinishResult(accepted, next(claims, None))
                 except Exception as exc:  # each member writes its success alone
+                    if self.metrics is not None:
+                        self.metrics.storage_error(exc)
                     self._log(
                         logging.WARNING,
                         "outcome_pending",
@@ -456,7 +467,11 @@ class Executor:
         if not result.accepted:
             self._log(logging.WARNING, "refused", lease)
             self._event("refused", lease)
-        elif self.on_event is not None or items_logger.isEnabledFor(logging.INFO):
+        elif (
+            self.on_event is not None
+            or self.metrics is not None
+            or items_logger.isEnabledFor(logging.INFO)
+        ):
             self._ended(lease, outcome, elapsed)
 
     async def _write(
@@ -469,6 +484,8 @@ class Executor:
             if not self.patient or _refused(exc):
                 raise
             error = exc
+            if self.metrics is not None:
+                self.metrics.storage_error(exc)
         # The work is done and only its record is missing: running it again after its
         # lease lapsed would cost a whole attempt. Try again until the store answers (the
         # lease fences the write, so one landing late is refused, never doubled); the
@@ -489,6 +506,8 @@ class Executor:
             except (StorageError, OSError) as exc:
                 if _refused(exc):
                     raise  # no try will ever land: the slot's caller hears of it
+                if self.metrics is not None:
+                    self.metrics.storage_error(exc)
                 continue
             if not result.accepted and await self._landed(lease, outcome):
                 result = FinishResult(accepted=True)  # a try whose reply was lost landed
@@ -507,6 +526,8 @@ class Executor:
         """Give a claimed item back to `queued` without running it (a worker stopping)."""
         history = History.decode(claim.history).with_release()
         done = await self.storage.finish(claim.lease, Outcome.released(history=history.encode()))
+        if self.metrics is not None:
+            self.metrics.item("handed_back")
         if done.accepted:
             self._log(logging.INFO, "released", claim.lease)
 
@@ -558,6 +579,8 @@ class Executor:
             event, level = state.value, logging.INFO
         if self.on_event is not None:
             self.on_event(event, lease)
+        if self.metrics is not None:
+            self.metrics.item(event, duration)
         if not items_logger.isEnabledFor(level):
             return
         fields: dict[str, Any] = {"duration": round(duration, 6)}
@@ -588,6 +611,8 @@ class Executor:
     def _event(self, event: str, lease: Lease) -> None:
         if self.on_event is not None:
             self.on_event(event, lease)
+        if self.metrics is not None:
+            self.metrics.item(event)
 
     def _log(
         self, level: int, event: str, lease: Lease, *, says: str | None = None, **fields: Any
@@ -696,6 +721,8 @@ class ExecutorOptions(Protocol):
     def retry(self) -> RetryPolicy | None: ...
     @property
     def group_commit(self) -> float: ...
+    @property
+    def metrics(self) -> Metrics | None: ...
 
 
 def build_executor(
@@ -724,6 +751,7 @@ def build_executor(
         on_event=on_event,
         patient=patient,
         group_commit=options.group_commit,
+        metrics=options.metrics,
     )
 
 

@@ -72,6 +72,17 @@ def check_generator(generator: object) -> None:
         raise TypeError(f"generator must be callable, got {generator!r}")
 
 
+def check_metrics(metrics: object) -> None:
+    """Raise `TypeError` unless ``metrics`` is a `batchkit.metrics.Metrics` or `None`."""
+    from .metrics import Metrics
+
+    if metrics is not None and not isinstance(metrics, Metrics):
+        raise TypeError(
+            f"metrics must be a batchkit.metrics.Metrics (PrometheusMetrics) or None, "
+            f"got {metrics!r}"
+        )
+
+
 def is_filter_value(value: object) -> bool:
     """Whether a metadata filter can compare a top-level key with ``value``: a JSON scalar."""
     return isinstance(value, _SCALARS)

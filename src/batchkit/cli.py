@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import traceback
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +21,7 @@ from ._argtypes import (
     EXIT_OK,
     EXIT_USAGE,
     Parser,
+    address,
     batch_id,
     positive_int,
     seconds,
@@ -28,6 +30,7 @@ from ._argtypes import (
     where,
 )
 from ._console import JSONFormatter, LiveSummary, TextFormatter
+from ._dashboard_command import add_dashboard_command, run_dashboard_command
 from ._operate import COMMANDS, add_commands, run_command
 from ._schema_command import run_schema_command
 from ._secrets import redact, url_secrets
@@ -36,7 +39,9 @@ from .retry import RetryPolicy
 from .worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
+
+    from .metrics import PrometheusMetrics
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "console", "main"]
 
@@ -210,6 +215,15 @@ def build_parser(prog: str = "python -m batchkit") -> argparse.ArgumentParser:
         help="exit once nothing is left to claim (with --batch: once those batches are finished)",
     )
     life.add_argument("--name", help="the worker's name in the log (default: host:pid:xxxx)")
+    out_metrics = worker.add_argument_group("metrics")
+    out_metrics.add_argument(
+        "--metrics-port",
+        metavar="[HOST:]PORT",
+        type=address,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (HOST: 127.0.0.1 unless "
+        "given; 0.0.0.0:PORT for every interface; port 0: any free port, logged); needs "
+        "pip install 'batchkit[metrics]'",
+    )
     out = worker.add_argument_group("output")
     out.add_argument(
         "--log-level",
@@ -234,6 +248,7 @@ def build_parser(prog: str = "python -m batchkit") -> argparse.ArgumentParser:
     )
     live.add_argument("--no-live", dest="live", action="store_false", help="no live summary")
     add_commands(commands)
+    add_dashboard_command(commands)
     return parser
 
 
@@ -262,6 +277,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m batchkit")
         return run_command(args, prog)
     if args.command == "schema":
         return run_schema_command(args, prog)
+    if args.command == "dashboard":
+        return run_dashboard_command(args, prog)
     if args.command != "worker":
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -304,6 +321,15 @@ async def _run_worker(args: argparse.Namespace) -> int:
     except (BatchkitError, ValueError) as exc:
         print(f"python -m batchkit worker: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILED
+    metrics = None
+    if args.metrics_port is not None:
+        try:
+            from .metrics import PrometheusMetrics
+
+            metrics = PrometheusMetrics()
+        except ImportError as exc:
+            print(f"python -m batchkit worker: --metrics-port: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     retry = None
     if args.max_attempts > 1:
         retry = RetryPolicy(
@@ -326,15 +352,51 @@ async def _run_worker(args: argparse.Namespace) -> int:
                 on_batch_finished=hook,
                 exit_when_idle=args.exit_when_idle,
                 name=args.name,
+                metrics=metrics,
             )
-            await _serve(worker, args)
+            await _serve(worker, args, metrics)
     except BatchkitError as exc:
         print(f"python -m batchkit worker: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
-async def _serve(worker: Worker, args: argparse.Namespace) -> None:
+@contextmanager
+def _metrics_server(
+    metrics: PrometheusMetrics | None, where: tuple[str, int] | None
+) -> Iterator[None]:
+    """Serve ``metrics`` on ``where`` (a thread of prometheus_client's) while the block runs."""
+    if metrics is None or where is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    host, port = where
+    try:
+        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise BatchkitError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    bound = server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    logger.info(
+        "metrics on http://%s:%d/metrics",
+        shown,
+        bound,
+        extra={"event": "metrics_served", "host": host, "port": bound},
+    )
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def _serve(
+    worker: Worker, args: argparse.Namespace, metrics: PrometheusMetrics | None
+) -> None:
     live = sys.stderr.isatty() if args.live is None else args.live
     handler: logging.Handler
     handler = LiveSummary(worker) if live else logging.StreamHandler(sys.stderr)
@@ -347,22 +409,31 @@ async def _serve(worker: Worker, args: argparse.Namespace) -> None:
     root.propagate = False
     refused: BatchkitError | None = None
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_on_signals, worker, tg.cancel_scope)
-            if isinstance(handler, LiveSummary):
-                tg.start_soon(handler.run)
-            try:
-                await worker.run()
-            except BatchkitError as exc:
-                # A store that refuses for good stopped the worker (--exit-when-idle);
-                # raised out of the group, it is one line, not an exception group.
-                refused = exc
-            tg.cancel_scope.cancel()
+        with _metrics_server(metrics, args.metrics_port):
+            refused = await _until_stopped(worker, handler)
     finally:
         root.removeHandler(handler)
         root.propagate = True
     if refused is not None:
         raise refused
+
+
+async def _until_stopped(worker: Worker, handler: logging.Handler) -> BatchkitError | None:
+    """Run the worker until it stops by itself or a signal stops it; the error of a store
+    that refuses for good, if that stopped it."""
+    refused: BatchkitError | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_on_signals, worker, tg.cancel_scope)
+        if isinstance(handler, LiveSummary):
+            tg.start_soon(handler.run)
+        try:
+            await worker.run()
+        except BatchkitError as exc:
+            # A store that refuses for good stopped the worker (--exit-when-idle);
+            # raised out of the group, it is one line, not an exception group.
+            refused = exc
+        tg.cancel_scope.cancel()
+    return refused
 
 
 async def _on_signals(worker: Worker, scope: anyio.CancelScope) -> None:

@@ -17,6 +17,7 @@ from ._hooks import BatchFinishedHook, fire_hook
 from ._options import (
     check_generator,
     check_metadata_filter,
+    check_metrics,
     positive_int,
     positive_seconds,
     seconds,
@@ -33,6 +34,7 @@ from .status import batch_from_record, item_from_record, status_from_record
 
 if TYPE_CHECKING:
     from ._execution import Executor
+    from .metrics import Metrics
     from .protocols import Generator, Storage, SyncGenerator
 
 __all__ = ["BatchFinishedHook", "BatchRunner"]
@@ -74,6 +76,8 @@ class BatchRunner:
         block_warning: report in the log each time the event loop was blocked this many
             seconds or more while items ran (a generator doing blocking work); `None` to
             not watch.
+        metrics: told of every item's events in `run`, and reads how many run
+            (`batchkit.metrics`, as ``worker="in-process"``); `None` for none.
     """
 
     def __init__(
@@ -91,8 +95,10 @@ class BatchRunner:
         on_batch_finished: BatchFinishedHook | None = None,
         retry: RetryPolicy | None = None,
         block_warning: float | None = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         check_generator(generator)
+        check_metrics(metrics)
         positive_int("concurrency", concurrency)
         positive_seconds("item_timeout", item_timeout, allow_none=True)
         positive_seconds("lease_seconds", lease_seconds)
@@ -113,6 +119,7 @@ class BatchRunner:
         self.on_batch_finished = on_batch_finished
         self.retry = retry
         self.block_warning = block_warning
+        self.metrics = metrics
         self._batch_info = BatchInfoCache(storage)
 
     def __repr__(self) -> str:
@@ -296,12 +303,18 @@ class BatchRunner:
         executor = self._executor()
         stop = anyio.CancelScope()
         executor.on_stopping = stop.cancel
+        untrack = None
+        if self.metrics is not None:
+            untrack = self.metrics.track("in-process", lambda: len(executor.running()))
         try:
             with stop:
                 status = await self._run(batch_id, request, executor)
         except BaseExceptionGroup as group:
             _reraise_single(group)
             raise
+        finally:
+            if untrack is not None:
+                untrack()
         if executor.stopping is not None:
             raise executor.stopping
         await self._fire_hook(batch_id)

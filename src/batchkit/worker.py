@@ -17,7 +17,13 @@ import anyio.abc
 from ._batch_info import BatchInfoCache
 from ._execution import build_executor
 from ._hooks import BatchFinishedHook, fire_hook
-from ._options import check_generator, check_metadata_filter, positive_int, seconds
+from ._options import (
+    check_generator,
+    check_metadata_filter,
+    check_metrics,
+    positive_int,
+    seconds,
+)
 from ._secrets import redact
 from ._watch import watch_loop
 from .exceptions import BatchNotFound, StorageError
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 
     from ._execution import Executor
     from ._keeper import Keeper
+    from .metrics import Metrics
     from .protocols import Claim, Generator, Lease, Storage, Subscription, SyncGenerator
 
 __all__ = ["Worker", "WorkerStats"]
@@ -150,6 +157,9 @@ class Worker:
         block_warning: report in the log each time the event loop was blocked this many
             seconds or more; `None` to not watch.
         name: how the worker shows in the log; by default ``host:pid:xxxx``.
+        metrics: told of every item's events and of the store's failures the worker
+            outlives, and reads how many items it runs (`batchkit.metrics`); `None` for
+            none.
     """
 
     def __init__(
@@ -173,8 +183,10 @@ class Worker:
         limits: Limits | None = None,
         block_warning: float | None = 1.0,
         name: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         check_generator(generator)
+        check_metrics(metrics)
         positive_int("concurrency", concurrency)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
@@ -215,6 +227,7 @@ class Worker:
         )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self.stats = WorkerStats()
+        self.metrics = metrics
         self._request = ClaimRequest(
             lease_seconds=self.lease_seconds, batch_ids=self.batch_ids, metadata=self.metadata
         )
@@ -315,6 +328,9 @@ class Worker:
             patient=True,
         )
         executor.on_stopping = lambda: self.stop(grace_period=0)
+        untrack = None
+        if self.metrics is not None:
+            untrack = self.metrics.track(self.name, lambda: self.stats.running)
         try:
             async with AsyncExitStack() as stack:
                 # Before the tasks: a subscription may run a task of its own (a relay).
@@ -332,6 +348,8 @@ class Worker:
                         await self._fire_due_hooks()  # what finished while stopping
                     outer.cancel_scope.cancel()
         finally:
+            if untrack is not None:
+                untrack()
             self._running = False
             self._work = None
             stats = self.stats
@@ -360,7 +378,7 @@ class Worker:
         try:
             return await stack.enter_async_context(self.storage.subscribe_work())
         except (StorageError, OSError) as exc:
-            self.stats.storage_errors += 1
+            self._storage_error(exc)
             self._log_storage_error(
                 logging.WARNING,
                 "cannot wait for new work (%s): looking every %g s",
@@ -368,6 +386,11 @@ class Worker:
                 self.poll_interval,
             )
             return None
+
+    def _storage_error(self, exc: BaseException) -> None:
+        self.stats.storage_errors += 1
+        if self.metrics is not None:
+            self.metrics.storage_error(exc)
 
     def _log_storage_error(self, level: int, message: str, *args: object) -> None:
         """Log a storage call that failed: ``message`` after the worker's name."""
@@ -436,7 +459,7 @@ class Worker:
                 try:
                     await self._work_one(executor, keeper)
                 except (StorageError, OSError) as exc:
-                    self.stats.storage_errors += 1
+                    self._storage_error(exc)
                     if self.exit_when_idle and isinstance(exc, StorageError) and not exc.transient:
                         # Waiting cannot help and nothing else would end the run.
                         self._refused = self._refused or exc
@@ -594,7 +617,7 @@ class Worker:
             while await self._fire(None) is not None:
                 pass
         except (StorageError, OSError) as exc:
-            self.stats.storage_errors += 1
+            self._storage_error(exc)
             self._log_storage_error(
                 logging.ERROR, "storage error while firing completion hooks: %s", exc
             )

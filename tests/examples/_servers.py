@@ -30,13 +30,20 @@ class ServerProcess:
     """``command`` (it serves on ``port``), run in ``workdir`` with ``env`` added.
 
     Each start writes its output to ``<workdir>/server-<n>.log``; `start` returns once
-    the app answers ``/openapi.json``.
+    the app answers ``ready`` (``/openapi.json``: a FastAPI app's).
     """
 
     def __init__(
-        self, command: Sequence[str], port: int, workdir: Path, env: dict[str, str]
+        self,
+        command: Sequence[str],
+        port: int,
+        workdir: Path,
+        env: dict[str, str],
+        *,
+        ready: str = "/openapi.json",
     ) -> None:
         self.command = list(command)
+        self.ready = ready
         self.port = port
         self.workdir = workdir
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
@@ -58,7 +65,7 @@ class ServerProcess:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/openapi.json", timeout=2):
+                with urllib.request.urlopen(f"{self.url}{self.ready}", timeout=2):
                     pass
                 if self.process.poll() is None:
                     return  # it answers, and it is ours: a process that could not bind ended

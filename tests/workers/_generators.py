@@ -59,6 +59,15 @@ async def flaky(ctx: ItemContext) -> dict[str, Any]:
     return await generate(ctx)
 
 
+async def metered(ctx: ItemContext) -> dict[str, Any]:
+    """Do as `generate`, but fail every attempt of an item whose payload says
+    ``{"fail": true}``, and the first attempt of one that says ``{"flaky": true}``."""
+    wants = ctx.payload if isinstance(ctx.payload, dict) else {}
+    if wants.get("fail") or (wants.get("flaky") and ctx.attempt == 1):
+        raise ConnectionError(f"{ctx.key}: the renderer is busy")
+    return await generate(ctx)
+
+
 class Poison(BaseException):
     """A host's own BaseException: not an `Exception`."""
 

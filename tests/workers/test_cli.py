@@ -95,12 +95,34 @@ def test_help_documents_every_option() -> None:
         (["--where", "tags=[1]"], "single JSON scalar"),
         (["--where", "tags=" + "[" * 50_000 + "]" * 50_000], "single JSON scalar"),
         (["--log-level", "loud"], "invalid choice"),
+        (["--metrics-port", "nope"], "expected [HOST:]PORT"),
+        (["--metrics-port", "70000"], "expected [HOST:]PORT"),
+        (["--metrics-port", ":9100"], "expected [HOST:]PORT"),
+        (["--metrics-port", "-1"], "expected [HOST:]PORT"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
     done = _cli("worker", "--storage", "sqlite+aiosqlite:///x.db", "--generator", "m:g", *args)
     assert done.returncode == EXIT_USAGE
     assert message in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "where"),
+    [
+        ("9100", ("127.0.0.1", 9100)),
+        ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+        ("[::1]:9100", ("::1", 9100)),
+        ("0", ("127.0.0.1", 0)),
+    ],
+)
+def test_the_metrics_port_listens_on_loopback_unless_told(
+    given: str, where: tuple[str, int]
+) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["worker", "--generator", "m:g"]).metrics_port is None
+    args = parser.parse_args(["worker", "--generator", "m:g", "--metrics-port", given])
+    assert args.metrics_port == where
 
 
 @pytest.mark.parametrize("option", ["--lease-seconds", "--lease"])

@@ -1,6 +1,6 @@
 """Real worker processes on real stores, hurt on purpose: nothing may be lost.
 
-* SIGKILL: a worker is killed at random moments 20 times and started again (5 times with
+* SIGKILL: a worker is killed at random moments 10 times and started again (5 times with
   quick items, written in groups; 3 times with 5 ms items, whose slots share writes).
 * Connection drop: the store's server drops every connection while a worker runs.
 * Race: four workers on one 5,000-item batch.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
-KILLS = 20
+KILLS = 10
 
 
 async def _nothing(ctx: object) -> None:
@@ -71,11 +71,11 @@ def _hooks_of(workers: Workers, batch: Batch) -> list[str]:
 @pytest.mark.parametrize(
     ("kills", "size", "sleep"),
     [
-        # 500 items of 0.1 s on 4 slots: 12.5 s of work, more than 20 kills leave time for.
-        pytest.param(KILLS, 500, 0.1, id="20-kills"),
+        # 300 items of 0.1 s on 4 slots: 7.5 s of work, more than 10 kills leave time for.
+        pytest.param(KILLS, 300, 0.1, id="10-kills"),
         # Items of 1 ms: each slot writes several successes at once and claims ahead (group
         # commit), so that a kill finds outcomes owed and items held unstarted.
-        pytest.param(5, 10_000, 0.001, id="5-kills-grouped"),
+        pytest.param(5, 5_000, 0.001, id="5-kills-grouped"),
         # Items of 5 ms on 4 slots: successes that end while a write is in flight share
         # the next one, so that a kill finds several slots waiting on one write.
         pytest.param(3, 2_000, 0.005, id="3-kills-shared"),
