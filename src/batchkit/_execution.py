@@ -22,10 +22,11 @@ import anyio.lowlevel
 from ._calling import Ended, call_generator, is_async_callable
 from ._errors import STOPPING, cut
 from ._failure_limit import enforce_max_failures
-from ._grouping import LEADING, TAKEN, WAITING, WRITTEN, Group, Joining, Joint
+from ._grouping import Group, Joint, write_shared
 from ._itemlog import items_logger, log_item
 from ._keeper import Keeper, KeeperSettings
 from ._secrets import redact
+from ._tracing import attempt_span, current_span, end_attempt, public_metadata, tracer
 from .context import ItemContext, _Reporter
 from .exceptions import StorageError
 from .history import History
@@ -100,6 +101,8 @@ class Executor:
     ) -> None:
         self.storage = storage
         self.metrics = metrics
+        #: batchkit's OpenTelemetry tracer, or `None`: no span at all (see `_tracing`).
+        self.tracing = tracer()
         self.group_commit = group_commit if isinstance(storage, GroupCommitter) else 0.0
         self.patient = patient
         self.generator = generator
@@ -238,6 +241,8 @@ class Executor:
                 )
             if outcome.state is ItemState.FAILED or lost:
                 outcome = self._decide(outcome, exc, history, lost)
+            if keeper.span is not None:
+                self._end_span(keeper, _outcome_name(outcome), exc)
         if callable(then_claim):
             then_claim = then_claim()
         if group is not None and _joins(group, lease, outcome, stopping, then_claim):
@@ -263,7 +268,7 @@ class Executor:
         try:
             if self.group_commit and _shares(lease, outcome, stopping, then_claim):
                 assert then_claim is not None
-                result = await self._joined(lease, outcome, then_claim)
+                result = await write_shared(self, self._joints, lease, outcome, then_claim)
             else:
                 result = await self._write(lease, outcome, then_claim)
         except BaseException:
@@ -353,106 +358,6 @@ class Executor:
                 await self._commit(group, group.owed[0][0].batch_id, 0, self.lease_seconds)
             for claim in ahead:
                 await self.hand_back(claim)
-
-    async def _joined(self, lease: Lease, outcome: Outcome, request: ClaimRequest) -> FinishResult:
-        """Write a success and claim the slot's next item, in its batch's `Joint`: alone
-        when no write of the batch is in flight, else with the others that wait for it."""
-        batch_id = lease.batch_id
-        joint = self._joints.get(batch_id)
-        if joint is None:
-            joint = self._joints[batch_id] = Joint()
-        if not joint.busy:
-            joint.busy = True
-            try:
-                return await self._write(lease, outcome, request)
-            finally:
-                self._pass_on(joint, batch_id)
-        me = Joining(lease, outcome, request)
-        joint.queue.append(me)
-        try:
-            await me.woken.wait()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._leave(joint, me)
-            raise
-        if me.state == LEADING:
-            await self._lead(joint, batch_id)
-        if me.result is not None:
-            return me.result
-        # The joint step failed: each of its successes is written alone (fenced: one the
-        # step did write is refused, then recognised).
-        result = await self._write(lease, outcome, request)
-        if not result.accepted and await self._landed(lease, outcome):
-            result = FinishResult(accepted=True, claim=result.claim)
-        return result
-
-    async def _lead(self, joint: Joint, batch_id: str) -> None:
-        """Write every success waiting in ``joint`` in one step, claiming one item for each.
-
-        Shielded: the slots whose successes it carries wait for it."""
-        members, joint.queue = joint.queue, []
-        for member in members:
-            member.state = TAKEN
-        storage = self.storage
-        assert isinstance(storage, GroupCommitter)  # see group_commit
-        try:
-            with anyio.CancelScope(shield=True):
-                try:
-                    if len(members) == 1:
-                        one = members[0]
-                        one.result = await storage.finish(
-                            one.lease, one.outcome, then_claim=one.request
-                        )
-                    else:
-                        done = await storage.finish_group(
-                            batch_id,
-                            [(m.lease, m.outcome) for m in members],
-                            claim=len(members),
-                            lease_seconds=members[0].request.lease_seconds,
-                        )
-                        claims = iter(done.claims)
-                        for member, accepted in zip(members, done.accepted, strict=True):
-                            member.result = FinishResult(accepted, next(claims, None))
-                except Exception as exc:  # each member writes its success alone
-                    if self.metrics is not None:
-                        self.metrics.storage_error(exc)
-                    self._log(
-                        logging.WARNING,
-                        "outcome_pending",
-                        members[0].lease,
-                        says=f"could not write {len(members)} successes together, writing "
-                        f"each alone: {redact(str(exc))}",
-                    )
-        finally:
-            self._pass_on(joint, batch_id)
-            for member in members:
-                member.state = WRITTEN
-                member.woken.set()
-
-    def _pass_on(self, joint: Joint, batch_id: str) -> None:
-        """A step of ``joint`` ended: the first success waiting leads the next."""
-        if joint.queue:
-            first = joint.queue[0]
-            first.state = LEADING
-            first.woken.set()
-        else:
-            joint.busy = False
-            if self._joints.get(batch_id) is joint:
-                del self._joints[batch_id]
-
-    async def _leave(self, joint: Joint, me: Joining) -> None:
-        """A slot waiting in ``joint`` is cancelled: its success is left to be written alone
-        (`work`), or, when a step already carries it, that step ends first and the item it
-        claimed for the slot goes back."""
-        if me.state == WAITING:
-            joint.queue.remove(me)
-            return
-        if me.state == LEADING:
-            await self._lead(joint, me.lease.batch_id)
-        elif me.state == TAKEN:
-            await me.woken.wait()
-        if me.result is not None and me.result.claim is not None:
-            await self.hand_back(me.result.claim)
 
     async def _next(self, group: Group | None, then_claim: ClaimRequest | None) -> Claim | None:
         """The next claim after an attempt whose outcome was not this runner's to write."""
@@ -608,6 +513,12 @@ class Executor:
             if keeper.lease is not None and keeper.lease.batch_id == batch_id:
                 keeper.cancel_now()
 
+    @staticmethod
+    def _end_span(keeper: Keeper, outcome: str, error: BaseException | None = None) -> None:
+        span, keeper.span = keeper.span, None
+        if span is not None:
+            end_attempt(span, outcome, error)
+
     def _event(self, event: str, lease: Lease) -> None:
         if self.on_event is not None:
             self.on_event(event, lease)
@@ -646,19 +557,24 @@ class Executor:
             # A storage shields its writes, and a generator need not await anything: this
             # is where a cancelled run notices, once per item, whatever both do.
             await anyio.lowlevel.checkpoint_if_cancelled()
+            metadata = (await self._info_of(claim)).metadata
+            if self.tracing is not None:
+                keeper.span = attempt_span(
+                    self.tracing, metadata, lease.batch_id, lease.key, lease.attempt, self.name
+                )
             ctx = ItemContext(
                 batch_id=lease.batch_id,
                 key=lease.key,
                 payload=claim.payload,
                 attempt=lease.attempt,
                 position=claim.position,
-                metadata=(await self._info_of(claim)).metadata,
+                metadata=public_metadata(metadata),
                 reporter=reporter,
             )
             # One scope serves the item timeout (its deadline) and the keeper (which
             # cancels it when the batch is cancelled or the lease is lost).
             deadline = math.inf if timeout is None else anyio.current_time() + timeout
-            with anyio.CancelScope(deadline=deadline) as control:
+            with anyio.CancelScope(deadline=deadline) as control, current_span(keeper.span):
                 keeper.begin(lease, reporter, control)
                 ended = await call_generator(
                     self.generator,
@@ -669,6 +585,7 @@ class Executor:
                 )
         except BaseException:
             keeper.end()
+            self._end_span(keeper, "released")
             released = Outcome.released(history=history.with_release().encode())
             with anyio.CancelScope(shield=True):
                 done = await self.storage.finish(lease, released)
@@ -678,6 +595,7 @@ class Executor:
             raise
         keeper.end()
         if keeper.lost:
+            self._end_span(keeper, "refused")
             return None
         late = anyio.current_time() - deadline
         if ended is not None and (late < 0 or keeper.cancelled):
@@ -790,6 +708,13 @@ def _shares(
         and then_claim.batch_ids == (lease.batch_id,)
         and not then_claim.metadata
     )
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    """An attempt's outcome as its span says it (see `_tracing.end_attempt`)."""
+    if outcome.state is ItemState.QUEUED:
+        return "released" if outcome.error is None else "retrying"
+    return outcome.state.value
 
 
 def _refused(exc: BaseException) -> bool:

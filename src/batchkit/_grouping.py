@@ -10,16 +10,31 @@ shows `running` for longer than the window before it starts.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
 
-if TYPE_CHECKING:
-    from .protocols import Claim, ClaimRequest, FinishResult, Lease, Outcome
+from ._secrets import redact
+from .protocols import FinishResult, GroupCommitter
 
-__all__ = ["LEADING", "MAX_GROUP", "TAKEN", "WAITING", "WRITTEN", "Group", "Joining", "Joint"]
+if TYPE_CHECKING:
+    from ._execution import Executor
+    from .protocols import Claim, ClaimRequest, Lease, Outcome
+
+__all__ = [
+    "LEADING",
+    "MAX_GROUP",
+    "TAKEN",
+    "WAITING",
+    "WRITTEN",
+    "Group",
+    "Joining",
+    "Joint",
+    "write_shared",
+]
 
 #: At most this many items in one group (outcomes written, or items claimed ahead).
 MAX_GROUP = 16
@@ -117,3 +132,116 @@ class Joint:
         self.busy = False
         #: The successes waiting for the next step, in the order they ended.
         self.queue: list[Joining] = []
+
+
+# -- slots that share writes (`Executor.work`) ------------------------------------------
+
+
+async def write_shared(
+    executor: Executor,
+    joints: dict[str, Joint],
+    lease: Lease,
+    outcome: Outcome,
+    request: ClaimRequest,
+) -> FinishResult:
+    """Write a success and claim the slot's next item, in its batch's `Joint`: alone
+    when no write of the batch is in flight, else with the others that wait for it."""
+    batch_id = lease.batch_id
+    joint = joints.get(batch_id)
+    if joint is None:
+        joint = joints[batch_id] = Joint()
+    if not joint.busy:
+        joint.busy = True
+        try:
+            return await executor._write(lease, outcome, request)
+        finally:
+            _pass_on(joints, joint, batch_id)
+    me = Joining(lease, outcome, request)
+    joint.queue.append(me)
+    try:
+        await me.woken.wait()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _leave(executor, joints, joint, me)
+        raise
+    if me.state == LEADING:
+        await _lead(executor, joints, joint, batch_id)
+    if me.result is not None:
+        return me.result
+    # The joint step failed: each of its successes is written alone (fenced: one the
+    # step did write is refused, then recognised).
+    result = await executor._write(lease, outcome, request)
+    if not result.accepted and await executor._landed(lease, outcome):
+        result = FinishResult(accepted=True, claim=result.claim)
+    return result
+
+
+async def _lead(executor: Executor, joints: dict[str, Joint], joint: Joint, batch_id: str) -> None:
+    """Write every success waiting in ``joint`` in one step, claiming one item for each.
+
+    Shielded: the slots whose successes it carries wait for it."""
+    members, joint.queue = joint.queue, []
+    for member in members:
+        member.state = TAKEN
+    storage = executor.storage
+    assert isinstance(storage, GroupCommitter)  # see group_commit
+    try:
+        with anyio.CancelScope(shield=True):
+            try:
+                if len(members) == 1:
+                    one = members[0]
+                    one.result = await storage.finish(
+                        one.lease, one.outcome, then_claim=one.request
+                    )
+                else:
+                    done = await storage.finish_group(
+                        batch_id,
+                        [(m.lease, m.outcome) for m in members],
+                        claim=len(members),
+                        lease_seconds=members[0].request.lease_seconds,
+                    )
+                    claims = iter(done.claims)
+                    for member, accepted in zip(members, done.accepted, strict=True):
+                        member.result = FinishResult(accepted, next(claims, None))
+            except Exception as exc:  # each member writes its success alone
+                if executor.metrics is not None:
+                    executor.metrics.storage_error(exc)
+                executor._log(
+                    logging.WARNING,
+                    "outcome_pending",
+                    members[0].lease,
+                    says=f"could not write {len(members)} successes together, writing "
+                    f"each alone: {redact(str(exc))}",
+                )
+    finally:
+        _pass_on(joints, joint, batch_id)
+        for member in members:
+            member.state = WRITTEN
+            member.woken.set()
+
+
+def _pass_on(joints: dict[str, Joint], joint: Joint, batch_id: str) -> None:
+    """A step of ``joint`` ended: the first success waiting leads the next."""
+    if joint.queue:
+        first = joint.queue[0]
+        first.state = LEADING
+        first.woken.set()
+    else:
+        joint.busy = False
+        if joints.get(batch_id) is joint:
+            del joints[batch_id]
+
+
+async def _leave(executor: Executor, joints: dict[str, Joint], joint: Joint, me: Joining) -> None:
+    """A slot waiting in ``joint`` is cancelled: its success is left to be written alone
+    (`work`), or, when a step already carries it, that step ends first and the item it
+    claimed for the slot goes back."""
+    if me.state == WAITING:
+        joint.queue.remove(me)
+        return
+    if me.state == LEADING:
+        await _lead(executor, joints, joint, me.lease.batch_id)
+    elif me.state == TAKEN:
+        await me.woken.wait()
+    if me.result is not None and me.result.claim is not None:
+        await executor.hand_back(me.result.claim)

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -64,6 +64,8 @@ class Keeper:
         #: running now keeps what it owes waiting past the group's window.
         self.group: Group | None = None
         self.flush_group: Callable[[], Awaitable[None]] | None = None
+        #: The running attempt's span (`_tracing`), ended once its outcome is decided.
+        self.span: Any = None
 
     def begin(self, lease: Lease, reporter: _Reporter, scope: anyio.CancelScope) -> None:
         self.lease, self.reporter, self.scope = lease, reporter, scope

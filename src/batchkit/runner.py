@@ -23,6 +23,7 @@ from ._options import (
     seconds,
 )
 from ._secrets import redact
+from ._tracing import RESERVED_PREFIX, submit_span, tracer
 from ._watch import watch_loop
 from .codec import JSONError, clean_text, encode, is_unicode, loads
 from .exceptions import BatchNotFound, InvalidBatch
@@ -263,10 +264,29 @@ class BatchRunner:
             )
         except JSONError as exc:
             raise InvalidBatch(str(exc)) from None
+        reserved = [k for k in metadata if isinstance(k, str) and k.startswith(RESERVED_PREFIX)]
+        if reserved:
+            raise InvalidBatch(
+                f"metadata key {reserved[0]!r}: keys starting with {RESERVED_PREFIX!r} are "
+                "batchkit's own"
+            )
         # A copy of its own, made of JSON types only, that the caller cannot change later.
         return loads(text)  # type: ignore[return-value]
 
     async def _create(self, new: NewBatch) -> Batch:
+        tracing = tracer()
+        if tracing is None:
+            return await self._store(new)
+        span = submit_span(tracing, new.id, len(new.items), new.parent_id, new.metadata)
+        try:
+            return await self._store(new)
+        except BaseException as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            span.end()
+
+    async def _store(self, new: NewBatch) -> Batch:
         record, created = await self.storage.create_batch(new)
         if new.parent_id is not None and record.parent_id != new.parent_id:
             # The retry's key was taken first by a batch that is not this retry (a key

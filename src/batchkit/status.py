@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._tracing import public_metadata
 from .codec import loads
 from .history import errors_of
 from .models import (
@@ -113,7 +114,7 @@ def status_from_record(record: BatchRecord) -> BatchStatus:
         progress=derive_progress(counts, record.total, record.running_progress),
         is_terminal=state in TERMINAL_BATCH_STATES,
         parent_id=record.parent_id,
-        metadata=record.metadata,
+        metadata=public_metadata(record.metadata),
         cancel_requested=record.cancel_requested_at is not None,
         cancel_reason=record.cancel_reason,
         max_failures=record.max_failures,
@@ -129,7 +130,7 @@ def batch_from_record(record: BatchRecord) -> Batch:
     return Batch(
         id=record.id,
         parent_id=record.parent_id,
-        metadata=record.metadata,
+        metadata=public_metadata(record.metadata),
         idempotency_key=record.idempotency_key,
         total=record.total,
         max_failures=record.max_failures,

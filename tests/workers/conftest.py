@@ -218,7 +218,7 @@ class Workers:
             "worker",
             *self.store.cli(),
             "--generator",
-            f"{GENERATORS}:{generator}",
+            generator if ":" in generator else f"{GENERATORS}:{generator}",
             "--no-live",
             "--name",
             f"worker-{n}",
