@@ -179,6 +179,11 @@ def _hide_password(url: str) -> str:
 
 def _run(work: Callable[[Storage], Awaitable[int]], where: Where) -> None:
     """Open the storage, run ``work`` in it, exit with the code it returns."""
+    raise typer.Exit(_call(work, where))
+
+
+def _call(work: Callable[[Storage], Awaitable[int]], where: Where) -> int:
+    """Open the storage, run ``work`` in it; the code it returns (or an error's)."""
     try:
         storage = where.open()
     except (BatchkitError, ValueError) as exc:
@@ -197,7 +202,7 @@ def _run(work: Callable[[Storage], Awaitable[int]], where: Where) -> None:
     except (BatchkitError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         code = EXIT_NOT_FOUND
-    raise typer.Exit(code)
+    return code
 
 
 def _code(status: BatchStatus) -> int:
@@ -436,35 +441,26 @@ def status(
     """A batch's derived state, its counts, and its failed items with their errors."""
     where = Where(storage, prefix)
 
+    if not as_json:
+
+        async def exists(store: Storage) -> int:
+            await BatchRunner(store, _nothing).status(batch_id)
+            return EXIT_OK
+
+        code = _call(exists, where)  # no such batch: said as the other commands say it
+        if code == EXIT_OK:
+            # The library's own commands print it: `python -m batchkit status` and `errors`.
+            code = _library(["status", batch_id], where)
+        if code == EXIT_OK:
+            typer.echo("")
+            code = _library(["errors", batch_id], where)
+        raise typer.Exit(code)
+
     async def work(store: Storage) -> int:
         runner = BatchRunner(store, _nothing)
         current = await runner.status(batch_id)
         failed = await _failed(runner, batch_id)
-        if as_json:
-            typer.echo(json.dumps(_status_json(current, failed), indent=2))
-            return EXIT_OK
-        from rich.console import Console
-        from rich.table import Table
-
-        console = Console(width=120)
-        console.print(f"Batch {batch_id}: {current.state.value}", highlight=False)
-        table = Table()
-        table.add_column("state")
-        table.add_column("items", justify="right")
-        for state, n in current.counts.items():
-            table.add_row(state.value, str(n))
-        table.add_row("total", str(current.total), style="bold")
-        console.print(table)
-        if failed:
-            console.print("Failed items", highlight=False)
-            errors = Table()
-            errors.add_column("key", no_wrap=True)
-            errors.add_column("attempt", justify="right")
-            errors.add_column("error")
-            for item in failed:
-                error = "" if item.error is None else f"{item.error.type}: {item.error.message}"
-                errors.add_row(item.key, str(item.attempt), error)
-            console.print(errors)
+        typer.echo(json.dumps(_status_json(current, failed), indent=2))
         return EXIT_OK
 
     _run(work, where)
@@ -480,31 +476,23 @@ def list_batches(
     """Recent batches, newest first, with their derived state."""
     where = Where(storage, prefix)
 
+    listed: list[BatchStatus] = []
+
     async def work(store: Storage) -> int:
-        listed = await BatchRunner(store, _nothing).batches(limit=limit)
+        listed.extend(await BatchRunner(store, _nothing).batches(limit=limit))
         if as_json:
             typer.echo(json.dumps([_status_json(s) for s in listed], indent=2))
-            return EXIT_OK
-        if not listed:
+        elif not listed:
             typer.echo(
                 f"No batches yet: try  {PROGRAM} generate examples/cli/products.csv{where.hint()}"
             )
-            return EXIT_OK
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="Recent batches", title_justify="left")
-        for column in ("batch", "created", "state", "items", "counts", "retries"):
-            table.add_column(column, no_wrap=column != "counts")
-        for s in listed:
-            when = s.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-            table.add_row(
-                s.batch_id, when, s.state.value, str(s.total), format_counts(s), s.parent_id or ""
-            )
-        Console(width=160).print(table)
         return EXIT_OK
 
-    _run(work, where)
+    code = _call(work, where)
+    if code != EXIT_OK or as_json or not listed:
+        raise typer.Exit(code)
+    # The library's own command prints the table: `python -m batchkit batches`.
+    raise typer.Exit(_library(["batches", "--limit", str(limit)], where))
 
 
 @app.command()
@@ -537,6 +525,20 @@ def watch(
         return _code(final)
 
     _run(work, where)
+
+
+def _library(command: list[str], where: Where) -> int:
+    """Run one of batchkit's own commands (``python -m batchkit ...``) on the demo's
+    storage: where the demo's commands and the library's overlap, the library's print.
+    Its exit status, as the demo's own codes say it."""
+    from batchkit.cli import main as batchkit_main
+
+    args = [*command, "--storage", where.url]
+    if where.prefix is not None:
+        args += ["--prefix", where.prefix]
+    code = batchkit_main(args, prog="python -m batchkit")
+    # The library's 1 is a failure to act (a storage that cannot be opened): the demo's 4.
+    return {0: EXIT_OK, 2: EXIT_USAGE, 4: EXIT_NOT_FOUND}.get(code, EXIT_NOT_FOUND)
 
 
 async def _nothing(ctx: object) -> None:
