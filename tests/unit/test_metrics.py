@@ -96,6 +96,10 @@ async def test_a_run_tells_its_metrics_every_event(group_commit: float) -> None:
         tg.start_soon(watch)
         await runner.run(batch.id)
         tg.cancel_scope.cancel()
+    # Grouped, a slot may hand back an item it claimed ahead (it runs later): a claim,
+    # not an attempt.
+    handed_back = metrics.events.pop("handed_back", 0)
+    assert group_commit or not handed_back
     assert metrics.events == {
         "started": 10 + 2 * 2 + 2,
         "succeeded": 12,

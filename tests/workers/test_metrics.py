@@ -60,6 +60,7 @@ def _value(
     return samples[(name, tuple(sorted(labels.items())))]
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "redis"], indirect=True)
 async def test_a_worker_serves_its_metrics_while_it_runs(store: Store, workers: Workers) -> None:
     plain = [ItemSpec(key=f"plain-{n:02}") for n in range(20)]
     flaky = [ItemSpec(key=f"flaky-{n}", payload={"flaky": True}) for n in range(5)]
@@ -118,6 +119,7 @@ async def test_a_worker_serves_its_metrics_while_it_runs(store: Store, workers: 
         assert _value(after, "batchkit_storage_errors_total", kind=kind) == 0
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # the store plays no part
 async def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(
     store: Store, workers: Workers
 ) -> None:
