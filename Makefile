@@ -46,7 +46,7 @@ check:
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
-	$(PY) -m pytest -n $(TEST_PROCESSES) -m "not slow and not serial" --durations=15
+	$(PY) -m pytest -n $(TEST_PROCESSES) -m "not slow and not serial" --durations=40
 	$(PY) -m pytest -m "serial and not slow" --durations=5
 
 lint: dev-env

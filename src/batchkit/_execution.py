@@ -681,13 +681,9 @@ def _joins(
     then_claim: ClaimRequest | None,
 ) -> bool:
     """Whether an outcome joins its slot's group: a success, the slot going on with the
-    same batch, and items quick enough to group (or a group already open)."""
+    same batch (`_shares`), and items quick enough to group (or a group already open)."""
     return (
-        outcome.state is ItemState.SUCCEEDED
-        and stopping is None
-        and then_claim is not None
-        and then_claim.batch_ids == (lease.batch_id,)
-        and not then_claim.metadata
+        _shares(lease, outcome, stopping, then_claim)
         and (group.size() > 1 or group.pending())
         and (not group.owed or group.owed[0][0].batch_id == lease.batch_id)
     )

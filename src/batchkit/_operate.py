@@ -34,7 +34,7 @@ from ._argtypes import (
     where,
 )
 from ._secrets import redact, url_secrets
-from ._tables import Column, Table, clean
+from ._tables import Column, Table, age, clean
 from .exceptions import BatchkitError, BatchNotFound, InvalidBatch, SchemaVersionMismatch
 from .models import TERMINAL_ITEM_STATES, BatchState, ItemState
 from .runner import BatchRunner
@@ -397,14 +397,6 @@ def _item_json(item: Item) -> dict[str, Any]:
     return item.model_dump(mode="json")
 
 
-def _age(moment: datetime) -> str:
-    seconds = max(0.0, (datetime.now(UTC) - moment).total_seconds())
-    for size, unit in ((86_400, "d"), (3_600, "h"), (60, "m")):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:.0f}%"
 
@@ -475,7 +467,7 @@ async def _batches(
                     f"{finished}/{s.total}",
                     s.counts[ItemState.FAILED],
                     _percent(s.progress),
-                    _age(s.created_at),
+                    age(s.created_at),
                     _compact(s.metadata) if s.metadata else "",
                 )
             out.table(table)
@@ -511,7 +503,7 @@ def _describe(out: _Output, s: BatchStatus) -> None:
         ),
         ("progress", f"{_percent(s.progress)} of {s.total} items"),
         ("items", _counts(s)),
-        ("created", f"{s.created_at.isoformat(timespec='seconds')} ({_age(s.created_at)} ago)"),
+        ("created", f"{s.created_at.isoformat(timespec='seconds')} ({age(s.created_at)} ago)"),
     ]
     if s.started_at is not None:
         rows.append(("started", s.started_at.isoformat(timespec="seconds")))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["Column", "Table", "clean", "cut"]
+__all__ = ["Column", "Table", "age", "clean", "cut"]
 
 # Control characters (C0, DEL, C1) and the line and paragraph separators: a terminal acts
 # on them, a table row must not.
@@ -28,6 +29,15 @@ def clean(text: object) -> str:
     """``text`` as one printable line: control characters (escape sequences included)
     become spaces, runs of white space one space."""
     return _SPACES.sub(" ", _CONTROL.sub(" ", str(text))).strip()
+
+
+def age(moment: datetime) -> str:
+    """How long ago ``moment`` was, in its largest unit: ``45s``, ``3m``, ``2h``, ``5d``."""
+    seconds = max(0.0, (datetime.now(UTC) - moment).total_seconds())
+    for size, unit in ((86_400, "d"), (3_600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def _width(text: str) -> int:

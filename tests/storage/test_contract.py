@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 #: Examples of the state machine on a real database: each example opens a store and a
-#: step costs round trips, so fewer than on memory (the CI profile runs 200 there).
-SQL_EXAMPLES = 30
+#: step costs round trips, so fewer than on memory (the CI profile runs 150 there).
+SQL_EXAMPLES = 20
 #: Redis steps are cheaper: more examples in the same time.
-REDIS_EXAMPLES = 80
+REDIS_EXAMPLES = 60
 
 
 class TestStorageContract(StorageContract):

@@ -281,6 +281,9 @@ def test_authorize_must_be_given_and_callable() -> None:
         dashboard(storage)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="authorize"):
         dashboard(storage, authorize="staff")  # type: ignore[arg-type]
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="heartbeat"):
+            dashboard(storage, authorize=None, heartbeat=bad)
 
 
 async def test_item_states_show_as_the_pages_say(storage: MemoryStorage) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from .._options import seconds
 from .._secrets import redact
 from ..exceptions import BatchkitError, BatchNotFound, InvalidBatch, StorageError
 from ..ids import is_batch_id
@@ -102,7 +103,8 @@ def dashboard(
         ) from exc
     if authorize is not None and not callable(authorize):
         raise TypeError(f"authorize must be callable or None, got {authorize!r}")
-    app_state = _Dashboard(storage, authorize, bool(read_only), title, float(heartbeat))
+    heartbeat = seconds("heartbeat", heartbeat)
+    app_state = _Dashboard(storage, authorize, bool(read_only), title, heartbeat)
     routes = [
         Route("/", app_state.batches, methods=["GET", "HEAD"]),
         Route("/batches/{batch_id}", app_state.batch, methods=["GET", "HEAD"]),

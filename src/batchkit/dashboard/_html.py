@@ -12,7 +12,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from .._tables import clean
+from .._tables import age, clean
 from ..models import TERMINAL_ITEM_STATES, BatchState, ItemState
 
 if TYPE_CHECKING:
@@ -42,14 +42,6 @@ def e(value: object) -> str:
 def _line(value: object) -> str:
     """One printable line (control characters and runs of spaces become one space)."""
     return e(clean(value))
-
-
-def _age(moment: datetime) -> str:
-    seconds = max(0.0, (datetime.now(UTC) - moment).total_seconds())
-    for size, unit in ((86_400, "d"), (3_600, "h"), (60, "m")):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
 
 
 def _when(moment: datetime | None) -> str:
@@ -182,7 +174,7 @@ def batches_page(
             f'<td class="num">{s.counts.get(ItemState.FAILED, 0)}</td>'
             f'<td><progress max="100" value="{round(100 * s.progress)}">'
             f"{round(100 * s.progress)}%</progress></td>"
-            f'<td class="num" title="{e(s.created_at.isoformat())}">{e(_age(s.created_at))}</td>'
+            f'<td class="num" title="{e(s.created_at.isoformat())}">{e(age(s.created_at))}</td>'
             f'<td class="meta">{_line(_compact(s.metadata)) if s.metadata else ""}</td>'
             "</tr>"
         )
