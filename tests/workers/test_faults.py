@@ -4,7 +4,7 @@
   quick items, written in groups; twice with 5 ms items, whose slots share writes; the
   200-kill soak, `make soak`, outside CI).
 * Connection drop: the store's server drops every connection while a worker runs.
-* Race: four workers on one 5,000-item batch.
+* Race: four workers on one 3,000-item batch.
 * The worker that finished a batch dies before its completion hook has run.
 * A poison item raises a BaseException that is not an Exception on every attempt.
 
@@ -119,7 +119,7 @@ async def test_a_worker_killed_again_and_again_loses_nothing(
     ("size", "sleep"),
     [
         pytest.param(500, 0.005, id="5ms"),
-        pytest.param(5_000, 0.0005, id="grouped"),  # quick items: written in groups
+        pytest.param(3_000, 0.0005, id="grouped"),  # quick items: written in groups
     ],
 )
 async def test_dropped_connections_lose_nothing(
@@ -149,7 +149,7 @@ async def test_dropped_connections_lose_nothing(
 @pytest.mark.parametrize(
     "size",
     [
-        pytest.param(5_000, id="5000-items"),
+        pytest.param(3_000, id="3000-items"),
         pytest.param(
             50_000,
             id="soak-50000-items",
