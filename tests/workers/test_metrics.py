@@ -80,7 +80,9 @@ async def test_a_worker_serves_its_metrics_while_it_runs(store: Store, workers: 
         with anyio.fail_after(30):
             while True:
                 during = await anyio.to_thread.run_sync(_scrape, port)
-                if _value(during, "batchkit_running_items", worker="worker-0") > 0:
+                # (No series until the worker has started: it shows from then on.)
+                running = ("batchkit_running_items", (("worker", "worker-0"),))
+                if during.get(running, 0.0) > 0:
                     break
                 await anyio.sleep(0.02)
         assert _value(during, "batchkit_running_items", worker="worker-0") <= 4
