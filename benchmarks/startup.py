@@ -14,6 +14,11 @@ time it was called. Three spans, from the moment the process is started:
 * *first call*: until the generator is called (the above, then the first claim);
 * the difference of the two: what the worker does between its start and the first item.
 
+Next to them, the *floor*: a process that does only what any asyncio worker on that store
+must, started the same way: Python, ``asyncio`` and the store's driver imported, one
+connection opened and one query answered, then the time printed. What a worker takes
+above the floor is batchkit's own part (its imports, the storage's checks, the claim).
+
 It also times ``import batchkit`` alone in a fresh interpreter. Python's bytecode cache
 counts for much here: run the benchmark once before reading its figures (the first run
 writes the cache), and not with ``PYTHONDONTWRITEBYTECODE`` set on a tree without one.
@@ -58,6 +63,56 @@ def _import_seconds() -> float:
     return float(done.stdout)
 
 
+#: The floor of each store: Python, asyncio, the driver, a connection and one query.
+_FLOORS = {
+    "sqlite": """
+import asyncio, sys, time, aiosqlite
+async def main():
+    async with aiosqlite.connect(sys.argv[1]) as db:
+        await (await db.execute("select 1")).fetchall()
+asyncio.run(main())
+print(time.time())
+""",
+    "postgres": """
+import asyncio, sys, time, asyncpg
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    await conn.fetchval("select 1")
+    await conn.close()
+asyncio.run(main())
+print(time.time())
+""",
+    "redis": """
+import asyncio, sys, time, redis.asyncio
+async def main():
+    client = redis.asyncio.Redis.from_url(sys.argv[1])
+    await client.ping()
+    await client.aclose()
+asyncio.run(main())
+print(time.time())
+""",
+}
+
+
+def _floor_seconds(store: str, url: str) -> float:
+    """From a process's start to its one query answered, with nothing of batchkit."""
+    if store == "sqlite":
+        target = url.split(":///", 1)[1]
+    elif store == "postgres":
+        target = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    else:
+        target = url
+    began = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", _FLOORS[store], target],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return float(done.stdout) - began
+
+
 async def _one(store: str, url: str, prefix: str, n: int) -> tuple[float, float]:
     """Seconds from the worker process's start to its "started" line, and to the first
     call of its generator."""
@@ -88,19 +143,29 @@ async def _one(store: str, url: str, prefix: str, n: int) -> tuple[float, float]
         return started - began, item.result - began
 
 
-def measure(store: str, rounds: int) -> tuple[list[float], list[float]]:
+def measure(store: str, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Each round's floor, and the worker's "started" and first call, in seconds."""
+    floors: list[float] = []
     starts: list[float] = []
     firsts: list[float] = []
     with fresh_store(store, "bu", "startup") as (url, prefix):
         for n in range(rounds):
+            floor = _floor_seconds(store, url)
             start, first = anyio.run(_one, store, url, prefix, n)
+            floors.append(floor)
             starts.append(start)
             firsts.append(first)
             print(
-                f"{store}: started {start * 1000:.0f} ms, first call {first * 1000:.0f} ms",
+                f"{store}: floor {floor * 1000:.0f} ms, started {start * 1000:.0f} ms, "
+                f"first call {first * 1000:.0f} ms",
                 file=sys.stderr,
             )
-    return starts, firsts
+    return floors, starts, firsts
+
+
+def ms(seconds: list[float]) -> str:
+    """The median, in whole milliseconds."""
+    return f"{statistics.median(seconds) * 1000:.0f}"
 
 
 def main() -> None:
@@ -113,14 +178,18 @@ def main() -> None:
     for store in args.stores.split(","):
         if unreachable(store):
             continue
-        starts, firsts = measure(store, args.rounds)
+        floors, starts, firsts = measure(store, args.rounds)
         between = [f - s for s, f in zip(starts, firsts, strict=True)]
+        own = [f - b for b, f in zip(floors, firsts, strict=True)]
         rows.append(
-            f"| {store} | {args.rounds} | {statistics.median(starts) * 1000:.0f} | "
-            f"{statistics.median(firsts) * 1000:.0f} | {statistics.median(between) * 1000:.0f} |"
+            f"| {store} | {args.rounds} | {ms(floors)} | {ms(starts)} | {ms(firsts)} | "
+            f"{ms(between)} | {ms(own)} |"
         )
-    print("| store | worker starts | started (ms) | first call (ms) | between (ms) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| store | worker starts | floor (ms) | started (ms) | first call (ms) | "
+        "between (ms) | first call over the floor (ms) |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
     print(
         f"\nMedians, from the worker process's start. `import batchkit` alone: "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._batch_info import BatchInfoCache
+from ._collector import collector_paused
 from ._execution import build_executor
 from ._failure_limit import check_max_failures
 from ._hooks import BatchFinishedHook, fire_hook
@@ -457,7 +458,8 @@ class BatchRunner:
                 return []  # past every position a store holds (its columns are 32-bit)
             after = max(after, -1)
         records = await self.storage.list_items(batch_id, states=states, after=after, limit=limit)
-        return [item_from_record(record) for record in records]
+        with collector_paused():
+            return [item_from_record(record) for record in records]
 
     async def item(self, batch_id: str, key: str) -> Item:
         """One item of a batch, by key.

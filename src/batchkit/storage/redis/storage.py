@@ -15,6 +15,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from ..._collector import collector_paused
 from ..._secrets import safe_url, unparsable, url_secrets
 from ...codec import dumps, loads
 from ...exceptions import BatchNotFound, InvalidStorageURL, ItemNotFound, StorageError
@@ -417,10 +418,11 @@ class RedisStorage(IndexedBatches, AsyncContext):
         )
         if reply[0] == 0:
             raise BatchNotFound(batch_id)
-        return [
-            to_item(batch_id, reply[at : at + ITEM_FIELDS])
-            for at in range(1, len(reply), ITEM_FIELDS)
-        ]
+        with collector_paused():
+            return [
+                to_item(batch_id, reply[at : at + ITEM_FIELDS])
+                for at in range(1, len(reply), ITEM_FIELDS)
+            ]
 
     async def list_batches(
         self,

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from .._polling import PollingSubscription
-from ._connector import Lanes, Result
+from ._connector import AS_GIVEN, Lanes, Result
 from ._dialect import OnLanes
 from ._faults import DriverFault, is_broken_connection, is_driver_error
 from ._listen import WORK, Listener
@@ -98,6 +98,8 @@ class AsyncpgDialect(OnLanes, PostgresDialect):
             if sent.row_type is None:
                 return Result([], _rowcount(await driver.execute(sent.sql, *sent.args)))
             records = await driver.fetch(sent.sql, *sent.args)
+            if sent.row_type is AS_GIVEN:  # records read by position
+                return Result(records, len(records))
             return Result([sent.row_type(*record) for record in records], len(records))
 
         return await self.connector.drive(steps, run)

@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     from ._statements import Steps
 
 __all__ = [
+    "AS_GIVEN",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_POOL_TIMEOUT",
     "POOLERS",
+    "POSITIONAL",
     "ConnectionBudgetExhausted",
     "ConnectionSettings",
     "Connector",
@@ -526,6 +528,26 @@ class Connector:
         return chained(exc, self.secrets)
 
 
+#: The execution option that marks a statement whose rows are read by position only
+#: (``stmt.execution_options(**{POSITIONAL: True})``): the driver's rows are handed over
+#: as they come, where others are made named tuples (a listing reads a thousand rows a
+#: page, and a named tuple of sixteen columns costs about a microsecond to make).
+POSITIONAL = "batchkit_positional"
+
+
+class _AsGiven:
+    """The row type of a `POSITIONAL` statement: each row as the driver gives it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "AS_GIVEN"
+
+
+#: `Plan.row_type` and `Sent.row_type` of a `POSITIONAL` statement.
+AS_GIVEN: Any = _AsGiven()
+
+
 @dataclass(slots=True)
 class Plan:
     """A statement compiled for the driver: its SQL, row type and whether ``IN`` expands,
@@ -546,6 +568,8 @@ class Plan:
         # none known of a textual statement).
         names = [column.key for column in getattr(stmt, "exported_columns", ())]
         row_type = namedtuple("Row", names, rename=True) if names else None
+        if names and stmt.get_execution_options().get(POSITIONAL):
+            row_type = AS_GIVEN
         expanding = "POSTCOMPILE" in compiled.string
         binds = list(compiled.bind_names.items())
         slots: tuple[tuple[str, str, bool, Any], ...] | None = None
@@ -584,7 +608,7 @@ class Sent(NamedTuple):
     #: Its arguments, in order.
     args: list[Any]
     #: What each row it returns is made into; `None`: it returns none (its row count is
-    #: its answer).
+    #: its answer); `AS_GIVEN`: the driver's rows, read by position.
     row_type: Any
     #: The arguments of each row of an ``executemany`` (then ``args`` is empty), or `None`.
     many: list[list[Any]] | None

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ...exceptions import StorageError
 from ...protocols import LeaseStatus
-from ._connector import Lanes, Result
+from ._connector import AS_GIVEN, Lanes, Result
 from ._dialect import Dialect, OnLanes, fitted
 from ._faults import DriverFault, is_driver_error
 
@@ -143,6 +143,8 @@ class AsyncmyDialect(OnLanes, MySQLDialect):
                 if sent.row_type is None:
                     return Result([], cursor.rowcount)
                 rows = await cursor.fetchall()
+                if sent.row_type is AS_GIVEN:
+                    return Result([_texts(row) for row in rows], len(rows))
                 return Result([sent.row_type(*_texts(row)) for row in rows], len(rows))
 
         return await self.connector.drive(steps, run)

@@ -17,7 +17,7 @@ from sqlalchemy.pool import StaticPool
 
 from ...exceptions import InvalidStorageURL
 from . import _aiosqlite_fast
-from ._connector import Lanes, Result
+from ._connector import AS_GIVEN, Lanes, Result
 from ._dialect import Dialect, OnLanes
 from ._faults import DriverFault
 from ._filewatch import WORK_COUNT, FileWatch
@@ -132,6 +132,8 @@ class SQLiteDialect(Dialect):
         fetched = await raw.execute_fetchall(sql, args)
         if row_type is None:
             return Result([], -1)
+        if row_type is AS_GIVEN:
+            return Result(list(fetched), len(fetched))
         return Result([row_type(*row) for row in fetched], len(fetched))
 
     def counted(self, stmt: Any, column: Any) -> Any:
@@ -206,7 +208,9 @@ class SQLiteLanesDialect(OnLanes, SQLiteDialect):
             try:
                 if sent.row_type is None:
                     return Result([], cursor.rowcount)
-                rows = [sent.row_type(*row) for row in cursor.fetchall()]
+                rows = cursor.fetchall()
+                if sent.row_type is not AS_GIVEN:
+                    rows = [sent.row_type(*row) for row in rows]
                 return Result(rows, len(rows))
             finally:
                 cursor.close()

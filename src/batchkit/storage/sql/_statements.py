@@ -14,7 +14,7 @@ from sqlalchemy import Text, and_, bindparam, case, func, literal, select
 
 from ...ids import new_token
 from ...models import ItemState
-from ._connector import Result
+from ._connector import POSITIONAL, Result
 from ._rows import RECORD_COLUMNS, batch_row, item_rows, tag, tag_rows
 
 if TYPE_CHECKING:
@@ -289,7 +289,12 @@ class Statements:
             query = query.where(i.c.state.in_(bindparam("b_states", expanding=True)))
         if after:
             query = query.where(i.c.position > bindparam("b_after"))
-        return query.order_by(i.c.position).limit(bindparam("b_limit"))
+        # Read by position (`to_item`): the driver's rows are handed over as they come.
+        return (
+            query.order_by(i.c.position)
+            .limit(bindparam("b_limit"))
+            .execution_options(**{POSITIONAL: True})
+        )
 
     def batches_query(
         self,

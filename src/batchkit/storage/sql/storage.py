@@ -18,6 +18,7 @@ from sqlalchemy import MetaData, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from ..._collector import collector_paused
 from ..._secrets import redact, unparsable
 from ...exceptions import (
     BatchNotFound,
@@ -463,7 +464,8 @@ class SQLStorage(AsyncContext):
             rows = (yield stmt, params).rows
             if not rows and not (yield from self._batch_exists(batch_id)):
                 return None
-            return [to_item(row) for row in rows]
+            with collector_paused():
+                return [to_item(row) for row in rows]
 
         found = await self._read(steps)
         if found is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -261,6 +262,24 @@ class CreatingContract:
         last = await storage.list_items(record.id, after=second[-1].position, limit=3)
         assert [i.position for i in last] == [6]
         assert await storage.list_items(record.id, after=6) == []
+
+    async def test_a_listing_leaves_the_collector_as_the_host_had_it(
+        self, storage: Storage
+    ) -> None:
+        # A page may be built with Python's garbage collector paused; the host's own
+        # setting comes back after it, after a refusal too.
+        record = await _create(storage, 5)
+        was = gc.isenabled()
+        try:
+            for host_has_it_on in (True, False):
+                (gc.enable if host_has_it_on else gc.disable)()
+                assert len(await storage.list_items(record.id)) == 5
+                assert gc.isenabled() is host_has_it_on
+                with pytest.raises(BatchNotFound):
+                    await storage.list_items(new_batch_id())
+                assert gc.isenabled() is host_has_it_on
+        finally:
+            (gc.enable if was else gc.disable)()
 
     async def test_list_items_pages_within_a_state_filter(self, storage: Storage) -> None:
         record = await _create(storage, 6)
