@@ -32,6 +32,7 @@ from .retry import RetryPolicy as RetryPolicy
 from .runner import BatchRunner as BatchRunner
 from .storage import MemoryStorage as MemoryStorage
 from .storage import open_storage as open_storage
+from .sync import SyncBatchRunner as SyncBatchRunner
 from .worker import Worker as Worker
 from .worker import WorkerStats as WorkerStats
 
@@ -82,6 +83,7 @@ __all__ = [
     "SchemaVersionMismatch",
     "Storage",
     "StorageError",
+    "SyncBatchRunner",
     "SyncGenerator",
     "Worker",
     "WorkerStats",

@@ -3,7 +3,8 @@
 Every ```python block under docs/ is checked (those of docs/quickstart.md, every block of
 which ``test_code_blocks.py`` checks, aside):
 
-* a complete program (it calls ``anyio.run``) runs in a fresh interpreter and must exit 0;
+* a complete program (it calls ``anyio.run``, or runs under ``if __name__ == "__main__":``)
+  runs in a fresh interpreter and must exit 0;
   when a ```text block follows it directly, that block is the exact expected output;
 * a test module (it defines ``test_`` functions or ``Test`` classes) runs under pytest and
   must pass;
@@ -12,6 +13,7 @@ which ``test_code_blocks.py`` checks, aside):
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -43,7 +45,7 @@ class Snippet:
     def kind(self) -> str:
         if re.search(r"^(\s*(async\s+)?def test_|class Test\w*\()", self.code, re.MULTILINE):
             return "pytest"
-        if "anyio.run(" in self.code:
+        if "anyio.run(" in self.code or 'if __name__ == "__main__":' in self.code:
             return "program"
         return "fragment"
 
@@ -106,7 +108,8 @@ def test_the_docs_have_runnable_programs() -> None:
 def test_snippet(snippet: Snippet, tmp_path: Path) -> None:
     where = f"docs/{snippet.page}, line {snippet.line}"
     if snippet.kind == "fragment":
-        compile(snippet.code, where, "exec")
+        # A notebook's cell may await at its top level.
+        compile(snippet.code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         return
     if snippet.kind == "pytest":
         if "batchkit.testing" in snippet.code and not _has_contract_suite():

@@ -44,6 +44,7 @@ EXPORTED = [
     "SchemaVersionMismatch",
     "Storage",
     "StorageError",
+    "SyncBatchRunner",
     "SyncGenerator",
     "Worker",
     "WorkerStats",
