@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 
 from . import __version__
 from ._argtypes import (
@@ -423,7 +424,9 @@ async def _until_stopped(worker: Worker, handler: logging.Handler) -> BatchkitEr
     that refuses for good, if that stopped it."""
     refused: BatchkitError | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_on_signals, worker, tg.cancel_scope)
+        # Started (its handlers in place) before the worker says it started: a signal
+        # sent right after that line stops the worker, it does not kill the process.
+        await tg.start(_on_signals, worker)
         if isinstance(handler, LiveSummary):
             tg.start_soon(handler.run)
         try:
@@ -436,8 +439,11 @@ async def _until_stopped(worker: Worker, handler: logging.Handler) -> BatchkitEr
     return refused
 
 
-async def _on_signals(worker: Worker, scope: anyio.CancelScope) -> None:
+async def _on_signals(
+    worker: Worker, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
             if not worker.stopping:

@@ -299,6 +299,24 @@ async def test_sigterm_on_a_busy_worker_leaves_no_item_running(
     assert "handing 3 running item(s) back to queued" in log
 
 
+async def test_a_sigterm_right_after_the_started_line_stops_the_worker_cleanly(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    # A supervisor may stop a worker as soon as it says it started: its signal handlers
+    # are in place by then.
+    workers = Workers(sqlite_store, tmp_path)
+    try:
+        process = await workers.start()
+        with anyio.fail_after(30):
+            while " started" not in workers.logs():  # noqa: ASYNC110 - a file, no event
+                await anyio.sleep(0.002)
+        process.send_signal(signal.SIGTERM)
+        assert await workers.wait(process, 30) == EXIT_OK, workers.logs()
+    finally:
+        await workers.aclose()
+    assert "SIGTERM received" in workers.logs()
+
+
 async def test_sigterm_lets_running_items_finish_within_the_grace_period(
     sqlite_store: Store, tmp_path: Path
 ) -> None:
