@@ -65,14 +65,17 @@ class SyncBatchRunner:
             (`python -m batchkit worker`), as they do behind a web app.
         prefix: with a URL, what keeps these batches apart in a shared database (see
             `open_storage`).
+        storage_options: with a URL, the storage class's own options
+            (``{"create_schema": False}``, ``{"finished_ttl": 86400}``...), given to
+            `open_storage` in every process that opens it.
         options: `BatchRunner`'s keyword options (``limits=``, ``retry=``,
             ``concurrency=``...).
 
     Raises:
         InvalidStorageURL: the URL names no storage batchkit knows.
         MissingDependency: the storage's extra is not installed.
-        TypeError: an option `BatchRunner` does not take, or ``prefix`` with a storage
-            object.
+        TypeError: an option `BatchRunner` does not take, or ``prefix`` or
+            ``storage_options`` with a storage object.
     """
 
     def __init__(
@@ -81,17 +84,22 @@ class SyncBatchRunner:
         generator: Generator | SyncGenerator | None = None,
         *,
         prefix: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         from .storage import open_storage
 
+        self._storage_options = dict(storage_options or {})
         if isinstance(storage, str):
             self._url: str | None = storage
             self._prefix = prefix
-            made = open_storage(storage, prefix=prefix)  # the URL checked here, at once
+            # The URL and the options checked here, at once.
+            made = open_storage(storage, prefix=prefix, **self._storage_options)
         else:
-            if prefix is not None:
-                raise TypeError("prefix is for a storage URL; a storage object has its own")
+            if prefix is not None or storage_options is not None:
+                raise TypeError(
+                    "prefix and storage_options are for a storage URL; a storage object has its own"
+                )
             self._url = None
             made = storage
         self._generator = generator
@@ -193,7 +201,7 @@ class SyncBatchRunner:
         self._loop = None
         if self._opened:
             assert self._url is not None
-            made = open_storage(self._url, prefix=self._prefix)
+            made = open_storage(self._url, prefix=self._prefix, **self._storage_options)
             self._runner = BatchRunner(made, self._generator or _no_generator, **self._options)
             self._opened = False
         self._pid = os.getpid()

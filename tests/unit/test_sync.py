@@ -102,8 +102,12 @@ def test_without_a_generator_it_submits_and_reads_but_does_not_run() -> None:
 def test_bad_arguments_are_refused_when_it_is_made() -> None:
     with pytest.raises(InvalidStorageURL):
         SyncBatchRunner("not a url")
-    with pytest.raises(TypeError, match="prefix is for a storage URL"):
+    with pytest.raises(TypeError, match="are for a storage URL"):
         SyncBatchRunner(MemoryStorage(), prefix="app_")
+    with pytest.raises(TypeError, match="are for a storage URL"):
+        SyncBatchRunner(MemoryStorage(), storage_options={"create_schema": False})
+    with pytest.raises(TypeError):
+        SyncBatchRunner("sqlite+aiosqlite:///x.db", storage_options={"nonsense": 1})
     with pytest.raises(TypeError):
         SyncBatchRunner(MemoryStorage(), nonsense=1)
     with pytest.raises(ValueError, match="concurrency"):
@@ -222,6 +226,27 @@ def test_a_generator_that_calls_the_sync_runner_fails_its_item_clearly() -> None
         error = runner.item(batch.id, "a").error
         assert error is not None
         assert error.type == "RuntimeError"
+
+
+def test_storage_options_reach_the_storage_in_every_process(tmp_path: Path) -> None:
+    from batchkit import SchemaVersionMismatch
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    # Without tables, a storage told not to create them says so on the first call...
+    runner = SyncBatchRunner(url, storage_options={"create_schema": False})
+    with pytest.raises(SchemaVersionMismatch):
+        runner.batches()
+    runner.close()
+    with SyncBatchRunner(url) as making:  # ...which, by default, makes them
+        making.submit(["a"])
+    with SyncBatchRunner(url, storage_options={"create_schema": False}) as runner:
+        runner.batches()  # opened in this process
+
+        def child() -> None:
+            assert len(runner.batches()) == 1  # opened again in the child, the same way
+            runner.close()
+
+        assert in_child(child) == 0
 
 
 def test_a_url_storage_is_opened_on_the_first_call(tmp_path: Path) -> None:
