@@ -1,0 +1,1 @@
+"""The products app: a catalogue, and batches that render its products with batchkit."""

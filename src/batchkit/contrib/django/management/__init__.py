@@ -1,0 +1,1 @@
+"""batchkit's management commands."""
