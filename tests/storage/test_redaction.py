@@ -38,6 +38,7 @@ from batchkit import (
     MemoryStorage,
     RetryPolicy,
     StorageError,
+    SyncBatchRunner,
     Worker,
     open_storage,
 )
@@ -677,6 +678,8 @@ async def _public_objects(tmp_path: Path) -> dict[str, list[object]]:
         "RetryPolicy": [RetryPolicy(max_attempts=3, retry_on=(ConnectionError,))],
         "SQLStorage": [s for s in storages if isinstance(s, SQLStorage | str)],
         "open_storage": [open_storage(url) for url in (POSTGRES, MYSQL, REDIS, "memory://")],
+        # Made, not opened: nothing connects before the first call.
+        "SyncBatchRunner": [SyncBatchRunner(url) for url in (POSTGRES, MYSQL, REDIS)],
         "__version__": [batchkit.__version__],
         "StorageContract": [StorageContract()],
         "StorageStateMachine": await anyio.to_thread.run_sync(_state_machine, tmp_path),
