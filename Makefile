@@ -136,9 +136,10 @@ bench-peers:
 	.venv-peers/bin/pip install -q -r benchmarks/peers/requirements.txt -e .
 	.venv-peers/bin/python benchmarks/peers/run.py $(ARGS)
 
-## The soak variants of the fault tests (100 SIGKILLs on 5,000 items...): tens of minutes.
+## The soak variants of the fault tests (100 SIGKILLs on 5,000 items...), and the cases CI
+## leaves to it (the same test runs in CI on another store): tens of minutes.
 soak: dev-env
-	$(PY) -m pytest -m slow -p no:cacheprovider tests/workers
+	$(PY) -m pytest -m slow -p no:cacheprovider tests
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lowest .venv-py3.* $(TOOLS) site .pytest_cache \

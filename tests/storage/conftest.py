@@ -56,15 +56,15 @@ def require_server(url: str, name: str) -> None:
     pytest.skip(reason)
 
 
-def _sql_factory(url: str) -> Iterator[Callable[[], Storage]]:
-    """A factory of empty SQLStorages on tables of their own, dropped after the test.
+def _sql_factory(prefix: str, url: str) -> Callable[[], Storage]:
+    """A factory of empty SQLStorages on the tables under ``prefix``.
 
     One test may make many (the state machine makes one per example): they share the
-    test's tables, emptied when each storage opens, so the schema is created once.
+    tables, emptied when each storage opens. The tables are made once per test process
+    (`_sql_tables`): creating and dropping four tables and their indexes for each of the
+    contract's hundreds of tests cost more than the tests themselves.
     """
     from batchkit.storage.sql import SQLStorage
-
-    prefix = f"t{secrets.token_hex(4)}_"
 
     class EmptySQLStorage(SQLStorage):
         async def open(self) -> None:
@@ -76,10 +76,24 @@ def _sql_factory(url: str) -> Iterator[Callable[[], Storage]]:
     def make() -> Storage:
         return EmptySQLStorage(url, table_prefix=prefix)
 
-    yield make
+    return make
+
+
+@pytest.fixture(scope="session")
+def _sql_tables() -> Iterator[dict[str, str]]:
+    """Per server URL, the prefix of this test process's tables, dropped at its end."""
+    made: dict[str, str] = {}
+    yield made
     import anyio
 
-    anyio.run(_drop_tables, url, [prefix])
+    for url, prefix in made.items():
+        anyio.run(_drop_tables, url, [prefix])
+
+
+def _tables_prefix(made: dict[str, str], url: str) -> str:
+    if url not in made:
+        made[url] = f"t{secrets.token_hex(4)}_"
+    return made[url]
 
 
 async def _drop_tables(url: str, prefixes: list[str]) -> None:
@@ -108,15 +122,15 @@ def sqlite_storage_factory(tmp_path: Path) -> Iterator[Callable[[], Storage]]:
 
 
 @pytest.fixture
-def postgres_storage_factory() -> Iterator[Callable[[], Storage]]:
+def postgres_storage_factory(_sql_tables: dict[str, str]) -> Callable[[], Storage]:
     require_server(POSTGRES_URL, "PostgreSQL")
-    yield from _sql_factory(POSTGRES_URL)
+    return _sql_factory(_tables_prefix(_sql_tables, POSTGRES_URL), POSTGRES_URL)
 
 
 @pytest.fixture
-def mysql_storage_factory() -> Iterator[Callable[[], Storage]]:
+def mysql_storage_factory(_sql_tables: dict[str, str]) -> Callable[[], Storage]:
     require_server(MYSQL_URL, "MariaDB/MySQL")
-    yield from _sql_factory(MYSQL_URL)
+    return _sql_factory(_tables_prefix(_sql_tables, MYSQL_URL), MYSQL_URL)
 
 
 REDIS_URL = os.environ.get("BATCHKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

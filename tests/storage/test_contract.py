@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 
 from batchkit.testing import StorageContract
 
-from .conftest import POSTGRES_URL, require_server
+from .conftest import POSTGRES_URL, _sql_factory, require_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -49,24 +49,8 @@ class TestPostgresContractInASchema(StorageContract):
     the schema fails."""
 
     @pytest.fixture
-    def storage_factory(self) -> Iterator[Callable[[], Storage]]:
-        require_server(POSTGRES_URL, "PostgreSQL")
-        from batchkit.storage.sql import SQLStorage
-
-        schema = f"bk_contract_{secrets.token_hex(4)}"
-
-        class EmptySQLStorage(SQLStorage):
-            async def open(self) -> None:
-                await super().open()
-                async with self.engine.begin() as conn:
-                    for table in (self.tables.items, self.tables.tags, self.tables.batches):
-                        await conn.execute(table.delete())
-
-        def make() -> Storage:
-            return EmptySQLStorage(f"{POSTGRES_URL}?schema={schema}", table_prefix="t_")
-
-        yield make
-        anyio.run(_drop_schema, schema)
+    def storage_factory(self, _contract_schema: str) -> Callable[[], Storage]:
+        return _sql_factory("t_", f"{POSTGRES_URL}?schema={_contract_schema}")
 
     @pytest.fixture
     def state_machine_settings(self) -> settings:
@@ -78,6 +62,16 @@ class TestPostgresContractInASchema(StorageContract):
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         )
+
+
+@pytest.fixture(scope="session")
+def _contract_schema() -> Iterator[str]:
+    """The schema of this test process's tables, made by the first storage that opens,
+    emptied by each, dropped at the end."""
+    require_server(POSTGRES_URL, "PostgreSQL")
+    schema = f"bk_contract_{secrets.token_hex(4)}"
+    yield schema
+    anyio.run(_drop_schema, schema)
 
 
 async def _drop_schema(schema: str) -> None:

@@ -318,13 +318,15 @@ def assert_never_at_once(runs: dict[str, list[Run]]) -> None:
 
 
 #: Cases of the fault tests that CI leaves to ``make soak`` (marked ``slow``): each store
-#: still has its plain kill test, and each kind of kill runs on two stores in CI.
+#: still has its plain kill test, and each kind of kill runs on two stores in CI (the
+#: poison item on PostgreSQL).
 SOAK_ONLY = {
     "test_a_worker_killed_again_and_again_loses_nothing[mysql-3-kills-grouped]",
     "test_a_worker_killed_again_and_again_loses_nothing[redis-3-kills-grouped]",
     "test_a_worker_killed_again_and_again_loses_nothing[sqlite-2-kills-shared]",
     "test_a_worker_killed_again_and_again_loses_nothing[postgres-2-kills-shared]",
     "test_a_poison_item_ends_failed_and_its_batch_finishes[mysql]",
+    "test_a_poison_item_ends_failed_and_its_batch_finishes[sqlite]",
     "test_a_poison_item_ends_failed_and_its_batch_finishes[redis]",
 }
 
