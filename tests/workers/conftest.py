@@ -318,9 +318,12 @@ def assert_never_at_once(runs: dict[str, list[Run]]) -> None:
 
 
 #: Cases of the fault tests that CI leaves to ``make soak`` (marked ``slow``): each store
-#: still has its plain kill test, and each kind of kill runs on two stores in CI (the
-#: poison item on PostgreSQL).
+#: still has a kill test in CI (SQLite its grouped one, MariaDB its shared one), each kind
+#: of kill runs on two stores, the race on three, the poison item on PostgreSQL.
 SOAK_ONLY = {
+    "test_a_worker_killed_again_and_again_loses_nothing[mysql-6-kills]",
+    "test_a_worker_killed_again_and_again_loses_nothing[sqlite-6-kills]",
+    "test_four_workers_race_on_one_batch[mysql-3000-items]",
     "test_a_worker_killed_again_and_again_loses_nothing[mysql-3-kills-grouped]",
     "test_a_worker_killed_again_and_again_loses_nothing[redis-3-kills-grouped]",
     "test_a_worker_killed_again_and_again_loses_nothing[sqlite-2-kills-shared]",
