@@ -113,10 +113,11 @@ async def test_batch_ids_and_metadata_choose_what_a_worker_takes(storage: Memory
 async def test_an_idle_worker_polls_once_per_interval_whatever_its_concurrency() -> None:
     storage = CountingStorage()
     worker = Worker(storage, _noop, concurrency=8, poll_interval=0.1)  # type: ignore[arg-type]
-    with anyio.move_on_after(0.55):
+    with anyio.move_on_after(1.05):
         await worker.run()
-    # About 6 polls; a poll per slot would be about 48. Late timers on a busy host lower it.
-    assert 2 <= storage.calls["claim"] <= 8, storage.calls
+    # About 11 polls; a poll per slot would be about 88. Late timers and a slow start on a
+    # busy host lower it: the window is long enough that a second poll comes all the same.
+    assert 2 <= storage.calls["claim"] <= 16, storage.calls
 
 
 async def test_new_work_is_picked_up_by_a_running_worker(storage: MemoryStorage) -> None:
