@@ -13,7 +13,10 @@ VENV       ?= .venv
 PY          = $(VENV)/bin/python
 # The interpreters that `make test-pythons` runs the suite on (those the classifiers claim).
 PYTHONS    ?= 3.11 3.12 3.13
-SYNC        = $(UV) sync --locked --quiet --python $(PYTHON)
+# --compile-bytecode: every package's bytecode is written once, at install. Without it an
+# environment with PYTHONDONTWRITEBYTECODE set compiles SQLAlchemy and the rest again in
+# every process it starts (the suite starts hundreds: about half its CPU time).
+SYNC        = $(UV) sync --locked --quiet --compile-bytecode --python $(PYTHON)
 
 # uv must not fetch an interpreter of its own: it uses the one named by PYTHON.
 export UV_PYTHON_DOWNLOADS := never
@@ -46,6 +49,8 @@ check:
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/site
+	@# batchkit's own bytecode, for the same reason (an editable install is not compiled).
+	$(PY) -m compileall -q src examples tests benchmarks >/dev/null
 	$(PY) -m pytest -n $(TEST_PROCESSES) -m "not slow and not serial" --durations=40
 	$(PY) -m pytest -m "serial and not slow" --durations=5
 
