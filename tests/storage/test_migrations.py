@@ -880,6 +880,7 @@ def render_item(type_, obj, autogen_context):
     written = path.read_text()
     assert "import batchkit.storage.sql.schema\n" in written
     assert "batchkit.storage.sql.schema.ExactString(length=255)" in written
+    assert "batchkit.storage.sql.schema.LongText()" in written
     marker = "    # ### end Alembic commands ###"
     imported = "import batchkit.storage.sql.schema\n"
     path.write_text(

@@ -135,14 +135,24 @@ def test_import_loads_no_driver_and_no_test_tool() -> None:
 
 
 _DRIVERS = {"sqlalchemy", "redis", "asyncpg", "asyncmy", "aiosqlite", "pymysql", "psycopg"}
+_SQL_DIALECTS = {f"sqlalchemy.dialects.{name}" for name in ("sqlite", "postgresql", "mysql")}
 
 
 @pytest.mark.parametrize(
     ("url", "uses"),
     [
-        ("sqlite+aiosqlite:///{tmp}/a.db", {"sqlalchemy", "aiosqlite"}),
-        ("postgresql+asyncpg://app@127.0.0.1:1/app", {"sqlalchemy", "asyncpg"}),
-        ("mysql+asyncmy://app@127.0.0.1:1/app", {"sqlalchemy", "asyncmy", "pymysql"}),
+        (
+            "sqlite+aiosqlite:///{tmp}/a.db",
+            {"sqlalchemy", "aiosqlite", "sqlalchemy.dialects.sqlite"},
+        ),
+        (
+            "postgresql+asyncpg://app@127.0.0.1:1/app",
+            {"sqlalchemy", "asyncpg", "sqlalchemy.dialects.postgresql"},
+        ),
+        (
+            "mysql+asyncmy://app@127.0.0.1:1/app",
+            {"sqlalchemy", "asyncmy", "pymysql", "sqlalchemy.dialects.mysql"},
+        ),
         ("redis://127.0.0.1:1/0", {"redis"}),
     ],
 )
@@ -150,18 +160,48 @@ def test_a_storage_loads_its_own_driver_and_no_other(
     url: str, uses: set[str], tmp_path: Path
 ) -> None:
     # A worker on Redis does not pay for SQLAlchemy's import, nor one on SQLite for
-    # asyncpg's: each storage object is built (not connected) in a fresh interpreter.
+    # asyncpg's or for SQLAlchemy's PostgreSQL and MySQL dialects: each storage object is
+    # built (not connected) in a fresh interpreter.
     code = (
         "import json, sys\n"
         "import batchkit\n"
         f"batchkit.open_storage({url.format(tmp=tmp_path)!r})\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    loaded = set(json.loads(done.stdout)) & _DRIVERS
+    modules = set(json.loads(done.stdout))
+    loaded = {name.split(".")[0] for name in modules} & _DRIVERS
+    loaded |= modules & _SQL_DIALECTS
     assert loaded <= uses, sorted(loaded - uses)
+
+
+def test_a_sqlite_storage_that_runs_a_batch_loads_no_other_databases_dialect(
+    tmp_path: Path,
+) -> None:
+    # The same, through a whole run: opening, creating the tables, claiming and finishing.
+    code = (
+        "import json, sys, anyio, batchkit\n"
+        "async def generate(ctx):\n"
+        "    return ctx.payload\n"
+        "async def main():\n"
+        f"    async with batchkit.open_storage('sqlite+aiosqlite:///{tmp_path}/a.db') as store:\n"
+        "        runner = batchkit.BatchRunner(store, generate)\n"
+        "        batch = await runner.submit(['a', 'b'])\n"
+        "        await runner.run(batch.id)\n"
+        "        assert (await runner.status(batch.id)).state == 'completed'\n"
+        "anyio.run(main)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    modules = set(json.loads(done.stdout))
+    assert "sqlalchemy.dialects.sqlite" in modules
+    others = modules & (_SQL_DIALECTS - {"sqlalchemy.dialects.sqlite"})
+    assert not others, sorted(others)
+    assert not {name.split(".")[0] for name in modules} & {"asyncpg", "asyncmy", "redis"}
 
 
 # -- the calls the design fixes -------------------------------------------------------------

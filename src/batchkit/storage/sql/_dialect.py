@@ -1,7 +1,8 @@
 """The dialect interface: what differs between the databases `SQLStorage` runs on.
 
 `SQLStorage.open` picks one `Dialect` for its engine (``_sqlite``, ``_postgres``,
-``_mysql``) and its steps call it; they never ask which database they run on. The base
+``_mysql``, from `DIALECTS`, which imports only the one asked for) and its steps call it;
+they never ask which database they run on. The base
 class is a database reached through SQLAlchemy alone, with ``UPDATE ... RETURNING`` and
 nothing else of its own: each dialect overrides what it does differently.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+from collections.abc import Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast
 
 from sqlalchemy import inspect
 from sqlalchemy.schema import CreateSchema
@@ -329,3 +332,32 @@ def fitted(name: str, limit: int) -> str:
 def _row_type(names: tuple[str, ...]) -> Any:
     """The named tuple of rows with these columns (one per shape of result)."""
     return collections.namedtuple("Row", names, rename=True)
+
+
+class _Dialects(Mapping[str, "type[Dialect]"]):
+    """The dialect of each database SQLAlchemy names (`Dialect.for_engine` picks its
+    variant), each imported when first asked for: a storage on SQLite loads neither
+    SQLAlchemy's PostgreSQL dialect nor its MySQL one, and so on."""
+
+    _WHERE: Final = {
+        "sqlite": ("._sqlite", "SQLiteDialect"),
+        # (psycopg's too: see `AsyncpgDialect.for_engine`)
+        "postgresql": ("._asyncpg", "AsyncpgDialect"),
+        "mysql": ("._mysql", "MySQLDialect"),
+        "mariadb": ("._mysql", "MySQLDialect"),
+    }
+
+    def __getitem__(self, name: str) -> type[Dialect]:
+        module, attribute = self._WHERE[name]
+        found: type[Dialect] = getattr(import_module(module, __package__), attribute)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._WHERE)
+
+    def __len__(self) -> int:
+        return len(self._WHERE)
+
+
+#: Each database's `Dialect` class, by the name SQLAlchemy gives the database.
+DIALECTS: Final[Mapping[str, type[Dialect]]] = _Dialects()

@@ -21,7 +21,6 @@ from sqlalchemy import (
     UniqueConstraint,
     select,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
@@ -37,6 +36,7 @@ __all__ = [
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
     "ExactString",
+    "LongText",
     "Tables",
     "build_tables",
     "metadata_for",
@@ -49,8 +49,30 @@ __all__ = [
 #: different layout is refused with `SchemaVersionMismatch` instead of being misread.
 SCHEMA_VERSION = 2
 
-# MySQL's TEXT holds 64 KiB; payloads and results may be larger (Limits are configurable).
-_LongText = Text().with_variant(mysql.LONGTEXT, "mysql", "mariadb")
+
+def _mysql_type(name: str, *args: Any) -> TypeEngine[Any]:
+    """A type of SQLAlchemy's MySQL dialect, which is imported only where it is used."""
+    from sqlalchemy.dialects import mysql
+
+    made: TypeEngine[Any] = getattr(mysql, name)(*args)
+    return made
+
+
+class LongText(TypeDecorator[str]):
+    """Text of any length: ``LONGTEXT`` on MySQL and MariaDB, whose ``TEXT`` holds only
+    64 KiB (payloads and results may be larger: `Limits` are configurable), plain ``TEXT``
+    elsewhere."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(_mysql_type("LONGTEXT"))
+        return super().load_dialect_impl(dialect)
+
+
+_LongText = LongText()
 
 
 class ExactString(TypeDecorator[str]):
@@ -70,7 +92,7 @@ class ExactString(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.VARBINARY(self.length * 4))
+            return dialect.type_descriptor(_mysql_type("VARBINARY", self.length * 4))
         return dialect.type_descriptor(String(self.length))
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:

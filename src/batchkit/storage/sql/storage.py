@@ -44,16 +44,14 @@ from ...protocols import (
 from .._base import AsyncContext, Fault, check_group, refuse_synchronous_driver, retrying
 from .._bell import Bell, bell
 from .._doubt import ClaimsInDoubt
-from ._asyncpg import AsyncpgDialect
 from ._claim import claim_steps
 from ._connector import ConnectionSettings, Connector
+from ._dialect import DIALECTS as _DIALECTS
 from ._dialect import Dialect
 from ._faults import DriverFault, is_driver_error, is_duplicate
 from ._group import group_steps
-from ._mysql import MySQLDialect
 from ._options import driver_options, schema_of, split_url_options
 from ._rows import new_record, to_item, to_record
-from ._sqlite import SQLiteDialect
 from ._statements import SENT_ANYWHERE, C, Owed, PendingClaim, Q, R, Statements, Steps
 from .schema import Tables, build_tables, stamp_or_check, validate_prefix
 
@@ -79,14 +77,6 @@ __all__ = ["SQLStorage"]
 logger = logging.getLogger("batchkit.storage.sql")
 
 T = TypeVar("T")
-
-#: The dialect of each database SQLAlchemy names (`Dialect.for_engine` picks its variant).
-_DIALECTS: dict[str, type[Dialect]] = {
-    "sqlite": SQLiteDialect,
-    "postgresql": AsyncpgDialect,  # (psycopg's too: see `AsyncpgDialect.for_engine`)
-    "mysql": MySQLDialect,
-    "mariadb": MySQLDialect,
-}
 
 
 class SQLStorage(AsyncContext):
