@@ -17,8 +17,7 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 #: Cases CI leaves to ``make soak`` (marked ``slow``), to keep it under 15 minutes: in CI the
-#: same test runs on another store or another event loop. (The fault tests' own list is in
-#: ``tests/workers/conftest.py``.)
+#: same test runs on another store or another event loop.
 SOAK_ONLY = {
     "tests/examples/fastapi_app/test_browser_pages.py::"
     "test_sigterm_with_two_pages_open_and_both_go_live_again[postgres]",
@@ -31,6 +30,19 @@ SOAK_ONLY = {
     # The phone's width stays in CI: the narrower page, where layouts break first.
     "tests/examples/fastapi_app/test_browser_pages.py::"
     "test_every_page_fits_the_window_and_passes_axe[desktop]",
+    # The fault tests: each store still has a kill test in CI (SQLite its grouped one,
+    # MariaDB its shared one), each kind of kill runs on two stores, the race on three,
+    # the poison item on PostgreSQL.
+    "tests/workers/test_faults.py::test_a_worker_killed_again_and_again_loses_nothing[mysql-6-kills]",
+    "tests/workers/test_faults.py::test_a_worker_killed_again_and_again_loses_nothing[sqlite-6-kills]",
+    "tests/workers/test_faults.py::test_four_workers_race_on_one_batch[mysql-3000-items]",
+    "tests/workers/test_faults.py::test_a_worker_killed_again_and_again_loses_nothing[mysql-3-kills-grouped]",
+    "tests/workers/test_faults.py::test_a_worker_killed_again_and_again_loses_nothing[redis-3-kills-grouped]",
+    "tests/workers/test_faults.py::test_a_worker_killed_again_and_again_loses_nothing[sqlite-2-kills-shared]",
+    "tests/workers/test_faults.py::test_a_worker_killed_again_and_again_loses_nothing[postgres-2-kills-shared]",
+    "tests/workers/test_faults.py::test_a_poison_item_ends_failed_and_its_batch_finishes[mysql]",
+    "tests/workers/test_faults.py::test_a_poison_item_ends_failed_and_its_batch_finishes[sqlite]",
+    "tests/workers/test_faults.py::test_a_poison_item_ends_failed_and_its_batch_finishes[redis]",
 }
 
 

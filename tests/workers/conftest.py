@@ -315,26 +315,3 @@ def assert_never_at_once(runs: dict[str, list[Run]]) -> None:
         for a, b in pairwise(attempts):
             assert a.end is not None, f"{key}: attempt {a.attempt} in {a.pid} never ended"
             assert a.end <= b.start, f"{key} ran in {a.pid} and {b.pid} at the same time"
-
-
-#: Cases of the fault tests that CI leaves to ``make soak`` (marked ``slow``): each store
-#: still has a kill test in CI (SQLite its grouped one, MariaDB its shared one), each kind
-#: of kill runs on two stores, the race on three, the poison item on PostgreSQL.
-SOAK_ONLY = {
-    "test_a_worker_killed_again_and_again_loses_nothing[mysql-6-kills]",
-    "test_a_worker_killed_again_and_again_loses_nothing[sqlite-6-kills]",
-    "test_four_workers_race_on_one_batch[mysql-3000-items]",
-    "test_a_worker_killed_again_and_again_loses_nothing[mysql-3-kills-grouped]",
-    "test_a_worker_killed_again_and_again_loses_nothing[redis-3-kills-grouped]",
-    "test_a_worker_killed_again_and_again_loses_nothing[sqlite-2-kills-shared]",
-    "test_a_worker_killed_again_and_again_loses_nothing[postgres-2-kills-shared]",
-    "test_a_poison_item_ends_failed_and_its_batch_finishes[mysql]",
-    "test_a_poison_item_ends_failed_and_its_batch_finishes[sqlite]",
-    "test_a_poison_item_ends_failed_and_its_batch_finishes[redis]",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.name in SOAK_ONLY:
-            item.add_marker(pytest.mark.slow)

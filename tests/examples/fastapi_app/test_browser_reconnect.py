@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 USABLE = [p.id for p in catalog() if p.usable]
 
+#: The page's clock (ms since the epoch) when it loads, and a time it has surely not
+#: reached by the time the test pauses it there.
+_START = 1_800_000_000_000
+_LOADED_WITHIN = 600_000
+
 #: Stands in for the browser's EventSource and for fetch() of /status before the page's
 #: script runs; other requests go to the server.
 _FAKE_NETWORK = """
@@ -62,9 +67,12 @@ def tab(browser: Any, idle_studio: Studio) -> Iterator[Any]:
         page.click("#generate")
         page.wait_for_url("**/batch-generate?batch_id=*")
         page.add_init_script(_FAKE_NETWORK)
-        page.clock.install()
+        page.clock.install(time=_START)
         page.reload()
         page.wait_for_function("() => window.__streams.length === 1")
+        # An installed clock still moves with real time: paused, only the test moves it,
+        # however slowly the test's steps run on a loaded machine.
+        page.clock.pause_at(_START + _LOADED_WITHIN)
         yield page
     finally:
         page.context.close()

@@ -531,7 +531,8 @@ class Connector:
 #: The execution option that marks a statement whose rows are read by position only
 #: (``stmt.execution_options(**{POSITIONAL: True})``): the driver's rows are handed over
 #: as they come, where others are made named tuples (a listing reads a thousand rows a
-#: page, and a named tuple of sixteen columns costs about a microsecond to make).
+#: page, and a named tuple of sixteen columns costs about a microsecond to make). Their
+#: readers take the values as the driver gives them: MySQL's exact strings as bytes.
 POSITIONAL = "batchkit_positional"
 
 

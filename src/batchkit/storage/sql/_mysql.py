@@ -144,7 +144,9 @@ class AsyncmyDialect(OnLanes, MySQLDialect):
                     return Result([], cursor.rowcount)
                 rows = await cursor.fetchall()
                 if sent.row_type is AS_GIVEN:
-                    return Result([_texts(row) for row in rows], len(rows))
+                    # As asyncmy gives them: an exact string (``VARBINARY``) as its UTF-8
+                    # bytes, which the reader decodes (`to_item`, the key).
+                    return Result(list(rows), len(rows))
                 return Result([sent.row_type(*_texts(row)) for row in rows], len(rows))
 
         return await self.connector.drive(steps, run)

@@ -149,6 +149,8 @@ def to_item(row: Any) -> ItemRecord:
         claimable_at,
         finished_at,
     ) = row
+    if type(key) is bytes:  # MySQL's exact string (VARBINARY), as the driver gives it
+        key = key.decode("utf-8")
     return ItemRecord(
         batch_id,
         key,
