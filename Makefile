@@ -15,7 +15,7 @@ PY          = $(VENV)/bin/python
 PYTHONS    ?= 3.11 3.12 3.13
 # --compile-bytecode: every package's bytecode is written once, at install. Without it an
 # environment with PYTHONDONTWRITEBYTECODE set compiles SQLAlchemy and the rest again in
-# every process it starts (the suite starts hundreds: about half its CPU time).
+# every process it starts (the suite starts hundreds: it took half the worker tests' CPU).
 SYNC        = $(UV) sync --locked --quiet --compile-bytecode --python $(PYTHON)
 
 # uv must not fetch an interpreter of its own: it uses the one named by PYTHON.
