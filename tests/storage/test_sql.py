@@ -779,6 +779,25 @@ async def check_lost_replies(storage: Any) -> None:
     gone = ItemState.CANCELLED
     await _states_are(storage, other.id, [gone, gone, gone])
 
+    # The claim of a finished batch's completion hook, its reply lost: the retry hands the
+    # batch over, where it found it leased (by its own lost try) and left the hook
+    # unfired for a whole lease, or for good under a worker that exits when idle.
+    storage.lose = 1
+    hook = await storage.claim_finished_batch(lease_seconds=30, batch_id=other.id)
+    assert hook is not None, "the hook's claim landed: its retry must hand it over"
+    assert hook.record.id == other.id
+    assert await storage.ack_finished_batch(other.id, hook.token)
+    # The same for a claim of any finished batch's hook (a worker's sweep).
+    for claimed in (third, fourth):
+        assert (await storage.finish(claimed.lease, Outcome.succeeded('"d"'))).accepted
+    storage.lose = 1
+    hook = await storage.claim_finished_batch(lease_seconds=30)
+    assert hook is not None, "the hook's claim landed: its retry must hand it over"
+    assert hook.record.id == record.id
+    assert await storage.ack_finished_batch(record.id, hook.token)
+    assert await storage.claim_finished_batch(lease_seconds=30) is None
+    assert not await storage.ack_finished_batch(other.id, "not-the-token")
+
 
 class _AsyncpgBusy(Exception):
     """Stands for asyncpg's InternalClientError, which SQLAlchemy lets through unwrapped."""

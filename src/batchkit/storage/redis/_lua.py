@@ -674,7 +674,8 @@ if not m[1] then return {2} end
 if not m[2] then return {0} end
 if m[3] then return {3} end
 local t = clock()
-if m[4] and tonumber(m[5]) > t then return {0} end
+-- Leased by another (a retry of this same claim, its reply lost, finds its own token).
+if m[4] and m[4] ~= ARGV[4] and tonumber(m[5]) > t then return {0} end
 redis.call('HSET', META, 'hook_token', ARGV[4], 'hook_deadline', fmt(t + tonumber(ARGV[3])))
 return {1, record()}
 """

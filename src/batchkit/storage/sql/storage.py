@@ -698,13 +698,16 @@ class SQLStorage(AsyncContext):
     ) -> FinishedBatch | None:
         """Claim a finished batch whose hook is due (see `Storage.claim_finished_batch`)."""
         b = self.tables.batches
+        # One token for every try: a retry whose first try landed (its reply lost) finds
+        # the batch its own, where it would find it leased and leave its hook unfired.
+        token = new_token()
 
         async def work(conn: AsyncConnection) -> FinishedBatch | None:
             now = self._now()
             query = select(b.c.id).where(
                 b.c.finished_at.is_not(None),
                 b.c.hook_done.is_(False),
-                or_(b.c.hook_token.is_(None), b.c.hook_deadline <= now),
+                or_(b.c.hook_token.is_(None), b.c.hook_deadline <= now, b.c.hook_token == token),
             )
             if batch_id is not None:
                 await self._require_batch(conn, batch_id)
@@ -713,7 +716,6 @@ class SQLStorage(AsyncContext):
             found = (await conn.execute(query.with_for_update(skip_locked=True))).scalar()
             if found is None:
                 return None
-            token = new_token()
             await conn.execute(
                 b.update()
                 .where(b.c.id == found)
