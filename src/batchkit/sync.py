@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import os
 import threading
@@ -146,12 +147,45 @@ class SyncBatchRunner:
             RuntimeError: the runner is closed, or the call comes from its own loop (a
                 generator of `run`: await the async runner there instead).
         """
-        portal, runner = self._ready()
+        loop, runner = self._ready_loop()
+        if threading.current_thread() is loop.thread:
+            raise RuntimeError(
+                f"{self!r} was called from its own event loop (a generator of its `run`?): "
+                "await the async runner there instead"
+            )
+        event_loop = loop.event_loop
+        assert event_loop is not None
+
+        # Straight onto the loop, as a task of its own in a copy of the caller's context
+        # (a request's trace context, say, so that a submit's span is the request's
+        # child), the answer handed back through a future: a portal's call, which does
+        # the same, adds a task group's task and its cancel scope to every call.
+        context = contextvars.copy_context()
+        answer: Future[T] = Future()
+
+        def hand_back(task: asyncio.Task[T]) -> None:
+            if task.cancelled():
+                answer.set_exception(RuntimeError(f"{self!r}: the call was cancelled"))
+            elif (error := task.exception()) is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(task.result())
 
         async def bound() -> T:
             return await function(runner)
 
-        return portal.call(bound)
+        def start() -> None:
+            task = event_loop.create_task(bound(), context=context)
+            task.add_done_callback(hand_back)
+
+        event_loop.call_soon_threadsafe(start)
+        while True:
+            try:
+                return answer.result(timeout=_LIVENESS_CHECK)
+            except TimeoutError:
+                # A loop stopped by a close in another thread may never start the call.
+                if not loop.thread.is_alive():
+                    raise RuntimeError(f"{self!r} was closed during the call") from None
 
     def close(self) -> None:
         """Close the storage opened here (a storage object given is closed too), and stop
@@ -172,6 +206,11 @@ class SyncBatchRunner:
 
     def _ready(self) -> tuple[BlockingPortal, BatchRunner]:
         """This process's portal and the runner, its storage opened, opening it first."""
+        loop, runner = self._ready_loop()
+        return loop.portal, runner
+
+    def _ready_loop(self) -> tuple[_Loop, BatchRunner]:
+        """This process's loop and the runner, its storage opened, opening it first."""
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self!r} is closed")
@@ -182,7 +221,7 @@ class SyncBatchRunner:
             if not self._opened:
                 self._loop.portal.call(self._runner.storage.__aenter__)
                 self._opened = True
-            return self._loop.portal, self._runner
+            return self._loop, self._runner
 
     def _start_afresh(self) -> None:
         """In a forked child: forget the parent's loop and storage, make the storage
@@ -371,6 +410,10 @@ class _Watch:
             self._receive.close()
 
 
+#: How often a call waiting for its answer checks that the loop's thread still runs (s).
+_LIVENESS_CHECK = 1.0
+
+
 class _Loop:
     """This process's event loop, in a daemon thread of its own (``batchkit-loop``), shared
     by its runners and stopped when the last one closes.
@@ -399,8 +442,8 @@ class _Loop:
                 if not started.done():
                     started.set_exception(exc)
 
-        self._thread = threading.Thread(target=run, name="batchkit-loop", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=run, name="batchkit-loop", daemon=True)
+        self.thread.start()
         self.portal = started.result()
         self.users = 0
         self.pid = os.getpid()
@@ -445,7 +488,7 @@ class _Loop:
                 _Loop._current = None
         with suppress(RuntimeError):  # stopped already
             self.portal.call(self.portal.stop, True)
-        self._thread.join()
+        self.thread.join()
 
 
 #: What a forked child inherited from its parent, kept from the collector: finalizing a

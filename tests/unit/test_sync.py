@@ -3,6 +3,7 @@ methods without ``await``, from any thread, through forks and exits."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 from batchkit import (
@@ -237,6 +239,81 @@ def test_a_generator_that_calls_the_sync_runner_fails_its_item_clearly() -> None
         error = runner.item(batch.id, "a").error
         assert error is not None
         assert error.type == "RuntimeError"
+
+
+def test_a_call_sees_the_callers_context_variables_and_leaves_them_as_they_were() -> None:
+    # A web request's trace context (OpenTelemetry keeps it in a context variable) goes
+    # with the call: the submit's span is the request's child, as with the async runner.
+    request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+    seen: dict[str, str] = {}
+
+    async def read(runner: object) -> str:
+        seen["inside"] = request.get()
+        request.set("changed inside")  # the caller's own value stays as it was
+        return request.get()
+
+    with SyncBatchRunner(MemoryStorage(), _render) as runner:
+        answers: dict[str, str] = {}
+
+        def in_thread(name: str) -> None:
+            request.set(name)
+            answers[name] = runner.call(read)
+            assert request.get() == name
+
+        threads = [threading.Thread(target=in_thread, args=(f"req-{n}",)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == {f"req-{n}": "changed inside" for n in range(4)}
+        assert runner.call(read) == "changed inside"
+        assert seen["inside"] == "none"  # this thread set nothing
+        assert request.get() == "none"
+
+
+def test_a_submit_is_a_child_of_the_callers_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import batchkit.runner
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # This process's tracer provider, for batchkit alone (the global one is set once).
+    monkeypatch.setattr(batchkit.runner, "tracer", lambda: provider.get_tracer("batchkit"))
+    app = provider.get_tracer("app")
+    with (
+        SyncBatchRunner(MemoryStorage(), _render) as runner,
+        app.start_as_current_span("POST /videos") as request,
+    ):
+        runner.submit(["a"])
+    (submit,) = [s for s in exporter.get_finished_spans() if s.name == "batchkit submit"]
+    assert submit.parent is not None
+    assert submit.parent.span_id == request.get_span_context().span_id
+
+
+def test_a_call_waiting_when_another_thread_closes_the_runner_is_told_so() -> None:
+    runner = SyncBatchRunner(MemoryStorage(), _render)
+    runner.submit(["a"])  # opens the storage and starts the loop
+    errors: list[BaseException] = []
+
+    def waits() -> None:
+        try:
+            runner.call(lambda _: anyio.sleep(60))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waits)
+    thread.start()
+    time.sleep(0.2)
+    runner.close()
+    thread.join(10)
+    assert not thread.is_alive(), "the call still waits for a loop that stopped"
+    assert len(errors) == 1, errors
+    assert isinstance(errors[0], RuntimeError), errors
+    assert "cancelled" in str(errors[0]) or "closed" in str(errors[0])
 
 
 def test_storage_options_reach_the_storage_in_every_process(tmp_path: Path) -> None:
