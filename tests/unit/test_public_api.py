@@ -118,18 +118,21 @@ def test_py_typed_ships() -> None:
     assert importlib.resources.files("batchkit").joinpath("py.typed").is_file()
 
 
-def test_import_loads_no_driver_and_no_test_tool() -> None:
-    heavy = ["sqlalchemy", "redis", "asyncpg", "asyncmy", "aiosqlite", "pytest", "hypothesis"]
-    code = (
-        "import json, sys\n"
-        "import batchkit, batchkit.storage\n"
-        "batchkit.open_storage('memory://')\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    )
+def _modules_after(code: str) -> set[str]:
+    """The modules loaded in a fresh interpreter once ``code`` has run."""
+    code += "import json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    loaded = set(json.loads(done.stdout))
+    return set(json.loads(done.stdout))
+
+
+def test_import_loads_no_driver_and_no_test_tool() -> None:
+    heavy = ["sqlalchemy", "redis", "asyncpg", "asyncmy", "aiosqlite", "pytest", "hypothesis"]
+    modules = _modules_after(
+        "import batchkit, batchkit.storage\nbatchkit.open_storage('memory://')\n"
+    )
+    loaded = {name.split(".")[0] for name in modules}
     assert "batchkit" in loaded
     assert loaded.isdisjoint(heavy), sorted(loaded & set(heavy))
 
@@ -162,16 +165,9 @@ def test_a_storage_loads_its_own_driver_and_no_other(
     # A worker on Redis does not pay for SQLAlchemy's import, nor one on SQLite for
     # asyncpg's or for SQLAlchemy's PostgreSQL and MySQL dialects: each storage object is
     # built (not connected) in a fresh interpreter.
-    code = (
-        "import json, sys\n"
-        "import batchkit\n"
-        f"batchkit.open_storage({url.format(tmp=tmp_path)!r})\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+    modules = _modules_after(
+        f"import batchkit\nbatchkit.open_storage({url.format(tmp=tmp_path)!r})\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    modules = set(json.loads(done.stdout))
     loaded = {name.split(".")[0] for name in modules} & _DRIVERS
     loaded |= modules & _SQL_DIALECTS
     assert loaded <= uses, sorted(loaded - uses)
@@ -181,8 +177,8 @@ def test_a_sqlite_storage_that_runs_a_batch_loads_no_other_databases_dialect(
     tmp_path: Path,
 ) -> None:
     # The same, through a whole run: opening, creating the tables, claiming and finishing.
-    code = (
-        "import json, sys, anyio, batchkit\n"
+    modules = _modules_after(
+        "import anyio, batchkit\n"
         "async def generate(ctx):\n"
         "    return ctx.payload\n"
         "async def main():\n"
@@ -192,12 +188,7 @@ def test_a_sqlite_storage_that_runs_a_batch_loads_no_other_databases_dialect(
         "        await runner.run(batch.id)\n"
         "        assert (await runner.status(batch.id)).state == 'completed'\n"
         "anyio.run(main)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    modules = set(json.loads(done.stdout))
     assert "sqlalchemy.dialects.sqlite" in modules
     others = modules & (_SQL_DIALECTS - {"sqlalchemy.dialects.sqlite"})
     assert not others, sorted(others)

@@ -2,9 +2,9 @@
 
 `SQLStorage.open` picks one `Dialect` for its engine (``_sqlite``, ``_postgres``,
 ``_mysql``, from `DIALECTS`, which imports only the one asked for) and its steps call it;
-they never ask which database they run on. The base
-class is a database reached through SQLAlchemy alone, with ``UPDATE ... RETURNING`` and
-nothing else of its own: each dialect overrides what it does differently.
+they never ask which database they run on. The base class is a database reached through
+SQLAlchemy alone, with ``UPDATE ... RETURNING`` and nothing else of its own: each dialect
+overrides what it does differently.
 """
 
 from __future__ import annotations
