@@ -40,20 +40,15 @@ import anyio
 import batchkit
 from _stores import fresh_store, open_store, unreachable
 from batchkit import BatchRunner, ItemState, Worker
+from first_call import called_at
 from scale_out import URLS, worker_process
 
 if TYPE_CHECKING:
-    from batchkit import ItemContext
     from batchkit.protocols import Storage
 
-__all__ = ["called_at", "main"]
+__all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
-
-
-async def called_at(ctx: ItemContext) -> float:
-    """The benchmark's generator: the time it was called."""
-    return time.time()
 
 
 @dataclass
@@ -107,7 +102,7 @@ async def _in_process(store: str, url: str, prefix: str, rounds: int) -> list[fl
 
 
 async def _separate(store: str, url: str, prefix: str, rounds: int, idle: float) -> Result:
-    command, env = worker_process(url, prefix, "wake:called_at", "--log-level", "INFO")
+    command, env = worker_process(url, prefix, "first_call:called_at", "--log-level", "INFO")
     async with open_store(store, url, prefix) as storage:
         await storage.list_batches(limit=1)  # the tables exist before the worker starts
         async with await anyio.open_process(
