@@ -4,7 +4,11 @@ made since its last look."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -12,6 +16,7 @@ import anyio
 import pytest
 
 from batchkit.storage._bell import Flag
+from batchkit.storage.sql import _filewatch
 from batchkit.storage.sql._filewatch import LOOK_AGAIN, WORK_COUNT, FileWatch
 
 if TYPE_CHECKING:
@@ -97,3 +102,74 @@ async def test_a_first_look_that_could_not_read_counts_the_next_as_new_work(
         assert watch.look() is False
     finally:
         watch.close()
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the kernel's word (inotify) is Linux's"
+)
+
+
+@linux_only
+async def test_the_kernels_watch_is_closed_off_the_event_loop(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing an inotify descriptor waits for the kernel to let go of its watches (4 to
+    20 ms): a worker stopping in a host's process must not stall its event loop so long.
+    The watch still rings while it runs, and its descriptor is closed after."""
+    opened: list[int] = []
+    closed: list[tuple[int, threading.Thread]] = []
+    done = threading.Event()
+
+    def inotify(folder: str) -> int | None:
+        fd = real_inotify(folder)
+        assert fd is not None
+        opened.append(fd)
+        return fd
+
+    class OS:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        def close(self, fd: int) -> None:
+            os.close(fd)
+            closed.append((fd, threading.current_thread()))
+            done.set()
+
+    real_inotify = _filewatch._inotify
+    monkeypatch.setattr(_filewatch, "_inotify", inotify)
+    monkeypatch.setattr(_filewatch, "os", OS())
+    watch = FileWatch.open(str(path), META)
+    assert watch is not None
+    writer = _connect(path)
+    flag = Flag()
+    try:
+        async with watch.ringing(flag):
+            _make_work(writer)
+            started = time.monotonic()
+            await flag.wait(timeout=5)
+            assert time.monotonic() - started < 4  # rung, not timed out
+        assert await anyio.to_thread.run_sync(done.wait, 5)
+    finally:
+        writer.close()
+    ((fd, thread),) = closed
+    assert fd == opened[0]
+    assert thread is not threading.current_thread()
+
+
+@linux_only
+def test_the_kernels_watch_opens_without_starting_a_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding the C library must not run ldconfig (as `ctypes.util.find_library` does):
+    a process started at each worker's start costs time, and some containers forbid it."""
+    started: list[object] = []
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise OSError("no process may be started here")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    fd = _filewatch._inotify(str(tmp_path))
+    assert fd is not None
+    os.close(fd)
+    assert started == []
