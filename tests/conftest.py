@@ -6,6 +6,9 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 # CI runs more examples; a local run stays quick. Deadlines are off: the machine is shared.
 settings.register_profile(
@@ -50,3 +53,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid in SOAK_ONLY:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """batchkit's spans in this test, captured in memory (the process's global tracer
+    provider is left alone: it can be set only once)."""
+    import batchkit._execution
+    import batchkit.runner
+
+    captured = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    for module in (batchkit.runner, batchkit._execution):
+        monkeypatch.setattr(module, "tracer", lambda: provider.get_tracer("batchkit"))
+    return captured

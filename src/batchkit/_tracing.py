@@ -11,9 +11,13 @@ the submit's: one trace goes from the request to every item run it caused.
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
+
+from .codec import dumps
+from .models import LIMIT_CAPS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -33,6 +37,10 @@ __all__ = [
 TRACE_KEY = "batchkit:trace"
 #: Metadata keys starting with this are batchkit's.
 RESERVED_PREFIX = "batchkit:"
+#: The most metadata a store holds (`LIMIT_CAPS`), the trace context included.
+_METADATA_CAP = LIMIT_CAPS["max_metadata_bytes"][0]
+
+logger = logging.getLogger("batchkit.runner")
 
 
 def tracer() -> Any | None:
@@ -74,6 +82,20 @@ def submit_span(
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     if carrier:
         metadata[TRACE_KEY] = carrier
+        size = len(dumps(metadata).encode())
+        if size > _METADATA_CAP:
+            # The caller's metadata fits, and every store holds it; with the context (and
+            # its baggage) some store would not: the batch goes without it.
+            del metadata[TRACE_KEY]
+            logger.warning(
+                "batch %s: its trace context is not kept (with it, its metadata would take "
+                "%d bytes, over the %d a store holds): its items' spans will not be "
+                "children of its submit's",
+                batch_id,
+                size,
+                _METADATA_CAP,
+                extra={"event": "trace_context_dropped", "batch_id": batch_id},
+            )
     return span
 
 

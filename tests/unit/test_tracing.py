@@ -4,38 +4,26 @@ worker process: tests/workers/test_tracing.py."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import batchkit._execution
-import batchkit.runner
-from batchkit import BatchRunner, MemoryStorage, RetryPolicy
+from batchkit import BatchRunner, Limits, MemoryStorage, RetryPolicy
 from batchkit._tracing import TRACE_KEY, tracer
+from batchkit.codec import dumps
 from batchkit.exceptions import InvalidBatch
+from batchkit.models import LIMIT_CAPS
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from batchkit import ItemContext
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
-    """Spans of batchkit in this test, captured in memory (the process's global tracer
-    provider is left alone: it can be set only once)."""
-    captured = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(captured))
-    for module in (batchkit.runner, batchkit._execution):
-        monkeypatch.setattr(module, "tracer", lambda: provider.get_tracer("batchkit"))
-    return captured
 
 
 async def test_a_run_makes_one_span_per_attempt_under_its_submit(
@@ -88,6 +76,38 @@ async def test_a_run_makes_one_span_per_attempt_under_its_submit(
     retried = [s for s in exporter.get_finished_spans() if s.name == "batchkit submit"]
     assert len(retried) == 2
     assert retried[1].attributes["batchkit.batch.parent_id"] == batch.id  # type: ignore[index]
+
+
+async def test_a_context_that_would_take_the_metadata_past_what_a_store_holds_is_left_out(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit is on the caller's metadata; the context comes on top. Where the two
+    would not fit in a store (65,535 bytes: a MySQL TEXT column), the batch is submitted
+    without the context, and the log says so; with room to spare, it keeps it."""
+    cap = LIMIT_CAPS["max_metadata_bytes"][0]
+    storage = MemoryStorage()
+    runner = BatchRunner(storage, lambda ctx: None, limits=Limits(max_metadata_bytes=cap))
+    full = {"blob": "x" * (cap - len(dumps({"blob": ""})))}
+    assert len(dumps(full)) == cap
+    roomy = {"blob": "x" * (cap - 1_000)}
+    with caplog.at_level(logging.WARNING, "batchkit.runner"):
+        dropped = await runner.submit(["a"], metadata=full)
+        kept = await runner.submit(["b"], metadata=roomy)
+    stored = (await storage.get_batch(dropped.id)).metadata
+    assert stored == full
+    assert TRACE_KEY in (await storage.get_batch(kept.id)).metadata
+    assert len(dumps((await storage.get_batch(kept.id)).metadata).encode()) <= cap
+    said = [r for r in caplog.records if getattr(r, "event", None) == "trace_context_dropped"]
+    assert [r.batch_id for r in said] == [dropped.id]  # type: ignore[attr-defined]
+    assert "children" in said[0].getMessage()
+    # The batch runs all the same; its attempt's span starts a trace of its own.
+    await runner.run(dropped.id)
+    await runner.run(kept.id)
+    spans = exporter.get_finished_spans()
+    submits = {s.attributes["batchkit.batch.id"]: s for s in spans if s.name == "batchkit submit"}  # type: ignore[index]
+    attempts = {s.attributes["batchkit.batch.id"]: s for s in spans if s.name == "batchkit item"}  # type: ignore[index]
+    assert attempts[dropped.id].context.trace_id != submits[dropped.id].context.trace_id  # type: ignore[union-attr]
+    assert attempts[kept.id].parent.span_id == submits[kept.id].context.span_id  # type: ignore[union-attr]
 
 
 async def test_metadata_keys_of_batchkits_own_are_refused() -> None:
