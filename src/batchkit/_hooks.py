@@ -61,7 +61,17 @@ async def fire_hook(
         logger.error("on_batch_finished hook raised", exc_info=exc, extra=fields)
     took = time.monotonic() - started
     acked = await storage.ack_finished_batch(status.batch_id, claimed.token)
-    if not acked or took >= lease_seconds:
+    if not acked:
+        logger.warning(
+            "the on_batch_finished hook of batch %s could not be acknowledged (it took "
+            "%.1f s, the lease is %g s): another runner took it over, and may fire it "
+            "too, or the batch was deleted",
+            status.batch_id,
+            took,
+            lease_seconds,
+            extra=fields,
+        )
+    elif took >= lease_seconds:
         logger.warning(
             "the on_batch_finished hook of batch %s took %.1f s, longer than the lease "
             "(%g s): another runner may have fired it too; keep hooks short, or raise "

@@ -540,7 +540,14 @@ class Storage(Protocol):
         ...
 
     async def ack_finished_batch(self, batch_id: str, token: str) -> bool:
-        """Record that the completion hook ran; `False` when ``token`` is not current."""
+        """Record that the completion hook ran.
+
+        Returns:
+            `True` when the claim under ``token`` is acknowledged, by this call or an
+            earlier one with the same token (a retry whose first try's reply was lost);
+            `False` when ``token`` is not the batch's current claim (the hook was claimed
+            again since, its lease lapsed), or there is no such batch.
+        """
         ...
 
     def subscribe(self, batch_id: str) -> AbstractAsyncContextManager[Subscription]:

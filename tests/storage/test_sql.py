@@ -794,7 +794,11 @@ async def check_lost_replies(storage: Any) -> None:
     hook = await storage.claim_finished_batch(lease_seconds=30)
     assert hook is not None, "the hook's claim landed: its retry must hand it over"
     assert hook.record.id == record.id
+    # Its acknowledgement, its reply lost: the retry is told it landed, not that another
+    # runner took the hook over.
+    storage.lose = 1
     assert await storage.ack_finished_batch(record.id, hook.token)
+    assert storage.lose == 0, "the ack's reply was lost and it was tried again"
     assert await storage.claim_finished_batch(lease_seconds=30) is None
     assert not await storage.ack_finished_batch(other.id, "not-the-token")
 

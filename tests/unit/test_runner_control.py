@@ -405,6 +405,29 @@ async def test_sync_and_async_hooks_fire_once_with_the_final_status(
     assert [k for k, _ in fired] == ["sync", "async"]
 
 
+async def test_a_hook_that_could_not_be_acknowledged_is_logged_and_a_quick_one_is_not(
+    storage: MemoryStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A quick hook, acknowledged, logs no warning; one whose acknowledgement is refused
+    (here its batch was deleted while it ran) says that, not that it ran long."""
+
+    async def delete_it(status: BatchStatus) -> None:
+        await runner.delete(status.batch_id)
+
+    quick = BatchRunner(storage, echo, on_batch_finished=lambda status: None)
+    runner = BatchRunner(storage, echo, on_batch_finished=delete_it)
+    with caplog.at_level(logging.WARNING, "batchkit.runner"):
+        await quick.run((await quick.submit(["a"])).id)
+        assert caplog.records == []
+        batch = await runner.submit(["a"])
+        await runner.run(batch.id)
+    (said,) = caplog.records
+    assert said.getMessage().startswith(
+        f"the on_batch_finished hook of batch {batch.id} could not be acknowledged"
+    )
+    assert "deleted" in said.getMessage()
+
+
 async def test_hook_fires_when_cancel_finishes_the_batch(storage: MemoryStorage) -> None:
     fired: list[BatchStatus] = []
     runner = BatchRunner(storage, echo, on_batch_finished=fired.append)

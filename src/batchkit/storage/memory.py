@@ -392,10 +392,9 @@ class MemoryStorage(AsyncContext):
         await anyio.lowlevel.checkpoint()
         async with self._lock:
             row = self._batches.get(batch_id)
-            if row is None or row.hook_done or row.hook_token != token:
+            if row is None or row.hook_token != token:
                 return False
-            row.hook_done = True
-            row.hook_token = None
+            row.hook_done = True  # the token stays: the same ack again is told True
             return True
 
     @asynccontextmanager

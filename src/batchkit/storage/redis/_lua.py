@@ -681,14 +681,14 @@ return {1, record()}
 """
 )
 
-#: Acknowledge a completion hook. ARGV: 3 token. Returns 1 when the token was current.
+#: Acknowledge a completion hook. ARGV: 3 token. Returns 1 when the token is current: the
+#: token stays, so that a retry whose first try landed (its reply lost) is told 1 again.
 HOOK_ACK = (
     _COMMON
     + r"""
-local m = redis.call('HMGET', META, 'hook_done', 'hook_token')
-if m[1] or m[2] ~= ARGV[3] then return 0 end
+if redis.call('HGET', META, 'hook_token') ~= ARGV[3] then return 0 end
 redis.call('HSET', META, 'hook_done', '1')
-redis.call('HDEL', META, 'hook_token', 'hook_deadline')
+redis.call('HDEL', META, 'hook_deadline')
 return 1
 """
 )

@@ -730,10 +730,12 @@ class SQLStorage(AsyncContext):
         b = self.tables.batches
 
         async def work(conn: AsyncConnection) -> bool:
+            # The token stays: a retry whose first try landed (its reply lost) is told
+            # True again, and a stale token still finds another.
             done = await conn.execute(
                 b.update()
-                .where(b.c.id == batch_id, b.c.hook_token == token, b.c.hook_done.is_(False))
-                .values(hook_done=True, hook_token=None)
+                .where(b.c.id == batch_id, b.c.hook_token == token)
+                .values(hook_done=True, hook_deadline=None)
             )
             return bool(done.rowcount == 1)
 

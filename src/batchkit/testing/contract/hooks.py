@@ -59,8 +59,18 @@ class HooksContract:
         finished = await storage.claim_finished_batch(lease_seconds=0)
         assert finished is not None
         assert await storage.ack_finished_batch(done.id, finished.token)
-        assert not await storage.ack_finished_batch(done.id, finished.token)
         assert await storage.claim_finished_batch(lease_seconds=LONG) is None
+        assert await storage.claim_finished_batch(lease_seconds=LONG, batch_id=done.id) is None
+
+    async def test_ack_again_with_the_same_token_is_told_true(self, storage: Storage) -> None:
+        """A retry of an ack whose first try landed (its reply lost) must not read as the
+        hook claimed by another runner: the same token is acknowledged again."""
+        done = await _finished(storage)
+        finished = await storage.claim_finished_batch(lease_seconds=LONG)
+        assert finished is not None
+        assert await storage.ack_finished_batch(done.id, finished.token)
+        assert await storage.ack_finished_batch(done.id, finished.token)
+        assert await storage.claim_finished_batch(lease_seconds=0) is None
 
     async def test_ack_with_stale_token_is_refused(self, storage: Storage) -> None:
         done = await _finished(storage)
@@ -70,3 +80,4 @@ class HooksContract:
         assert new is not None
         assert not await storage.ack_finished_batch(done.id, old.token)
         assert await storage.ack_finished_batch(done.id, new.token)
+        assert not await storage.ack_finished_batch(done.id, old.token)
