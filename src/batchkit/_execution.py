@@ -54,6 +54,10 @@ __all__ = ["Executor", "ExecutorOptions", "build_executor"]
 
 
 _NO_HISTORY = History()
+#: The outcomes after which an item keeps its progress and message (a retry starts anew).
+_KEEPS_PROGRESS = frozenset({ItemState.FAILED, ItemState.CANCELLED})
+
+logger = logging.getLogger("batchkit.runner")
 
 
 class Executor:
@@ -241,6 +245,8 @@ class Executor:
                 )
             if outcome.state is ItemState.FAILED or lost:
                 outcome = self._decide(outcome, exc, history, lost)
+            if keeper.unwritten is not None and outcome.state in _KEEPS_PROGRESS:
+                await self._last_report(lease, keeper.unwritten)
             if keeper.span is not None:
                 self._end_span(keeper, _outcome_name(outcome), exc)
         if callable(then_claim):
@@ -426,6 +432,20 @@ class Executor:
         except (StorageError, OSError, LookupError):
             return False
         return outcome.landed(lease, item.state, item.attempt)
+
+    async def _last_report(self, lease: Lease, report: tuple[float, str | None]) -> None:
+        """Write the progress an item reported last, not yet written (its writes are
+        throttled), before its final failure or cancellation: the item then shows what it
+        was doing. A success shows its result; a retry starts its progress anew."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.storage.record_progress(lease, *report)
+        except (StorageError, OSError) as exc:
+            logger.debug(
+                "could not write an item's last progress: %s",
+                exc,
+                extra={"batch_id": lease.batch_id, "key": lease.key},
+            )
 
     async def hand_back(self, claim: Claim) -> None:
         """Give a claimed item back to `queued` without running it (a worker stopping)."""

@@ -66,6 +66,8 @@ class Keeper:
         self.flush_group: Callable[[], Awaitable[None]] | None = None
         #: The running attempt's span (`_tracing`), ended once its outcome is decided.
         self.span: Any = None
+        #: The progress the item reported last and that was not written when it ended.
+        self.unwritten: tuple[float, str | None] | None = None
 
     def begin(self, lease: Lease, reporter: _Reporter, scope: anyio.CancelScope) -> None:
         self.lease, self.reporter, self.scope = lease, reporter, scope
@@ -81,6 +83,7 @@ class Keeper:
 
     def end(self) -> None:
         self.recent, self.recent_end = self.lease, time.monotonic()
+        self.unwritten = None if self.reporter is None else self.reporter.pending
         if self.reporter is not None and self.reporter.wake is not None:
             self.reporter.wake.set()  # the keeper may be asleep on the finished item
         self.lease = self.reporter = self.scope = None

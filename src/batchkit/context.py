@@ -82,9 +82,11 @@ class ItemContext:
         """Report how far the item is (0.0 to 1.0) and what it is doing.
 
         Cheap to call often: writes to the storage are throttled by the runner
-        (``progress_interval``), the latest report always wins, and nothing is lost at the
-        end because finishing the item records its final state. It is also a checkpoint:
-        if the batch was cancelled, the generator is cancelled here.
+        (``progress_interval``) and the latest report always wins. An item that ends
+        failed or cancelled keeps the report it made last (written before its outcome if
+        the throttle held it back); a success shows its result, and a retry starts anew.
+        It is also a checkpoint: if the batch was cancelled, the generator is cancelled
+        here.
 
         Raises:
             ValueError: ``fraction`` is not between 0 and 1.

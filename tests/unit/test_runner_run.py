@@ -20,7 +20,9 @@ from batchkit import (
     ItemState,
     Limits,
     MemoryStorage,
+    RetryPolicy,
 )
+from batchkit.exceptions import StorageError
 from batchkit.protocols import ClaimRequest, Outcome
 
 from .helpers import CountingStorage, all_items, wait_until
@@ -490,6 +492,99 @@ async def test_progress_is_throttled_and_the_latest_report_shows_while_running()
     item = await runner.item(batch.id, "k")
     assert item.state is ItemState.SUCCEEDED
     assert item.progress == 1.0
+
+
+def _noting(storage: CountingStorage) -> tuple[list[tuple[float, str | None]], anyio.Event]:
+    """The progress ``storage`` is asked to write, and an event set at the first write."""
+    written: list[tuple[float, str | None]] = []
+    first = anyio.Event()
+
+    async def note(lease: Any, progress: float, message: str | None, **kwargs: Any) -> None:
+        written.append((progress, message))
+        first.set()
+        if message == "the store is away":
+            raise StorageError("the store is away")
+
+    storage.before["record_progress"] = note
+    return written, first
+
+
+async def test_an_item_that_fails_or_is_cancelled_shows_the_progress_it_reported_last() -> None:
+    """Progress writes are throttled: the report made just before a failure or a cancel
+    would never be written, and the item would show what it did before. It is written
+    before the outcome."""
+    storage = CountingStorage()
+    written, first = _noting(storage)
+    running = anyio.Event()
+
+    async def gen(ctx: ItemContext) -> str:
+        await ctx.progress(0.1, "rendering")
+        await first.wait()
+        await ctx.progress(0.7, f"uploading {ctx.key}")  # not due for a minute
+        if ctx.key == "fails":
+            raise ValueError("no")
+        running.set()
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+    # A short lease: the running item hears of the cancel at its next heartbeat.
+    runner = BatchRunner(storage, gen, progress_interval=60, lease_seconds=0.3)
+    batch = await runner.submit(["fails", "cancelled"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run, batch.id)
+        await running.wait()
+        await runner.cancel(batch.id)
+    ended = {item.key: item for item in await runner.items(batch.id)}
+    assert [(i.state, i.progress, i.message) for i in ended.values()] == [
+        (ItemState.FAILED, 0.7, "uploading fails"),
+        (ItemState.CANCELLED, 0.7, "uploading cancelled"),
+    ]
+    assert ended["fails"].error is not None
+    assert ended["fails"].error.type == "ValueError"
+    assert written[-3:] == [
+        (0.7, "uploading fails"),
+        (0.1, "rendering"),
+        (0.7, "uploading cancelled"),
+    ]
+
+
+async def test_a_retried_attempt_leaves_its_last_report_unwritten() -> None:
+    """A retry starts its progress anew: the failed attempt's unwritten report would be
+    a write for nothing."""
+    storage = CountingStorage()
+    written, first = _noting(storage)
+
+    async def gen(ctx: ItemContext) -> str:
+        if ctx.attempt == 1:
+            await ctx.progress(0.5, "first")
+            await first.wait()
+            await ctx.progress(0.6, "unwritten")
+            raise ConnectionError("busy")
+        return "ok"
+
+    retry = RetryPolicy(max_attempts=2, backoff=0.001)
+    runner = BatchRunner(storage, gen, retry=retry, progress_interval=60)
+    batch = await runner.submit(["k"])
+    assert (await runner.run(batch.id)).state is BatchState.COMPLETED
+    assert written == [(0.5, "first")]
+
+
+async def test_a_last_report_the_store_refuses_does_not_stop_the_outcome() -> None:
+    storage = CountingStorage()
+    written, first = _noting(storage)
+
+    async def gen(ctx: ItemContext) -> str:
+        await ctx.progress(0.2, "first")
+        await first.wait()
+        await ctx.progress(0.3, "the store is away")
+        raise ValueError("no")
+
+    runner = BatchRunner(storage, gen, progress_interval=60)
+    batch = await runner.submit(["k"])
+    assert (await runner.run(batch.id)).state is BatchState.FAILED
+    item = await runner.item(batch.id, "k")
+    assert (item.state, item.progress, item.message) == (ItemState.FAILED, 0.2, "first")
+    assert written == [(0.2, "first"), (0.3, "the store is away")]
 
 
 async def test_progress_rejects_values_outside_zero_to_one(storage: MemoryStorage) -> None:

@@ -144,6 +144,25 @@ class FinishingContract:
         assert await _state(storage, record.id, "item-0") == _C
         assert status_from_record(await storage.get_batch(record.id)).state is BatchState.CANCELLED
 
+    @pytest.mark.parametrize(
+        "outcome",
+        [
+            pytest.param(Outcome.failed(_error()), id="failed"),
+            pytest.param(Outcome.cancelled(), id="cancelled"),
+        ],
+    )
+    async def test_a_final_failure_keeps_the_last_progress(
+        self, storage: Storage, outcome: Outcome
+    ) -> None:
+        """An item that ends failed or cancelled shows how far it got and what it was
+        doing: its last progress and message stay."""
+        record = await _create(storage, 1)
+        claim = await _claim(storage, record.id)
+        await storage.record_progress(claim.lease, 0.6, "uploading")
+        assert (await storage.finish(claim.lease, outcome)).accepted
+        item = await _item(storage, record.id, "item-0")
+        assert (item.state, item.progress, item.message) == (outcome.state, 0.6, "uploading")
+
     async def test_release_requeues_and_resets_progress(self, storage: Storage) -> None:
         record = await _create(storage, 1)
         claim = await _claim(storage, record.id)
