@@ -524,10 +524,10 @@ class Executor:
             limit,
             failing=failing,
             lease_seconds=self.lease_seconds,
-            stop_running=self._cancel_running,
+            stop_running=self.cancel_running,
         )
 
-    def _cancel_running(self, batch_id: str) -> None:
+    def cancel_running(self, batch_id: str) -> None:
         """Stop this executor's running items of a batch as cancelled (it just was)."""
         for keeper in list(self._keepers):
             if keeper.lease is not None and keeper.lease.batch_id == batch_id:

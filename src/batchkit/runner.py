@@ -123,6 +123,8 @@ class BatchRunner:
         self.block_warning = block_warning
         self.metrics = metrics
         self._batch_info = BatchInfoCache(storage)
+        #: The executors of this runner's `run` calls under way (`cancel` stops their items).
+        self._running: set[Executor] = set()
 
     def __repr__(self) -> str:
         # A storage of the host's own may show its URL whole: hidden here all the same.
@@ -327,6 +329,7 @@ class BatchRunner:
         untrack = None
         if self.metrics is not None:
             untrack = self.metrics.track("in-process", lambda: len(executor.running()))
+        self._running.add(executor)
         try:
             with stop:
                 status = await self._run(batch_id, request, executor)
@@ -334,6 +337,7 @@ class BatchRunner:
             _reraise_single(group)
             raise
         finally:
+            self._running.discard(executor)
             if untrack is not None:
                 untrack()
         if executor.stopping is not None:
@@ -528,8 +532,10 @@ class BatchRunner:
     # -- acting on a batch -------------------------------------------------------------
 
     async def cancel(self, batch_id: str, *, reason: str | None = None) -> BatchStatus:
-        """Cancel a batch: queued items end `cancelled` at once, running ones at their next
-        heartbeat or progress call. Cancelling a finished batch changes nothing.
+        """Cancel a batch: queued items end `cancelled` at once, and so do the items this
+        runner is running (in a `run` under way); items running elsewhere end at their
+        runner's next heartbeat or progress call. Cancelling a finished batch changes
+        nothing.
 
         Args:
             batch_id: the batch.
@@ -549,6 +555,8 @@ class BatchRunner:
                 reason = reason[: limit - 1] + "…"
         status = status_from_record(await self.storage.cancel_batch(batch_id, reason=reason))
         logger.info("batch cancel requested", extra={"batch_id": batch_id, "reason": reason})
+        for executor in list(self._running):
+            executor.cancel_running(batch_id)
         if status.is_terminal:
             await self._fire_hook(batch_id)
         return status

@@ -252,7 +252,9 @@ async def test_cancel_reaches_a_running_item_at_its_next_heartbeat(
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
             await started.wait()
-            requested = await runner.cancel(batch.id)
+            # Cancelled by another runner (a web request's, another process's): the
+            # running one hears of it from the store.
+            requested = await BatchRunner(storage, gen).cancel(batch.id)
 
     assert requested.state is BatchState.RUNNING
     assert requested.counts[ItemState.RUNNING] == 1
@@ -262,6 +264,39 @@ async def test_cancel_reaches_a_running_item_at_its_next_heartbeat(
     assert slow.state is ItemState.CANCELLED
     assert never.state is ItemState.CANCELLED
     assert never.attempt == 0
+
+
+async def test_cancel_stops_the_items_the_same_runner_is_running_at_once(
+    storage: MemoryStorage,
+) -> None:
+    """A runner whose `run` is under way stops its own running items when it cancels
+    their batch, without waiting for a heartbeat (10 s at the default lease)."""
+    started = anyio.Event()
+
+    async def gen(ctx: ItemContext) -> str:
+        if ctx.key == "other":
+            return ctx.key
+        started.set()
+        await anyio.sleep_forever()  # no progress calls
+        raise AssertionError("not reached")
+
+    runner = BatchRunner(storage, gen, concurrency=2)
+    batch = await runner.submit(["a", "b"])
+    other = await runner.submit(["other"])
+    finals: list[BatchStatus] = []
+
+    async def run() -> None:
+        finals.append(await runner.run(batch.id))
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            await anyio.wait_all_tasks_blocked()
+            await runner.cancel(batch.id)
+            await runner.cancel(other.id)  # none of its items run here: nothing to stop
+    assert [f.state for f in finals] == [BatchState.CANCELLED]
+    assert [i.state for i in await all_items(runner, batch.id)] == [ItemState.CANCELLED] * 2
 
 
 async def test_cancel_tells_a_sync_generator_to_stop(storage: MemoryStorage) -> None:
