@@ -6,7 +6,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -25,6 +25,11 @@ from batchkit import (
 )
 
 from .helpers import all_items
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.anyio
 
@@ -229,6 +234,28 @@ async def test_cancel_from_inside_a_generator_midway(storage: MemoryStorage) -> 
     assert states == [ItemState.SUCCEEDED] * 2 + [ItemState.CANCELLED] * 4
 
 
+async def _run_and_cancel(
+    runner: BatchRunner,
+    batch_id: str,
+    started: anyio.Event,
+    cancel: Callable[[], Awaitable[T]],
+) -> tuple[BatchStatus, T]:
+    """Run the batch and, once ``started`` is set, ``cancel()``, all within 2 s: the run's
+    final status, and what ``cancel`` returned."""
+    finals: list[BatchStatus] = []
+
+    async def run() -> None:
+        finals.append(await runner.run(batch_id))
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            said = await cancel()
+    (final,) = finals
+    return final, said
+
+
 async def test_cancel_reaches_a_running_item_at_its_next_heartbeat(
     storage: MemoryStorage,
 ) -> None:
@@ -243,22 +270,15 @@ async def test_cancel_reaches_a_running_item_at_its_next_heartbeat(
     # Each outcome alone: "never" is not claimed ahead (see test_grouped_runs for that).
     runner = BatchRunner(storage, gen, lease_seconds=0.3, group_commit=0)
     batch = await runner.submit(["fast", "slow", "never"])
-    finals: list[BatchStatus] = []
-
-    async def run() -> None:
-        finals.append(await runner.run(batch.id))
-
-    with anyio.fail_after(2):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            await started.wait()
-            # Cancelled by another runner (a web request's, another process's): the
-            # running one hears of it from the store.
-            requested = await BatchRunner(storage, gen).cancel(batch.id)
+    # Cancelled by another runner (a web request's, another process's): the running one
+    # hears of it from the store.
+    final, requested = await _run_and_cancel(
+        runner, batch.id, started, lambda: BatchRunner(storage, gen).cancel(batch.id)
+    )
 
     assert requested.state is BatchState.RUNNING
     assert requested.counts[ItemState.RUNNING] == 1
-    assert [f.state for f in finals] == [BatchState.CANCELLED]
+    assert final.state is BatchState.CANCELLED
     fast, slow, never = await all_items(runner, batch.id)
     assert fast.state is ItemState.SUCCEEDED
     assert slow.state is ItemState.CANCELLED
@@ -283,19 +303,14 @@ async def test_cancel_stops_the_items_the_same_runner_is_running_at_once(
     runner = BatchRunner(storage, gen, concurrency=2)
     batch = await runner.submit(["a", "b"])
     other = await runner.submit(["other"])
-    finals: list[BatchStatus] = []
 
-    async def run() -> None:
-        finals.append(await runner.run(batch.id))
+    async def cancel() -> None:
+        await anyio.wait_all_tasks_blocked()
+        await runner.cancel(batch.id)
+        await runner.cancel(other.id)  # none of its items run here: nothing to stop
 
-    with anyio.fail_after(2):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            await started.wait()
-            await anyio.wait_all_tasks_blocked()
-            await runner.cancel(batch.id)
-            await runner.cancel(other.id)  # none of its items run here: nothing to stop
-    assert [f.state for f in finals] == [BatchState.CANCELLED]
+    final, _ = await _run_and_cancel(runner, batch.id, started, cancel)
+    assert final.state is BatchState.CANCELLED
     assert [i.state for i in await all_items(runner, batch.id)] == [ItemState.CANCELLED] * 2
 
 
